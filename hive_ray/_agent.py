@@ -1,0 +1,183 @@
+"""The agent programming model: subclass :class:`Agent`, implement ``handle``.
+
+An agent is an object with state that lives as long as the agent; hive-ray
+runs it inside a Ray actor and feeds it one task at a time (or several at once
+when the class sets ``concurrent = True``). ``handle`` may be a plain or an
+``async`` method. Through ``self.context`` an agent delegates sub-tasks to
+other agents and reports progress::
+
+    class Summarise(Agent):
+        agent_type = "summarise"
+        capabilities = frozenset({"text"})
+
+        async def handle(self, task):
+            parts = await self.context.delegate_many(
+                [{"payload": chunk} for chunk in task.payload], agent_type="echo")
+            self.context.report_progress(1.0, "combined")
+            return " ".join(parts)
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hive_ray._task import Task
+
+if TYPE_CHECKING:
+    pass
+
+#: The task whose handler is running in this asyncio task or thread.
+current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hive_current_task_id", default=None
+)
+
+
+class AgentContext:
+    """What an agent can do beyond its own state: delegate, report progress, know itself.
+
+    The runtime builds one per agent; tests may build one with a fake
+    ``delegate_function`` to run an agent without Ray.
+    """
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        pool: str,
+        agent_type: str,
+        submitter: Any = None,
+        progress_reporter: Any = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.pool = pool
+        self.agent_type = agent_type
+        self._submitter = submitter
+        self._progress_reporter = progress_reporter
+        self.cancelled_tasks: set[str] = set()
+
+    async def delegate(
+        self,
+        payload: Any = None,
+        *,
+        agent_type: str | None = None,
+        capability: str | None = None,
+        pool: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        affinity_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Any:
+        """Run one sub-task on another agent and return its result.
+
+        Raises :class:`hive_ray.TaskError` subclasses when the sub-task fails.
+        """
+        [result] = await self.delegate_many(
+            [payload],
+            agent_type=agent_type,
+            capability=capability,
+            pool=pool,
+            priority=priority,
+            timeout=timeout,
+            affinity_key=affinity_key,
+            metadata=metadata,
+        )
+        return result
+
+    async def delegate_many(
+        self,
+        payloads: Iterable[Any],
+        *,
+        agent_type: str | None = None,
+        capability: str | None = None,
+        pool: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        affinity_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> list[Any]:
+        """Run sub-tasks in parallel on other agents; results come back in input order."""
+        if self._submitter is None:
+            raise RuntimeError(
+                "this agent has no runtime to delegate through; it runs outside hive-ray. "
+                "Give AgentContext a submitter, or run the agent with Hive.spawn()."
+            )
+        template = {
+            "agent_type": agent_type,
+            "capability": capability,
+            "pool": pool,
+            "priority": priority,
+            "timeout": timeout,
+            "affinity_key": affinity_key,
+            "metadata": dict(metadata or {}),
+        }
+        parent = current_task_id.get()
+        if parent is not None:
+            template["metadata"].setdefault("parent_task_id", parent)
+        return await self._submitter(template, list(payloads))
+
+    def report_progress(self, fraction: float, message: str | None = None) -> None:
+        """Tell watchers how far the current task is (0.0 to 1.0). Never blocks."""
+        task_id = current_task_id.get()
+        if task_id is None or self._progress_reporter is None:
+            return
+        self._progress_reporter(task_id, max(0.0, min(1.0, float(fraction))), message)
+
+    def cancel_requested(self) -> bool:
+        """Whether the current task was cancelled: long sync handlers should check it."""
+        task_id = current_task_id.get()
+        return task_id is not None and task_id in self.cancelled_tasks
+
+
+class Agent:
+    """Base class of every agent type.
+
+    Class attributes:
+        agent_type: the name tasks use to reach this type (defaults to the
+            class name in lower case).
+        capabilities: what the type can do; tasks routed by capability go to
+            any pool whose type offers it.
+        concurrent: when True the agent may run several tasks at once (its
+            ``handle`` must be safe for that); otherwise tasks are processed
+            one at a time in arrival order, like an actor's mailbox.
+        max_concurrency: how many tasks at once when ``concurrent`` is True.
+    """
+
+    agent_type: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    concurrent: ClassVar[bool] = False
+    max_concurrency: ClassVar[int] = 1
+
+    def __init__(self, context: AgentContext) -> None:
+        self.context = context
+        self.state: dict[str, Any] = {}
+
+    def setup(self) -> None | Awaitable[None]:
+        """Called once before the first task (may be async): open clients, load models."""
+        return None
+
+    def teardown(self) -> None | Awaitable[None]:
+        """Called once when the agent stops (may be async): close what setup opened."""
+        return None
+
+    def handle(self, task: Task) -> Any:
+        """Do one task and return its result (may be async). Raise to fail the task."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement handle(self, task) to process tasks"
+        )
+
+    @classmethod
+    def type_name(cls) -> str:
+        return cls.agent_type or cls.__name__.lower()
+
+    @classmethod
+    def concurrency(cls) -> int:
+        return max(1, int(cls.max_concurrency)) if cls.concurrent else 1
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.context.agent_id} of pool {self.context.pool!r}>"
+
+
+def capability_set(values: Sequence[str] | frozenset[str] | set[str]) -> frozenset[str]:
+    return frozenset(str(value) for value in values)

@@ -1,0 +1,651 @@
+"""The durable task journal: every accepted task, in SQLite (WAL mode), with group commit.
+
+The orchestrator must record a task before ``submit`` returns, yet accept more
+than 10,000 tasks a second. A commit per task cannot do that (each SQLite
+commit costs tens of microseconds to milliseconds), so writes are split in two:
+
+* `Journal.put` buffers an upsert in memory, O(1) and without I/O;
+* `Journal.commit` writes everything buffered in one transaction, and
+  `GroupCommitter` runs those commits in a worker thread on behalf of many
+  waiters at once: ``await committer.durable()`` returns once the entries
+  buffered before the call are on disk.
+
+Durability: WAL with ``synchronous=NORMAL`` survives a killed process (the
+failure that matters for an orchestrator actor) but may lose the last
+commits on a power cut or kernel crash; the file itself stays consistent.
+
+Threading: `commit` is meant to run in a worker thread while the event loop
+keeps calling `put`. Two locks keep that safe: a short buffer lock around the
+in-memory buffer, and a connection lock around every SQLite call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hive_ray._errors import JournalError
+
+SCHEMA_VERSION = 1
+APPLICATION = "hive-ray-journal"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    state TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX tasks_by_finished_created ON tasks (finished, created_at);
+CREATE INDEX tasks_by_pool_idempotency ON tasks (pool, idempotency_key);
+"""
+
+_COLUMNS = "task_id, pool, state, idempotency_key, created_at, updated_at, finished, body"
+
+_UPSERT = f"""
+INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (task_id) DO UPDATE SET
+    pool = excluded.pool, state = excluded.state, idempotency_key = excluded.idempotency_key,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    finished = excluded.finished, body = excluded.body
+"""
+
+_FIX_CORRUPT = "move the file aside (the journal starts empty) or restore it from a backup"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEntry:
+    """One task as the journal stores it.
+
+    The journal indexes the few fields it queries by and treats ``body`` as
+    opaque bytes: the orchestrator owns the task record and its encoding.
+    """
+
+    task_id: str
+    pool: str
+    state: str
+    idempotency_key: str | None
+    created_at: float
+    updated_at: float
+    finished: bool
+    body: bytes
+
+    def _row(self) -> tuple[str, str, str, str | None, float, float, int, bytes]:
+        return (
+            self.task_id,
+            self.pool,
+            self.state,
+            self.idempotency_key,
+            self.created_at,
+            self.updated_at,
+            int(self.finished),
+            self.body,
+        )
+
+
+def _entry_from_row(row: tuple) -> JournalEntry:
+    task_id, pool, state, idempotency_key, created_at, updated_at, finished, body = row
+    return JournalEntry(
+        task_id=task_id,
+        pool=pool,
+        state=state,
+        idempotency_key=idempotency_key,
+        created_at=created_at,
+        updated_at=updated_at,
+        finished=bool(finished),
+        body=bytes(body),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalStatistics:
+    """A snapshot of the journal, from `Journal.statistics`.
+
+    Attributes:
+        entries: committed entries on disk.
+        unfinished: committed entries not yet finished.
+        pending: entries buffered and not yet committed.
+        commits: commits since the journal was opened.
+        committed_entries: entries written by those commits.
+        last_commit_seconds: how long the most recent commit took.
+        file_bytes: size of the database file plus its write-ahead log.
+    """
+
+    entries: int
+    unfinished: int
+    pending: int
+    commits: int
+    committed_entries: int
+    last_commit_seconds: float
+    file_bytes: int
+
+
+class Journal:
+    """The SQLite task journal. Create it with `Journal.open`."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        """Wrap an open, checked connection; use `Journal.open` instead."""
+        self._connection: sqlite3.Connection | None = connection
+        self._path = path
+        self._connection_lock = threading.Lock()
+        self._buffer_lock = threading.Lock()
+        self._pending: dict[str, JournalEntry] = {}
+        # Buffered entries by (pool, idempotency key), so that duplicate
+        # submissions within one commit window are caught before they hit disk.
+        self._pending_by_key: dict[tuple[str, str], JournalEntry] = {}
+        # Every put takes a sequence number; everything up to durable_sequence
+        # is on disk. GroupCommitter waits on these numbers.
+        self._put_sequence = 0
+        self._durable_sequence = 0
+        self._commits = 0
+        self._committed_entries = 0
+        self._last_commit_seconds = 0.0
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, directory: str | Path, *, filename: str = "journal.sqlite3") -> Journal:
+        """Open (or create) the journal ``filename`` in ``directory``.
+
+        Raises:
+            JournalError: the directory cannot be written, or the file is
+                corrupt, not a SQLite database, or not a hive-ray journal.
+        """
+        folder = Path(directory).expanduser()
+        path = folder / filename
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # SQLite needs to create the -wal and -shm files beside the
+            # database, so probe the directory itself, not just the file.
+            with tempfile.TemporaryFile(dir=folder, prefix=".hive-journal-probe-"):
+                pass
+        except OSError as error:
+            raise JournalError(
+                f"cannot write the task journal directory {str(folder)!r}: {error}; "
+                f"set HIVE_JOURNAL_DIR to a writable directory",
+                path=str(path),
+            ) from error
+        try:
+            connection = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+        except sqlite3.Error as error:
+            raise JournalError(
+                f"cannot open the task journal {str(path)!r}: {error}; "
+                f"set HIVE_JOURNAL_DIR to a writable directory",
+                path=str(path),
+            ) from error
+        try:
+            _prepare(connection, path)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, path)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # ------------------------------------------------------------ writing
+
+    @property
+    def pending_count(self) -> int:
+        """How many entries are buffered and not yet committed."""
+        return len(self._pending)
+
+    @property
+    def put_sequence(self) -> int:
+        """The number of puts so far; compare with `durable_sequence`."""
+        return self._put_sequence
+
+    @property
+    def durable_sequence(self) -> int:
+        """Every put numbered up to this is committed."""
+        return self._durable_sequence
+
+    def put(self, entry: JournalEntry) -> None:
+        """Buffer an upsert of ``entry``; the latest put for a task_id wins."""
+        with self._buffer_lock:
+            self._pending[entry.task_id] = entry
+            if entry.idempotency_key is not None:
+                self._pending_by_key[(entry.pool, entry.idempotency_key)] = entry
+            self._put_sequence += 1
+
+    def put_many(self, entries: Iterable[JournalEntry]) -> None:
+        """Buffer upserts of several entries, in order."""
+        with self._buffer_lock:
+            pending = self._pending
+            by_key = self._pending_by_key
+            count = 0
+            for entry in entries:
+                pending[entry.task_id] = entry
+                if entry.idempotency_key is not None:
+                    by_key[(entry.pool, entry.idempotency_key)] = entry
+                count += 1
+            self._put_sequence += count
+
+    def commit(self) -> int:
+        """Write every buffered entry in one transaction and return how many.
+
+        Safe to call from a worker thread while other threads keep calling
+        `put`. If the write fails, the entries go back into the buffer (unless
+        a newer version was put meanwhile), so a later commit retries them.
+
+        Raises:
+            JournalError: the journal is closed or SQLite refused the write.
+        """
+        with self._connection_lock:
+            connection = self._require_open()
+            # Swapping inside the connection lock keeps durable_sequence
+            # honest: every earlier batch has finished by the time we swap.
+            with self._buffer_lock:
+                batch = self._pending
+                sequence = self._put_sequence
+                self._pending = {}
+                self._pending_by_key = {}
+            if not batch:
+                self._durable_sequence = sequence
+                return 0
+            started = time.perf_counter()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.executemany(_UPSERT, [entry._row() for entry in batch.values()])
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                self._requeue(batch)
+                raise JournalError(
+                    f"could not commit {len(batch)} entries to the task journal "
+                    f"{str(self._path)!r}: {error}; check free disk space and permissions",
+                    path=str(self._path),
+                ) from error
+            except BaseException:
+                self._requeue(batch)
+                raise
+            self._last_commit_seconds = time.perf_counter() - started
+            self._commits += 1
+            self._committed_entries += len(batch)
+            self._durable_sequence = sequence
+            return len(batch)
+
+    def _requeue(self, batch: dict[str, JournalEntry]) -> None:
+        with self._buffer_lock:
+            for task_id, entry in batch.items():
+                newer = self._pending.setdefault(task_id, entry)
+                if newer is entry and entry.idempotency_key is not None:
+                    self._pending_by_key.setdefault((entry.pool, entry.idempotency_key), entry)
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, task_id: str) -> JournalEntry | None:
+        """Return the latest version of ``task_id``, buffered or committed."""
+        with self._buffer_lock:
+            entry = self._pending.get(task_id)
+        if entry is not None:
+            return entry
+        rows = self._fetch(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        return _entry_from_row(rows[0]) if rows else None
+
+    def find_idempotent(self, pool_or_scope: str, idempotency_key: str) -> JournalEntry | None:
+        """Return the newest task submitted to ``pool_or_scope`` with this key, if any.
+
+        Looks at buffered entries too, so a duplicate arriving before the
+        first submission's commit is still found.
+        """
+        with self._buffer_lock:
+            entry = self._pending_by_key.get((pool_or_scope, idempotency_key))
+            # A later put of the same task may have changed its key.
+            if entry is not None and self._pending.get(entry.task_id) is not entry:
+                entry = None
+        if entry is not None:
+            return entry
+        rows = self._fetch(
+            f"SELECT {_COLUMNS} FROM tasks WHERE pool = ? AND idempotency_key = ? "
+            f"ORDER BY created_at DESC LIMIT 1",
+            (pool_or_scope, idempotency_key),
+        )
+        return _entry_from_row(rows[0]) if rows else None
+
+    def unfinished(self) -> list[JournalEntry]:
+        """Return committed, unfinished entries, oldest first: the work to recover on restart."""
+        rows = self._fetch(
+            f"SELECT {_COLUMNS} FROM tasks WHERE finished = 0 ORDER BY created_at, task_id"
+        )
+        return [_entry_from_row(row) for row in rows]
+
+    def query(
+        self,
+        *,
+        state: str | None = None,
+        pool: str | None = None,
+        finished: bool | None = None,
+        limit: int = 100,
+        after_created: float | None = None,
+        after_task_id: str = "",
+    ) -> list[JournalEntry]:
+        """Return up to ``limit`` committed entries matching the filters, oldest first.
+
+        Page by passing the last entry's ``created_at`` and ``task_id`` as
+        ``after_created`` and ``after_task_id``.
+        """
+        if limit < 0:
+            raise ValueError(f"query limit must be >= 0, got {limit!r}")
+        conditions: list[str] = []
+        parameters: list[object] = []
+        if state is not None:
+            conditions.append("state = ?")
+            parameters.append(state)
+        if pool is not None:
+            conditions.append("pool = ?")
+            parameters.append(pool)
+        if finished is not None:
+            conditions.append("finished = ?")
+            parameters.append(int(finished))
+        if after_created is not None:
+            conditions.append("(created_at > ? OR (created_at = ? AND task_id > ?))")
+            parameters.extend((after_created, after_created, after_task_id))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._fetch(
+            f"SELECT {_COLUMNS} FROM tasks {where} ORDER BY created_at, task_id LIMIT ?",
+            (*parameters, limit),
+        )
+        return [_entry_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ upkeep
+
+    def prune(self, *, max_age_seconds: float | None, max_finished: int | None, now: float) -> int:
+        """Delete committed finished entries and return how many were deleted.
+
+        Args:
+            max_age_seconds: delete finished entries last updated more than
+                this long before ``now``; None keeps them regardless of age.
+            max_finished: keep only this many of the most recently updated
+                finished entries; None keeps them regardless of count.
+            now: the current wall-clock time, in the units of ``updated_at``.
+        """
+        if max_age_seconds is not None and max_age_seconds < 0:
+            raise ValueError(f"prune max_age_seconds must be >= 0 or None, got {max_age_seconds!r}")
+        if max_finished is not None and max_finished < 0:
+            raise ValueError(f"prune max_finished must be >= 0 or None, got {max_finished!r}")
+        with self._connection_lock:
+            connection = self._require_open()
+            deleted = 0
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                if max_age_seconds is not None:
+                    cursor = connection.execute(
+                        "DELETE FROM tasks WHERE finished = 1 AND updated_at < ?",
+                        (now - max_age_seconds,),
+                    )
+                    deleted += cursor.rowcount
+                if max_finished is not None:
+                    cursor = connection.execute(
+                        "DELETE FROM tasks WHERE finished = 1 AND task_id NOT IN ("
+                        "SELECT task_id FROM tasks WHERE finished = 1 "
+                        "ORDER BY updated_at DESC, task_id DESC LIMIT ?)",
+                        (max_finished,),
+                    )
+                    deleted += cursor.rowcount
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            return deleted
+
+    def statistics(self) -> JournalStatistics:
+        """Return a snapshot of sizes and commit counters."""
+        entries, unfinished = self._fetch(
+            "SELECT COUNT(*), COALESCE(SUM(finished = 0), 0) FROM tasks"
+        )[0]
+        file_bytes = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                file_bytes += Path(f"{self._path}{suffix}").stat().st_size
+        return JournalStatistics(
+            entries=entries,
+            unfinished=unfinished,
+            pending=len(self._pending),
+            commits=self._commits,
+            committed_entries=self._committed_entries,
+            last_commit_seconds=self._last_commit_seconds,
+            file_bytes=file_bytes,
+        )
+
+    def close(self) -> None:
+        """Commit what is buffered and close the file. Closing twice is harmless."""
+        if self._connection is None:
+            return
+        try:
+            self.commit()
+        finally:
+            with self._connection_lock:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise JournalError(
+                f"the task journal {str(self._path)!r} is closed; open it again with Journal.open",
+                path=str(self._path),
+            )
+        return self._connection
+
+    def _fetch(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        with self._connection_lock:
+            return self._require_open().execute(sql, parameters).fetchall()
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    """Check integrity and schema, create the schema in a new file, and enable WAL."""
+    try:
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise JournalError(
+                f"the task journal {str(path)!r} is corrupt ({'; '.join(problems[:3])}); "
+                f"{_FIX_CORRUPT}",
+                path=str(path),
+            )
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not tables:
+            # One transaction, so a crash cannot leave tables without their meta rows.
+            connection.executescript(
+                f"BEGIN;{_SCHEMA}"
+                f"INSERT INTO meta (key, value) VALUES ('application', '{APPLICATION}');"
+                f"INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
+                f"COMMIT;"
+            )
+        else:
+            _check_schema(connection, path, tables)
+        mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(
+                f"the task journal {str(path)!r} could not switch to WAL mode (got {mode!r}); "
+                f"put HIVE_JOURNAL_DIR on a local file system",
+                path=str(path),
+            )
+        connection.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.DatabaseError as error:
+        raise JournalError(
+            f"the task journal {str(path)!r} is not a readable SQLite database ({error}); "
+            f"{_FIX_CORRUPT}",
+            path=str(path),
+        ) from error
+
+
+def _check_schema(connection: sqlite3.Connection, path: Path, tables: set[str]) -> None:
+    meta = dict(connection.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+    if meta.get("application") != APPLICATION or "tasks" not in tables:
+        raise JournalError(
+            f"{str(path)!r} is a SQLite database but not a hive-ray task journal; "
+            f"choose another HIVE_JOURNAL_DIR or move the file aside",
+            path=str(path),
+        )
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise JournalError(
+            f"the task journal {str(path)!r} has schema version {version!r}, but this "
+            f"hive-ray reads version {SCHEMA_VERSION}; upgrade hive-ray or move the file aside",
+            path=str(path),
+        )
+
+
+class GroupCommitter:
+    """Commits a `Journal` in the background, sharing each commit among many waiters.
+
+    ``await durable()`` returns once everything buffered before the call is
+    committed. One background task commits whenever there is pending work, at
+    most once per ``interval_seconds``, and at once when ``max_batch`` entries
+    are waiting. Commits run in a worker thread (`asyncio.to_thread`), so the
+    event loop keeps buffering meanwhile. A failed commit raises its error in
+    every waiter of that batch; the entries stay buffered and are retried.
+
+    Use `put`/`put_many` here rather than on the journal so that a full
+    buffer wakes the committer; `durable` wakes it too.
+    """
+
+    def __init__(
+        self, journal: Journal, *, interval_seconds: float = 0.002, max_batch: int = 2_000
+    ) -> None:
+        if interval_seconds < 0:
+            raise ValueError(f"interval_seconds must be >= 0, got {interval_seconds!r}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        self._journal = journal
+        self._interval = interval_seconds
+        self._max_batch = max_batch
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failures_in_a_row = 0
+
+    def put(self, entry: JournalEntry) -> None:
+        """Buffer ``entry`` in the journal and wake the committer if the batch is full."""
+        self._journal.put(entry)
+        self._nudge()
+
+    def put_many(self, entries: Iterable[JournalEntry]) -> None:
+        """Buffer several entries in the journal and wake the committer if the batch is full."""
+        self._journal.put_many(entries)
+        self._nudge()
+
+    async def durable(self) -> None:
+        """Return once everything buffered before this call is committed.
+
+        Raises:
+            JournalError: the commit covering these entries failed, or the
+                committer is closed.
+        """
+        if self._closing:
+            raise JournalError("the journal group committer is closed; create a new GroupCommitter")
+        target = self._journal.put_sequence
+        if target <= self._journal.durable_sequence:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wake.set()
+        await future
+
+    async def close(self) -> None:
+        """Commit what is left, stop the background task and release all waiters.
+
+        Raises:
+            JournalError: the final commit failed.
+        """
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._task is not None:
+            await self._task
+        if self._journal.pending_count or self._waiters:
+            await self._commit_once(raise_errors=True)
+
+    def _nudge(self) -> None:
+        self._wake.set()
+        if self._journal.pending_count >= self._max_batch:
+            self._full.set()
+        if self._task is None and not self._closing:
+            with contextlib.suppress(RuntimeError):  # no running loop: durable() starts it
+                self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_commit_at = 0.0
+        try:
+            while not self._closing:
+                if not self._journal.pending_count and not self._waiters:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                if self._failures_in_a_row:
+                    # Back off so that a full disk is not hammered every interval.
+                    await asyncio.sleep(min(1.0, self._interval * 2**self._failures_in_a_row))
+                delay = next_commit_at - loop.time()
+                if delay > 0 and self._journal.pending_count < self._max_batch:
+                    self._full.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), delay)
+                next_commit_at = loop.time() + self._interval
+                await self._commit_once(raise_errors=False)
+        except BaseException as error:
+            self._fail_waiters(
+                self._journal.put_sequence,
+                JournalError(f"the journal group committer stopped unexpectedly: {error!r}"),
+            )
+            raise
+
+    async def _commit_once(self, *, raise_errors: bool) -> None:
+        # Waiters registered up to now are certainly in this batch (or earlier).
+        covered = self._journal.put_sequence
+        try:
+            await asyncio.to_thread(self._journal.commit)
+        except Exception as error:
+            self._failures_in_a_row += 1
+            self._fail_waiters(covered, error)
+            if raise_errors:
+                raise
+            return
+        self._failures_in_a_row = 0
+        durable = self._journal.durable_sequence
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= durable:
+            future = waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+
+    def _fail_waiters(self, covered: int, error: BaseException) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= covered:
+            future = waiters.popleft()[1]
+            if not future.done():
+                future.set_exception(error)

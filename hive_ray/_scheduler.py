@@ -1,0 +1,260 @@
+"""One pool's dispatch logic: queue, agents' free slots, affinity and batch size.
+
+Pure Python (no Ray), so it is unit-tested in milliseconds; the orchestrator
+actor owns one :class:`PoolScheduler` per pool and performs the remote calls
+that :meth:`PoolScheduler.assign` decides on.
+
+Batching: when a pool's tasks are short (their mean handling time, tracked as
+an exponentially weighted moving average, is well under
+``target_batch_seconds``), each agent gets room for several tasks and receives
+them in one Ray call; long tasks are sent one at a time so a task never waits
+behind another on a busy agent while a second agent sits idle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hive_ray._errors import OverloadedError
+from hive_ray._queue import PriorityTaskQueue
+from hive_ray._routing import RoutingPolicy, make_policy
+from hive_ray._task import TaskEntry
+
+#: Affinity bindings kept per pool; the least recently used key is forgotten first.
+MAX_AFFINITY_KEYS = 100_000
+
+
+@dataclass(slots=True)
+class AgentSlots:
+    """The scheduler's view of one agent: how many tasks it may hold at once."""
+
+    agent_id: str
+    concurrency: int
+    inflight: int = 0
+    slots: int = 1
+    accepting: bool = True
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.inflight if self.accepting else 0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+    queued: int
+    inflight: int
+    agents: int
+    accepting_agents: int
+    batch_size: int
+    handle_seconds_ewma: float | None
+
+
+class PoolScheduler:
+    """Queue, routing and batch sizing for one pool."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        policy: str | RoutingPolicy = "least_loaded",
+        max_queue: int = 100_000,
+        max_batch: int = 64,
+        target_batch_seconds: float = 0.002,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.target_batch_seconds = target_batch_seconds
+        self._clock = clock
+        self._queue: PriorityTaskQueue[TaskEntry] = PriorityTaskQueue()
+        self._affinity_queues: dict[str, PriorityTaskQueue[TaskEntry]] = {}
+        self._bindings: OrderedDict[str, str] = OrderedDict()
+        self._agents: dict[str, AgentSlots] = {}
+        self._handle_ewma: float | None = None
+        self._delayed: list[TaskEntry] = []  # retries waiting for their backoff
+
+    # -- agents ---------------------------------------------------------------
+    def add_agent(self, agent_id: str, *, concurrency: int = 1) -> None:
+        self._agents[agent_id] = AgentSlots(agent_id, concurrency=max(1, concurrency))
+        self._resize_slots()
+
+    def remove_agent(self, agent_id: str) -> None:
+        """Forget an agent; tasks pinned to it by affinity go back to the main queue."""
+        self._agents.pop(agent_id, None)
+        pinned = self._affinity_queues.pop(agent_id, None)
+        if pinned is not None:
+            while len(pinned):
+                entry, sequence = pinned.pop()
+                entry.parked_on = None
+                self._queue.push(entry, sequence=sequence)
+        for key in [key for key, owner in self._bindings.items() if owner == agent_id]:
+            del self._bindings[key]
+
+    def set_accepting(self, agent_id: str, accepting: bool) -> None:
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.accepting = accepting
+
+    def agent(self, agent_id: str) -> AgentSlots | None:
+        return self._agents.get(agent_id)
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return list(self._agents)
+
+    # -- tasks ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._queue) + sum(len(q) for q in self._affinity_queues.values()) + len(
+            self._delayed
+        )
+
+    def enqueue(self, entry: TaskEntry) -> None:
+        """Queue a newly accepted task, or raise :class:`OverloadedError` when full."""
+        if len(self) >= self.max_queue:
+            raise OverloadedError(pool=self.name, retry_after=self.retry_after_hint())
+        self._queue.push(entry)
+        entry.sequence = None
+
+    def check_room(self, count: int) -> None:
+        """Raise :class:`OverloadedError` unless ``count`` more tasks fit in the queue."""
+        if len(self) + count > self.max_queue:
+            raise OverloadedError(pool=self.name, retry_after=self.retry_after_hint())
+
+    def requeue(self, entry: TaskEntry, *, sequence: int | None = None) -> None:
+        """Put a task back (re-delivery); it is not subject to the queue bound."""
+        if entry.not_before > self._clock():
+            self._delayed.append(entry)
+            return
+        self._queue.push(entry, sequence=sequence if sequence is not None else -1)
+
+    def discard(self, entry: TaskEntry) -> bool:
+        """Remove a queued task (cancel, timeout); False if it was not queued here."""
+        if entry in self._delayed:
+            self._delayed.remove(entry)
+            return True
+        if not entry.queued:
+            return False
+        if entry.parked_on is not None:
+            pinned = self._affinity_queues.get(entry.parked_on)
+            entry.parked_on = None
+            return pinned.discard(entry) if pinned is not None else False
+        return self._queue.discard(entry)
+
+    def release(self, agent_id: str, count: int = 1) -> None:
+        """``count`` tasks on ``agent_id`` ended; their slots are free again."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.inflight = max(0, agent.inflight - count)
+
+    def observe_handle_seconds(self, seconds: float) -> None:
+        """Feed one task's handling time into the batch-size estimate."""
+        if self._handle_ewma is None:
+            self._handle_ewma = seconds
+        else:
+            self._handle_ewma += 0.1 * (seconds - self._handle_ewma)
+        self._resize_slots()
+
+    def batch_size(self) -> int:
+        ewma = self._handle_ewma
+        if ewma is None or ewma * 2 >= self.target_batch_seconds:
+            return 1
+        return max(1, min(self.max_batch, int(self.target_batch_seconds / max(ewma, 1e-7))))
+
+    def retry_after_hint(self) -> float:
+        """Seconds until the queue has likely drained by a tenth: a client's back-off."""
+        agents = max(1, len(self._agents))
+        per_task = self._handle_ewma if self._handle_ewma is not None else 0.01
+        return round(min(60.0, max(0.1, len(self) * 0.1 * per_task / agents)), 2)
+
+    def assign(self) -> list[tuple[str, list[TaskEntry]]]:
+        """Hand queued tasks to agents with free slots.
+
+        Returns ``(agent_id, entries)`` pairs, each to be sent as one batch. The
+        entries' slots are counted as taken; call :meth:`release` when they end.
+        """
+        self._promote_due_retries()
+        free = [agent for agent in self._agents.values() if agent.free > 0]
+        if not free:
+            return []
+        batches: dict[str, list[TaskEntry]] = {}
+        queue = self._queue
+        while free:
+            source = queue
+            best = queue.peek_key()
+            for agent in free:
+                pinned = self._affinity_queues.get(agent.agent_id)
+                if pinned is not None and len(pinned):
+                    key = pinned.peek_key()
+                    if key is not None and (best is None or key < best):
+                        best, source = key, pinned
+            if best is None:
+                break
+            entry, sequence = source.pop()
+            entry.parked_on = None
+            target = self._target_for(entry, free, sequence)
+            if target is None:
+                continue  # parked on its affinity agent's queue
+            batches.setdefault(target.agent_id, []).append(entry)
+            target.inflight += 1
+            if target.free <= 0:
+                free.remove(target)
+        return list(batches.items())
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            queued=len(self),
+            inflight=sum(agent.inflight for agent in self._agents.values()),
+            agents=len(self._agents),
+            accepting_agents=sum(1 for agent in self._agents.values() if agent.accepting),
+            batch_size=self.batch_size(),
+            handle_seconds_ewma=self._handle_ewma,
+        )
+
+    # -- internals --------------------------------------------------------------
+    def _target_for(
+        self, entry: TaskEntry, free: list[AgentSlots], sequence: int
+    ) -> AgentSlots | None:
+        key = entry.affinity_key
+        if key is None:
+            return self.policy.choose(free, None)
+        owner_id = self._bindings.get(key)
+        owner = self._agents.get(owner_id) if owner_id is not None else None
+        if owner is not None:
+            self._bindings.move_to_end(key)
+            if owner.free > 0:
+                return owner
+            pinned = self._affinity_queues.setdefault(owner.agent_id, PriorityTaskQueue())
+            pinned.push(entry, sequence=sequence)
+            entry.parked_on = owner.agent_id
+            return None
+        chosen = self.policy.choose(free, key)
+        self._bindings[key] = chosen.agent_id
+        if len(self._bindings) > MAX_AFFINITY_KEYS:
+            self._bindings.popitem(last=False)
+        return chosen
+
+    def _promote_due_retries(self) -> None:
+        if not self._delayed:
+            return
+        now = self._clock()
+        due = [entry for entry in self._delayed if entry.not_before <= now]
+        if due:
+            self._delayed = [entry for entry in self._delayed if entry.not_before > now]
+            for entry in due:
+                self._queue.push(entry, sequence=-1)
+
+    def next_retry_at(self) -> float | None:
+        return min((entry.not_before for entry in self._delayed), default=None)
+
+    def _resize_slots(self) -> None:
+        batch = self.batch_size()
+        for agent in self._agents.values():
+            # With batching, room for two batches keeps an agent busy while the
+            # next batch is on its way; without it, one task per unit of concurrency.
+            agent.slots = agent.concurrency if batch == 1 else agent.concurrency * batch * 2
+

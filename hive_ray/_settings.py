@@ -1,0 +1,82 @@
+"""All of hive-ray's settings in one place, each documented where it is defined.
+
+Settings come, in increasing precedence, from the defaults below, a YAML
+config file (the ``settings:`` section of a ``hive up`` config), and
+``HIVE_*`` environment variables (``HIVE_JOURNAL_DIR=/data/hive``). Runtime
+classes receive a :class:`Settings` object; they never read the environment
+themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    return Path.home() / ".hive"
+
+
+class Settings(BaseSettings):
+    """Runtime settings. Unknown keys are rejected so typos fail loudly."""
+
+    model_config = SettingsConfigDict(env_prefix="HIVE_", extra="forbid", frozen=True)
+
+    # -- where things are --------------------------------------------------------
+    namespace: str = Field("hive", description="Ray namespace of every hive actor.")
+    orchestrator_name: str = Field("orchestrator", description="Name of the orchestrator actor.")
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Where `hive up` keeps its API key and the address of the local cluster.",
+    )
+    journal_dir: Path | None = Field(
+        None,
+        description="Directory of the SQLite task journal on the head node; "
+        "None keeps tasks in memory only (lost if the orchestrator restarts).",
+    )
+
+    # -- orchestrator ---------------------------------------------------------
+    max_concurrent_calls: int = Field(
+        10_000, ge=100, description="Calls the orchestrator actor serves at once (waits included)."
+    )
+    finished_retention_count: int = Field(
+        100_000, ge=100, description="Finished tasks kept in memory for queries, newest first."
+    )
+    finished_retention_seconds: float = Field(
+        24 * 3600.0, gt=0, description="Finished tasks older than this are pruned."
+    )
+    max_result_bytes_in_memory: int = Field(
+        64 * 1024, ge=0, description="Larger results are kept in Ray's object store, not the heap."
+    )
+    event_buffer: int = Field(10_000, ge=100, description="Recent task events kept for streams.")
+    max_batch: int = Field(64, ge=1, le=4096, description="Most tasks sent to one agent per Ray call.")
+    target_batch_seconds: float = Field(
+        0.002, gt=0, description="Tasks shorter than half this are batched."
+    )
+    data_plane_host: str | None = Field(
+        None,
+        description="Where the orchestrator's task stream listens: None picks loopback on a "
+        "one-machine cluster and Ray's node address otherwise; 'off' sends tasks as Ray calls.",
+    )
+    health_check_interval_seconds: float = Field(5.0, gt=0)
+    health_check_timeout_seconds: float = Field(10.0, gt=0)
+
+    # -- API server -------------------------------------------------------------
+    http_host: str = Field("127.0.0.1", description="Listen address; loopback unless you mean it.")
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(9000, ge=1, le=65535)
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None) -> Settings:
+        """Defaults < ``overrides`` (a config file's ``settings:``) < ``HIVE_*`` variables."""
+        import os
+
+        values = dict(overrides or {})
+        prefix = "HIVE_"
+        for key in cls.model_fields:
+            if f"{prefix}{key.upper()}" in os.environ:
+                values.pop(key, None)  # the environment wins; pydantic-settings reads it
+        return cls(**values)

@@ -1,0 +1,160 @@
+"""The task lifecycle as a small state machine, plus the records that travel to agents.
+
+::
+
+    queued ──► running ──► succeeded
+      │  ▲        │──────► failed
+      │  └────────┤──────► timed_out
+      │ (retry)   └──────► cancelled
+      └──────────────────► cancelled | timed_out | failed
+
+A running task goes back to ``queued`` only when the agent running it died and
+the task is delivered again (at-least-once). Nothing leaves a terminal state.
+This module needs no Ray and no pydantic: the orchestrator's hot path uses it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskState(str, enum.Enum):
+    """Where a task is in its life. The last four are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT}
+)
+
+_ALLOWED: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.QUEUED: frozenset(
+        {TaskState.RUNNING, TaskState.CANCELLED, TaskState.TIMED_OUT, TaskState.FAILED}
+    ),
+    TaskState.RUNNING: frozenset(
+        {
+            TaskState.SUCCEEDED,
+            TaskState.FAILED,
+            TaskState.CANCELLED,
+            TaskState.TIMED_OUT,
+            TaskState.QUEUED,
+        }
+    ),
+}
+
+
+class InvalidTransition(ValueError):
+    """An internal bug: the orchestrator tried an impossible state change."""
+
+
+def can_transition(current: TaskState, target: TaskState) -> bool:
+    """Whether a task in ``current`` may move to ``target``."""
+    return target in _ALLOWED.get(current, frozenset())
+
+
+def check_transition(current: TaskState, target: TaskState) -> None:
+    """Raise :class:`InvalidTransition` unless ``current`` → ``target`` is allowed."""
+    if not can_transition(current, target):
+        allowed = sorted(state.value for state in _ALLOWED.get(current, frozenset()))
+        raise InvalidTransition(
+            f"a {current.value} task cannot become {target.value}; "
+            f"allowed next states: {', '.join(allowed) or 'none (terminal)'}"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One task as sent to an agent: only what the agent needs, cheap to pickle.
+
+    Envelopes are created for every dispatch, so they are slotted (smaller and
+    faster to build and pickle than a dict or a pydantic model).
+    """
+
+    task_id: str
+    agent_id: str
+    payload: Any
+    attempt: int = 1
+    deadline: float | None = None  # wall-clock seconds, or None for no timeout
+    metadata: dict[str, str] = field(default_factory=dict)
+    trace_context: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What an agent reports back for one envelope.
+
+    ``status`` is ``"ok"`` (``value`` holds the result), ``"error"`` (``error``
+    holds a structured description) or ``"cancelled"``.
+    """
+
+    task_id: str
+    status: str
+    value: Any = None
+    error: dict[str, Any] | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """The task as an agent's ``handle`` sees it."""
+
+    task_id: str
+    payload: Any
+    attempt: int = 1
+    deadline: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class TaskEntry:
+    """The orchestrator's mutable record of one task (its hot path: no pydantic).
+
+    It becomes a public :class:`hive_ray.TaskRecord` only when someone asks.
+    """
+
+    task_id: str
+    pool: str
+    agent_type: str
+    payload: Any
+    priority: int = 0
+    timeout: float | None = None
+    affinity_key: str | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    max_attempts: int | None = None
+    trace_context: dict[str, str] | None = None
+    state: TaskState = TaskState.QUEUED
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    agent_id: str | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    # Scheduling bookkeeping.
+    queued: bool = False
+    sequence: int | None = None
+    parked_on: str | None = None  # agent whose affinity queue holds this task
+    not_before: float = 0.0  # retry backoff: do not dispatch before this monotonic time
+
+    def deadline(self) -> float | None:
+        """Wall-clock time at which the task times out, counted from submission."""
+        return None if self.timeout is None else self.created_at + self.timeout

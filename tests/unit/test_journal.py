@@ -1,0 +1,436 @@
+"""Unit tests for the SQLite task journal and its group committer (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from hive_ray._errors import JournalError
+from hive_ray._journal import GroupCommitter, Journal, JournalEntry, JournalStatistics
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_entry(
+    task_id: str,
+    *,
+    pool: str = "echo",
+    state: str = "queued",
+    idempotency_key: str | None = None,
+    created_at: float = 0.0,
+    updated_at: float | None = None,
+    finished: bool = False,
+    body: bytes = b"{}",
+) -> JournalEntry:
+    return JournalEntry(
+        task_id=task_id,
+        pool=pool,
+        state=state,
+        idempotency_key=idempotency_key,
+        created_at=created_at,
+        updated_at=created_at if updated_at is None else updated_at,
+        finished=finished,
+        body=body,
+    )
+
+
+@pytest.fixture
+def journal(tmp_path: Path):
+    opened = Journal.open(tmp_path / "journal")
+    yield opened
+    opened.close()
+
+
+# ---------------------------------------------------------------- basics
+
+
+def test_round_trip_survives_reopen(tmp_path: Path) -> None:
+    entry = make_entry("t1", idempotency_key="k", created_at=1.5, body=bytes(range(256)))
+    with Journal.open(tmp_path) as journal:
+        journal.put(entry)
+        assert journal.commit() == 1
+    with Journal.open(tmp_path) as journal:
+        assert journal.get("t1") == entry
+        assert journal.get("missing") is None
+    mode = sqlite3.connect(tmp_path / "journal.sqlite3").execute("PRAGMA journal_mode").fetchone()
+    assert mode == ("wal",)
+
+
+def test_put_is_buffered_until_commit(journal: Journal) -> None:
+    journal.put(make_entry("t1"))
+    assert journal.pending_count == 1
+    assert journal.statistics().entries == 0
+    assert journal.get("t1") is not None  # reads see the buffer
+    journal.commit()
+    assert journal.pending_count == 0
+    assert journal.statistics().entries == 1
+
+
+def test_upsert_last_write_wins_in_buffer_and_on_disk(journal: Journal) -> None:
+    journal.put_many([make_entry("t1", state="queued"), make_entry("t1", state="running")])
+    assert journal.commit() == 1
+    journal.put(make_entry("t1", state="succeeded", finished=True, updated_at=9.0))
+    journal.commit()
+    stored = journal.get("t1")
+    assert stored is not None and stored.state == "succeeded" and stored.finished
+    assert journal.statistics().entries == 1
+
+
+def test_unfinished_in_created_order(journal: Journal) -> None:
+    journal.put_many(
+        [
+            make_entry("late", created_at=3.0),
+            make_entry("done", created_at=0.5, finished=True),
+            make_entry("early", created_at=1.0),
+            make_entry("middle", created_at=2.0),
+        ]
+    )
+    journal.commit()
+    assert [entry.task_id for entry in journal.unfinished()] == ["early", "middle", "late"]
+
+
+def test_find_idempotent_in_buffer_and_on_disk(journal: Journal) -> None:
+    journal.put(make_entry("t1", pool="coder", idempotency_key="abc"))
+    assert journal.find_idempotent("coder", "abc").task_id == "t1"
+    journal.commit()
+    assert journal.find_idempotent("coder", "abc").task_id == "t1"
+    assert journal.find_idempotent("echo", "abc") is None
+    assert journal.find_idempotent("coder", "other") is None
+    # A later put that drops the key must hide the stale buffered index entry.
+    journal.put(make_entry("t2", pool="coder", idempotency_key="xyz"))
+    journal.put(make_entry("t2", pool="coder", idempotency_key=None))
+    assert journal.find_idempotent("coder", "xyz") is None
+
+
+def test_query_filters_and_pages(journal: Journal) -> None:
+    journal.put_many(
+        make_entry(f"t{i}", pool="a" if i % 2 else "b", created_at=float(i // 2), finished=i > 5)
+        for i in range(10)
+    )
+    journal.commit()
+    assert [entry.task_id for entry in journal.query(pool="a", limit=3)] == ["t1", "t3", "t5"]
+    assert len(journal.query(finished=True)) == 4
+    assert [entry.task_id for entry in journal.query(state="queued", limit=2)] == ["t0", "t1"]
+    seen: list[str] = []
+    page = journal.query(limit=3)
+    while page:
+        seen += [entry.task_id for entry in page]
+        last = page[-1]
+        page = journal.query(limit=3, after_created=last.created_at, after_task_id=last.task_id)
+    assert seen == [f"t{i}" for i in range(10)]
+
+
+def test_prune_by_age(journal: Journal) -> None:
+    journal.put_many(
+        [
+            make_entry("old", finished=True, updated_at=10.0),
+            make_entry("recent", finished=True, updated_at=95.0),
+            make_entry("old-but-running", updated_at=1.0),
+        ]
+    )
+    journal.commit()
+    assert journal.prune(max_age_seconds=30.0, max_finished=None, now=100.0) == 1
+    assert journal.get("old") is None
+    assert journal.get("recent") is not None
+    assert journal.get("old-but-running") is not None
+
+
+def test_prune_by_count_keeps_newest_finished(journal: Journal) -> None:
+    journal.put_many(make_entry(f"f{i}", finished=True, updated_at=float(i)) for i in range(10))
+    journal.put(make_entry("running"))
+    journal.commit()
+    assert journal.prune(max_age_seconds=None, max_finished=3, now=100.0) == 7
+    remaining = {entry.task_id for entry in journal.query(limit=100)}
+    assert remaining == {"f7", "f8", "f9", "running"}
+    assert journal.prune(max_age_seconds=None, max_finished=None, now=100.0) == 0
+
+
+def test_statistics_snapshot(journal: Journal) -> None:
+    journal.put_many([make_entry("a"), make_entry("b", finished=True)])
+    journal.commit()
+    journal.put(make_entry("c"))
+    statistics = journal.statistics()
+    assert isinstance(statistics, JournalStatistics)
+    assert (statistics.entries, statistics.unfinished, statistics.pending) == (2, 1, 1)
+    assert (statistics.commits, statistics.committed_entries) == (1, 2)
+    assert statistics.file_bytes > 0
+
+
+def test_closed_journal_says_how_to_recover(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    journal.put(make_entry("t1"))
+    journal.close()
+    journal.close()
+    with pytest.raises(JournalError, match="is closed; open it again with Journal.open"):
+        journal.get("t1")
+    with Journal.open(tmp_path) as reopened:
+        assert reopened.get("t1") is not None  # close() committed the buffer
+
+
+def test_commit_from_worker_thread_while_putting(journal: Journal) -> None:
+    stop = threading.Event()
+
+    def commit_repeatedly() -> None:
+        while not stop.is_set():
+            journal.commit()
+
+    worker = threading.Thread(target=commit_repeatedly)
+    worker.start()
+    try:
+        for i in range(20_000):
+            journal.put(make_entry(f"t{i}"))
+    finally:
+        stop.set()
+        worker.join()
+    journal.commit()
+    assert journal.statistics().entries == 20_000
+    assert journal.durable_sequence == journal.put_sequence
+
+
+# ---------------------------------------------------------------- opening errors
+
+
+def test_random_bytes_file_is_rejected_not_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    garbage = os.urandom(8192)
+    path.write_bytes(garbage)
+    with pytest.raises(JournalError, match="is not a readable SQLite database") as caught:
+        Journal.open(tmp_path)
+    assert str(path) in str(caught.value)
+    assert "move the file aside" in str(caught.value)
+    assert path.read_bytes() == garbage
+    assert pickle.loads(pickle.dumps(caught.value)).details == {"path": str(path)}
+
+
+def test_foreign_sqlite_file_is_rejected(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as connection:
+        connection.execute("CREATE TABLE users (name TEXT)")
+    with pytest.raises(JournalError, match="is a SQLite database but not a hive-ray task journal"):
+        Journal.open(tmp_path)
+
+
+def test_newer_schema_version_is_rejected(tmp_path: Path) -> None:
+    Journal.open(tmp_path).close()
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as connection:
+        connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match="has schema version '99', but this hive-ray reads"):
+        Journal.open(tmp_path)
+
+
+def test_directory_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(JournalError, match="set HIVE_JOURNAL_DIR to a writable directory"):
+        Journal.open(blocker / "journal")
+
+
+def test_read_only_directory_is_rejected(tmp_path: Path) -> None:
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        try:
+            (directory / "probe").write_text("")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("running with privileges that ignore directory permissions (root)")
+        with pytest.raises(JournalError, match="cannot write the task journal directory") as caught:
+            Journal.open(directory)
+        assert "set HIVE_JOURNAL_DIR to a writable directory" in str(caught.value)
+    finally:
+        directory.chmod(0o700)
+
+
+# ---------------------------------------------------------------- group commit
+
+
+def test_group_commit_serves_many_waiters_with_few_commits(journal: Journal) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(journal, interval_seconds=0.005)
+
+        async def submit(index: int) -> None:
+            committer.put(make_entry(f"t{index}"))
+            sequence = journal.put_sequence
+            await committer.durable()
+            assert journal.durable_sequence >= sequence
+
+        await asyncio.gather(*(submit(index) for index in range(1_000)))
+        await committer.close()
+
+    asyncio.run(main())
+    statistics = journal.statistics()
+    assert statistics.entries == 1_000
+    assert 1 <= statistics.commits < 1_000 / 10
+
+
+def test_durable_sees_committed_data_from_another_connection(journal: Journal) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(journal)
+        committer.put(make_entry("t1"))
+        await committer.durable()
+        with sqlite3.connect(journal.path) as other:
+            assert other.execute("SELECT COUNT(*) FROM tasks").fetchone() == (1,)
+        await committer.durable()  # nothing pending: returns at once
+        await committer.close()
+
+    asyncio.run(main())
+
+
+def test_full_batch_commits_without_waiting_for_the_interval(journal: Journal) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(journal, interval_seconds=60.0, max_batch=100)
+        committer.put(make_entry("first"))
+        await asyncio.wait_for(committer.durable(), 5)  # the first commit is immediate
+        committer.put_many(make_entry(f"t{i}") for i in range(150))
+        await asyncio.wait_for(committer.durable(), 5)
+        await committer.close()
+
+    asyncio.run(main())
+    assert journal.statistics().entries == 151
+
+
+class FailFirstBegin:
+    """Stands in for the journal's connection and fails the first transaction."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.failures_left = 1
+
+    def execute(self, sql: str, *parameters: object) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE" and self.failures_left:
+            self.failures_left -= 1
+            raise sqlite3.OperationalError("disk I/O error (simulated)")
+        return self.real.execute(sql, *parameters)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        return self.real.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_failed_commit_keeps_entries_buffered(journal: Journal) -> None:
+    journal._connection = FailFirstBegin(journal._connection)  # type: ignore[assignment]
+    journal.put_many([make_entry("t1"), make_entry("t2")])
+    with pytest.raises(JournalError, match="could not commit 2 entries to the task journal"):
+        journal.commit()
+    journal.put(make_entry("t2", state="running"))  # newer than the failed batch's copy
+    assert journal.pending_count == 2
+    assert journal.durable_sequence == 0
+    assert journal.commit() == 2
+    assert journal.get("t2").state == "running"
+    assert journal.durable_sequence == journal.put_sequence
+
+
+def test_commit_error_reaches_every_waiter_and_entries_are_retried(journal: Journal) -> None:
+    journal._connection = FailFirstBegin(journal._connection)  # type: ignore[assignment]
+
+    async def main() -> list[object]:
+        committer = GroupCommitter(journal, interval_seconds=0.001)
+
+        async def submit(index: int) -> None:
+            committer.put(make_entry(f"t{index}"))
+            await committer.durable()
+
+        results = await asyncio.gather(*(submit(i) for i in range(50)), return_exceptions=True)
+        committer.put(make_entry("after"))
+        await committer.durable()
+        await committer.close()
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(result, JournalError) for result in results)
+    assert len({id(result) for result in results}) == 1  # one batch, one error
+    assert "disk I/O error (simulated); check free disk space" in str(results[0])
+    assert journal.statistics().entries == 51  # the failed batch was retried
+
+
+def test_put_alone_gets_committed_in_the_background(journal: Journal) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(journal, interval_seconds=0.001)
+        committer.put(make_entry("t1"))
+        for _ in range(500):
+            if journal.pending_count == 0 and journal.statistics().entries == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert journal.statistics().entries == 1
+        await committer.close()
+
+    asyncio.run(main())
+
+
+def test_durable_after_close_is_an_error(journal: Journal) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(journal)
+        committer.put(make_entry("t1"))
+        await committer.close()
+        assert journal.get("t1") is not None and journal.pending_count == 0
+        with pytest.raises(JournalError, match="group committer is closed"):
+            await committer.durable()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- crash safety
+
+_CRASHING_WRITER = textwrap.dedent(
+    """
+    import sys
+    from hive_ray._journal import Journal, JournalEntry
+
+    journal = Journal.open(sys.argv[1])
+    body = b"x" * 200
+    total = 0
+    while True:
+        for _ in range(200):
+            journal.put(JournalEntry(
+                task_id=f"t{total}", pool="echo", state="queued", idempotency_key=None,
+                created_at=float(total), updated_at=float(total), finished=False, body=body,
+            ))
+            total += 1
+        journal.commit()
+        print(total, flush=True)
+    """
+)
+
+
+def test_sigkill_during_commits_leaves_a_consistent_journal(tmp_path: Path) -> None:
+    reported_before_kill = 5_000
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    committed = 0
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            committed = int(line)
+            if committed >= reported_before_kill:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert committed >= reported_before_kill
+    with Journal.open(tmp_path) as journal:  # runs PRAGMA quick_check
+        entries = journal.statistics().entries
+        assert entries >= committed
+        assert entries % 200 == 0  # whole batches only: each commit is atomic
+        assert journal.get(f"t{committed - 1}") is not None
