@@ -106,13 +106,15 @@ class Hive:
         *,
         settings: Settings | dict[str, Any] | None = None,
         detached: bool | None = None,
+        embedded: bool = True,
     ) -> Hive:
         """Attach to a running cluster, or start an embedded local Ray.
 
         The cluster is, in order: ``address``, ``RAY_ADDRESS``, the local cluster
         ``hive up`` started, or else a new local Ray owned by this client and
-        stopped by :meth:`close`. The orchestrator is found by name, or created
-        (detached, so that it outlives this driver, unless Ray is embedded).
+        stopped by :meth:`close` (unless ``embedded`` is False: then no cluster is an
+        error). The orchestrator is found by name, or created (detached, so that it
+        outlives this driver, unless Ray is embedded).
         """
         import ray
 
@@ -132,8 +134,14 @@ class Hive:
                         f"could not connect to the Ray cluster at {target!r}: {error}. Check the "
                         "address, or unset RAY_ADDRESS to start an embedded local Ray."
                     ) from None
+            elif not embedded:
+                raise HiveConnectionError(
+                    "no hive cluster is running: start one with `hive up`, or set RAY_ADDRESS "
+                    "to a running Ray cluster"
+                )
             else:
-                ray.init(namespace=settings.namespace, logging_level=logging.WARNING,
+                # address="local": a new Ray even if some other cluster runs on this machine.
+                ray.init(address="local", namespace=settings.namespace, logging_level=logging.WARNING,
                          include_dashboard=False)
                 owns_ray = True
         orchestrator = get_or_create_orchestrator(settings, detached=not owns_ray if detached is None else detached)
@@ -321,7 +329,6 @@ class Hive:
     def submit_many(self, agent: str | type[Agent] | None, payloads: Iterable[Any], *,
                     chunk_size: int = 1000, **options: Any) -> list[TaskHandle]:
         """Submit many tasks in one orchestrator call per ``chunk_size`` payloads."""
-        import ray
 
         template = self._template(agent, options)
         pending = [self._fire("submit_many", template, chunk) for chunk in _chunks(list(payloads), chunk_size)]

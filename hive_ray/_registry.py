@@ -103,8 +103,12 @@ def describe(agent: type[Agent] | str) -> AgentTypeInfo:
     """Describe a type for the orchestrator; classes not importable by name are pickled."""
     cls = load_agent_class(agent) if isinstance(agent, str) else agent
     reference: str | bytes
-    if isinstance(agent, str):
-        reference = _reference_of(cls) or agent
+    if isinstance(agent, str) and agent in _discover_entry_points():
+        reference = _discover_entry_points()[agent]  # installed: every process can import it
+    elif isinstance(agent, str):
+        # Registered in this process only: other processes know it by its code.
+        reference = _reference_of(cls) if cls.__module__.split(".")[0] == "hive_ray" else None
+        reference = reference or _pickle_by_value(cls)
     elif cls.__module__.split(".")[0] == "hive_ray":
         reference = _reference_of(cls) or _pickle_by_value(cls)
     else:

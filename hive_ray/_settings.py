@@ -10,7 +10,7 @@ themselves.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +68,47 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Listen address; loopback unless you mean it.")
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(9000, ge=1, le=65535)
+    api_keys: dict[str, Literal["read", "admin"]] = Field(
+        default_factory=dict,
+        repr=False,  # secrets: never in a repr, a log line or a traceback
+        description="API keys and their scope ('read' or 'admin'), besides the admin key `hive up` "
+        "keeps in state_dir/api_key. From the environment as JSON: "
+        'HIVE_API_KEYS=\'{"k3y...": "read"}\'. Keys are compared in constant time and never logged.',
+    )
+    api_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    api_max_wait_seconds: float = Field(
+        30.0, gt=0, le=300, description="Longest `wait` a task submission may ask for."
+    )
+    api_request_timeout_seconds: float = Field(
+        90.0, gt=0,
+        description="Serve's end-to-end request timeout; above api_max_wait_seconds and "
+        "api_stream_max_seconds so that waits and streams end on their own terms.",
+    )
+    api_stream_max_seconds: float = Field(
+        60.0, gt=0,
+        description="An event stream (SSE or gRPC) ends after this long; clients resume from "
+        "the last event id (EventSource does so by itself).",
+    )
+    api_replicas: int = Field(1, ge=1, le=64, description="Replicas of the API deployment.")
+    # Measured on 2 cores (perf/bench_api.py): with the Serve default of 5, 32 clients
+    # queue in the proxy and p95 triples; above ~100 nothing improves. The queue bound
+    # sheds load with 503 instead of letting latency grow without limit.
+    api_max_ongoing_requests: int = Field(
+        100, ge=1, description="Requests one API replica handles at once (Serve's max_ongoing_requests)."
+    )
+    api_max_queued_requests: int = Field(
+        1000, ge=-1, description="Requests waiting for a replica before Serve answers 503 (-1: no bound)."
+    )
+    api_pool_cache_seconds: float = Field(
+        1.0, ge=0,
+        description="How long a replica serves pool lists from its cache; its own pool changes "
+        "invalidate the cache at once, other replicas' changes show within this time.",
+    )
+    api_cache_entries: int = Field(
+        10_000, ge=0, description="Finished tasks' status, and idempotency keys, a replica remembers."
+    )
 
     @classmethod
     def load(cls, overrides: dict[str, Any] | None = None) -> Settings:

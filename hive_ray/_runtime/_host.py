@@ -22,11 +22,10 @@ from typing import Any
 import ray
 
 from hive_ray._agent import Agent, AgentContext, current_task_id
-from hive_ray._runtime._channel import serve_host
 from hive_ray._registry import materialize
 from hive_ray._results import unwrap
+from hive_ray._runtime._channel import serve_host
 from hive_ray._task import Envelope, Outcome, Task
-
 
 logger = logging.getLogger("hive_ray.host")
 
@@ -190,7 +189,8 @@ class AgentHost:
             status, error = "ok", None
         except asyncio.TimeoutError:
             value, status = None, "timed_out"
-            error = {"type": "TimeoutError", "message": "the handler ran past the task's timeout"}
+            error = {"type": "TaskTimeoutError",
+                     "message": "the task did not finish within its timeout; its handler was cancelled"}
         except asyncio.CancelledError:
             if not running.cancelled():
                 raise

@@ -290,7 +290,7 @@ class Orchestrator:
         self._pump(pool)
 
     def _placement_spec(self, pool: Pool) -> Any:
-        from hive_ray._runtime._placement import PoolPlacementSpec
+        from hive_ray._runtime._contracts import PoolPlacementSpec
 
         spec = pool.spec
         return PoolPlacementSpec(
@@ -426,7 +426,7 @@ class Orchestrator:
 
     async def _dispatch(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
                         envelopes: list[Envelope]) -> None:
-        from hive_ray._runtime._placement import AgentLost
+        from hive_ray._runtime._contracts import AgentLost
 
         try:
             outcomes = await self._placement.run_batch(agent_id, envelopes)

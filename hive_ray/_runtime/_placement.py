@@ -10,48 +10,15 @@ outside.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from hive_ray._runtime._channel import ChannelClosed, ChannelServer, HostChannel
+from hive_ray._runtime._contracts import AgentLost, PoolPlacementSpec
 from hive_ray._runtime._host import AgentHost
 from hive_ray._task import Envelope, Outcome
-
-
-class AgentLost(Exception):
-    """The process hosting an agent died or became unreachable. ``cause`` says how."""
-
-    def __init__(self, agent_id: str, cause: str, detail: str = "") -> None:
-        super().__init__(agent_id, cause, detail)
-        self.agent_id = agent_id
-        self.cause = cause
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PoolPlacementSpec:
-    """What placement needs to know about a pool."""
-
-    pool: str
-    agent_type: str
-    reference: str | bytes
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
-    memory: int | None = None
-    resources: dict[str, float] = field(default_factory=dict)
-    agents_per_host: int = 1
-    max_restarts: int = 0
-
-
-class Placement(Protocol):
-    async def activate(self, spec: PoolPlacementSpec, agent_ids: list[str]) -> dict[str, dict[str, Any]]: ...
-    async def run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]: ...
-    def cancel(self, agent_id: str, task_id: str) -> None: ...
-    async def health(self, agent_id: str, timeout: float) -> dict[str, Any]: ...
-    async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None: ...
 
 
 def classify_actor_error(error: BaseException) -> str:

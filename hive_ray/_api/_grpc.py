@@ -1,0 +1,147 @@
+"""gRPC methods of ``hive.proto``, translated onto the same :class:`ApiService` as HTTP.
+
+Serve's gRPC proxy hands each call to the deployment method of the same name
+with a ``grpc_context``; errors become gRPC status codes with the hive
+error's message as details (the same text HTTP puts in ``detail``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from hive_ray._api import hive_pb2
+from hive_ray._api._keys import KeyRing, bearer_token
+from hive_ray._api._problems import ProblemError, field_errors, status_of
+from hive_ray._api._service import ApiService, dumps
+from hive_ray._api._streams import task_events
+from hive_ray._errors import HiveError
+from hive_ray._models import TaskSpec
+
+_CODES = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, detail)
+        self.status, self.detail = status, detail
+
+
+def _authorize(service: ApiService, context: Any, needed: str) -> None:
+    metadata = {key.lower(): value for key, value in context.invocation_metadata()}
+    scope = service.keys.scope_of(bearer_token(metadata.get("authorization")))
+    if scope is None:
+        raise _Refused(401, "send a valid API key in metadata as 'authorization: Bearer <key>'")
+    if not KeyRing.allows(scope, needed):
+        raise _Refused(403, f"this needs an {needed} key; the key sent has the {scope} scope")
+
+
+def _fail(context: Any, status: int, detail: str) -> None:
+    context.set_code(_CODES.get(status, grpc.StatusCode.INTERNAL))
+    context.set_details(detail)
+
+
+async def _guarded(service: ApiService, context: Any, needed: str, work: Any, empty: Any) -> Any:
+    try:
+        _authorize(service, context, needed)
+        return await work()
+    except _Refused as refused:
+        _fail(context, refused.status, refused.detail)
+    except ProblemError as error:
+        _fail(context, error.status, error.detail)
+    except HiveError as error:
+        _fail(context, status_of(error), error.message)
+    except ValidationError as error:
+        listed = field_errors(error.errors())
+        _fail(context, 422, "invalid " + "; ".join(f"{e['field']}: {e['message']}" for e in listed))
+    return empty
+
+
+async def submit(service: ApiService, request: Any, context: Any) -> Any:
+    async def work() -> Any:
+        try:
+            payload = json.loads(request.payload_json) if request.payload_json else None
+        except ValueError as error:
+            raise ProblemError(422, f"payload_json is not JSON: {error}") from None
+        spec = TaskSpec(
+            agent_type=request.agent_type or None, capability=request.capability or None,
+            pool=request.pool or None, payload=payload, priority=request.priority,
+            timeout=request.timeout or None, affinity_key=request.affinity_key or None,
+            idempotency_key=request.idempotency_key or None, metadata=dict(request.metadata),
+        )
+        maximum = service.settings.api_max_wait_seconds
+        if not 0 <= request.wait <= maximum:
+            raise ProblemError(422, f"wait must be between 0 and {maximum:g} seconds")
+        replayed = False
+        if spec.idempotency_key:
+            replayed = service.check_idempotency(
+                spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+        template = spec.template()
+        if request.wait <= 0:
+            accepted = await service.submit(template, payload)
+            return hive_pb2.SubmitReply(task_id=accepted["task_id"], state=accepted["state"], replayed=replayed)
+        task_id, (state, result, error) = await service.run(template, payload, request.wait)
+        if state == "pending":
+            raise ProblemError(504, f"task {task_id} did not finish within wait={request.wait:g} s; "
+                               "it keeps running: call GetTask for its state")
+        return hive_pb2.SubmitReply(
+            task_id=task_id, state=state, replayed=replayed,
+            result_json=dumps(result).decode() if state == "succeeded" else "",
+            error_json=dumps(error).decode() if error else "")
+
+    return await _guarded(service, context, "admin", work, hive_pb2.SubmitReply())
+
+
+def _task_reply(record: dict[str, Any]) -> Any:
+    return hive_pb2.TaskReply(task_id=record["task_id"], pool=record["pool"], state=record["state"],
+                              record_json=dumps(record).decode())
+
+
+async def get_task(service: ApiService, request: Any, context: Any) -> Any:
+    async def work() -> Any:
+        body, _ = await service.task_json(request.task_id)
+        return _task_reply(json.loads(body))
+
+    return await _guarded(service, context, "read", work, hive_pb2.TaskReply())
+
+
+async def cancel(service: ApiService, request: Any, context: Any) -> Any:
+    async def work() -> Any:
+        return _task_reply(await service.cancel(request.task_id))
+
+    return await _guarded(service, context, "admin", work, hive_pb2.TaskReply())
+
+
+async def stream_events(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
+    task_id = request.task_id or None
+    try:
+        _authorize(service, context, "read")
+        if task_id is not None:
+            await service.task_json(task_id)  # NOT_FOUND before streaming
+    except _Refused as refused:
+        _fail(context, refused.status, refused.detail)
+        return
+    except HiveError as error:
+        _fail(context, status_of(error), error.message)
+        return
+    async for event in task_events(service.call, after=request.after, task_id=task_id,
+                                   max_seconds=service.settings.api_stream_max_seconds):
+        if event is None:
+            continue  # gRPC has its own keepalives
+        yield hive_pb2.TaskEvent(
+            sequence=event["sequence"], time=event["time"], task_id=event["task_id"],
+            pool=event["pool"], state=event["state"], progress=event.get("progress"),
+            message=event.get("message") or "")

@@ -1,0 +1,271 @@
+"""The HTTP API: a FastAPI app over an :class:`ApiService`.
+
+Scopes: a ``read`` key may call every ``GET`` (lists, records, event streams,
+``/metrics``, the dashboard's data); everything that changes something
+(submitting or cancelling tasks, creating, scaling or stopping pools) needs
+an ``admin`` key. ``/healthz``, ``/readyz``, ``/docs`` and the dashboard page
+itself (which holds no data) need no key.
+
+Handlers are ``async`` and hot reads answer pre-serialized JSON bytes, so a
+cached read costs one dictionary look-up beyond routing and the key check.
+"""
+
+
+from importlib import resources
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from hive_ray._api import _problems
+from hive_ray._api._keys import KeyRing
+from hive_ray._api._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hive_ray._api._middleware import ApiMiddleware
+from hive_ray._api._problems import ProblemError
+from hive_ray._api._schemas import PoolScale, Problem, Ready, TaskAccepted, TaskOutcome
+from hive_ray._api._service import ApiService, dumps
+from hive_ray._api._streams import SSE_END, sse_frame, task_events
+from hive_ray._models import PoolInfo, PoolSpec, TaskPage, TaskRecord, TaskSpec
+from hive_ray._task import TaskState
+
+JSON = "application/json"
+POOL_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": Problem, "content": {_problems.PROBLEM_TYPE: {}}} for status in statuses}
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def build_http_app(service: ApiService) -> FastAPI:
+    """The FastAPI app of one replica."""
+    from hive_ray import __version__
+
+    settings = service.settings
+    app = FastAPI(
+        title="hive-ray API",
+        version=__version__,
+        description="Pools of supervised agents and the tasks they run. Authenticate with "
+        "`Authorization: Bearer <key>`; errors are RFC 9457 `application/problem+json`.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    _problems.install(app)
+    app.add_middleware(ApiMiddleware, metrics=service.metrics, max_body_bytes=settings.api_max_body_bytes)
+    bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                        description="An API key: `hive up` prints the admin key's location.")
+
+    def guard(needed: str) -> Any:
+        async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+            scope = service.keys.scope_of(credentials.credentials if credentials else None)
+            if scope is None:
+                raise ProblemError(
+                    401, "send a valid API key as `Authorization: Bearer <key>`; `hive up` writes "
+                    "an admin key to <state_dir>/api_key", slug="unauthorized",
+                    headers={"WWW-Authenticate": 'Bearer realm="hive"'})
+            if not KeyRing.allows(scope, needed):
+                raise ProblemError(403, f"this needs an {needed} key; the key sent has the {scope} scope",
+                                   slug="forbidden")
+            return scope
+
+        return check
+
+    read = [Depends(guard("read"))]
+    admin = [Depends(guard("admin"))]
+    auth_errors = _problem_responses(401, 403)
+
+    # ------------------------------------------------------------------ health
+    @app.get("/healthz", tags=["health"], summary="Liveness: the replica answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], response_model=Ready, responses=_problem_responses(503),
+             summary="Readiness: the orchestrator answers a health call")
+    async def readyz() -> Response:
+        try:
+            health = await service.ready()
+        except Exception as error:  # noqa: BLE001 - any failure means not ready
+            raise ProblemError(503, f"the orchestrator did not answer its health check "
+                               f"({type(error).__name__}); it may be starting or restarting",
+                               slug="not-ready", headers={"Retry-After": "2"}) from None
+        return _json(dumps({"status": "ready", "orchestrator": health}))
+
+    @app.get("/metrics", tags=["health"], dependencies=read, responses=auth_errors,
+             response_class=Response, summary="Prometheus metrics (text format)")
+    async def metrics() -> Response:
+        return Response(await service.metrics_text(), media_type=METRICS_CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ pools
+    @app.get("/v1/pools", tags=["pools"], dependencies=read, response_model=list[PoolInfo],
+             responses=auth_errors, summary="List pools and their agents")
+    async def list_pools() -> Response:
+        body, hit = await service.pools_json()
+        return _json(body, headers={"X-Cache": "hit" if hit else "miss"})
+
+    @app.post("/v1/pools", tags=["pools"], dependencies=admin, status_code=201, response_model=PoolInfo,
+              responses={**auth_errors, **_problem_responses(422)},
+              summary="Create a pool (or add agents to it) and wait until its agents are ready")
+    async def create_pool(spec: PoolSpec) -> Response:
+        info = await service.create_pool(spec.model_dump())
+        return _json(dumps(info), 201, {"Location": f"/v1/pools/{info['name']}"})
+
+    PoolName = Annotated[str, Path(min_length=1, max_length=64, pattern=POOL_NAME)]
+
+    @app.get("/v1/pools/{name}", tags=["pools"], dependencies=read, response_model=PoolInfo,
+             responses={**auth_errors, **_problem_responses(404)}, summary="One pool and its agents")
+    async def get_pool(name: PoolName) -> Response:
+        body, hit = await service.pool_json(name)
+        return _json(body, headers={"X-Cache": "hit" if hit else "miss"})
+
+    @app.patch("/v1/pools/{name}", tags=["pools"], dependencies=admin, response_model=PoolInfo,
+               responses={**auth_errors, **_problem_responses(404, 422)},
+               summary="Scale a pool to `count` agents")
+    async def scale_pool(name: PoolName, scale: PoolScale) -> Response:
+        return _json(dumps(await service.scale_pool(name, scale.count)))
+
+    @app.delete("/v1/pools/{name}", tags=["pools"], dependencies=admin, response_model=PoolInfo,
+                responses={**auth_errors, **_problem_responses(404)},
+                summary="Stop a pool's agents and remove it; its queued tasks are cancelled")
+    async def stop_pool(name: PoolName) -> Response:
+        return _json(dumps(await service.stop_pool(name)))
+
+    # ------------------------------------------------------------------ tasks
+    max_wait = settings.api_max_wait_seconds
+
+    @app.post(
+        "/v1/tasks", tags=["tasks"], dependencies=admin, status_code=202, response_model=TaskAccepted,
+        responses={200: {"model": TaskOutcome, "description": "With `wait`: the task ended in time."},
+                   **auth_errors, **_problem_responses(409, 413, 422, 429, 504)},
+        summary="Submit a task",
+        description="Answers 202 with a Location at once. With `wait` (seconds), answers 200 with "
+        "the result if the task ends in time, else 504 (the task keeps running). An "
+        "`Idempotency-Key` makes a retried submission return the first task; reusing a key with "
+        "another body is a 409.")
+    async def submit(
+        spec: TaskSpec,
+        wait: Annotated[float | None, Query(gt=0, le=max_wait, description="Seconds to wait for the result.")] = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
+    ) -> Response:
+        template = spec.template()
+        replayed = False
+        if idempotency_key is not None:
+            if spec.idempotency_key not in (None, idempotency_key):
+                raise ProblemError(422, "the Idempotency-Key header and the body's idempotency_key "
+                                   "differ; send one of them", slug="validation",
+                                   errors=[{"field": "idempotency_key", "in": "body",
+                                            "message": "differs from the Idempotency-Key header"}])
+            template["idempotency_key"] = idempotency_key
+            replayed = service.check_idempotency(
+                idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+        if wait is None:
+            accepted = await service.submit(template, spec.payload)
+            location = f"/v1/tasks/{accepted['task_id']}"
+            return _json(dumps({**accepted, "replayed": replayed}), 202, {"Location": location})
+        task_id, (state, result, error) = await service.run(template, spec.payload, wait)
+        location = f"/v1/tasks/{task_id}"
+        if state == "pending":
+            raise ProblemError(504, f"task {task_id} did not finish within wait={wait:g} s; it keeps "
+                               f"running: GET {location} for its state", slug="wait-timeout",
+                               headers={"Location": location}, task_id=task_id)
+        return _json(dumps({"task_id": task_id, "state": state, "result": result, "error": error}), 200,
+                     {"Location": location})
+
+    @app.get("/v1/tasks", tags=["tasks"], dependencies=read, response_model=TaskPage,
+             responses={**auth_errors, **_problem_responses(422)},
+             summary="Recent tasks, newest first, with filters and cursor pagination")
+    async def list_tasks(
+        request: Request,
+        state: TaskState | None = None,
+        pool: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=128, description="`next_cursor` of the previous page.")] = None,
+    ) -> Response:
+        page = await service.tasks(state.value if state else None, pool, limit, cursor)
+        headers = {}
+        if page["next_cursor"]:
+            query = {k: v for k, v in (("state", state.value if state else None), ("pool", pool),
+                                       ("limit", limit), ("cursor", page["next_cursor"])) if v is not None}
+            headers["Link"] = f'</v1/tasks?{urlencode(query)}>; rel="next"'
+        return _json(dumps(page), headers=headers)
+
+    TaskId = Annotated[str, Path(min_length=1, max_length=128)]
+
+    @app.get("/v1/tasks/{task_id}", tags=["tasks"], dependencies=read, response_model=TaskRecord,
+             responses={**auth_errors, **_problem_responses(404)}, summary="A task's record")
+    async def get_task(task_id: TaskId) -> Response:
+        body, hit = await service.task_json(task_id)
+        return _json(body, headers={"X-Cache": "hit" if hit else "miss"})
+
+    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], dependencies=admin, response_model=TaskRecord,
+              responses={**auth_errors, **_problem_responses(404)},
+              summary="Cancel a queued or running task (a finished one is left as it is)")
+    async def cancel_task(task_id: TaskId) -> Response:
+        return _json(dumps(await service.cancel(task_id)))
+
+    # ------------------------------------------------------------------ event streams
+    stream_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    sse_doc = {200: {"content": {"text/event-stream": {}},
+                     "description": "Server-Sent Events; `id` is the event sequence."}}
+
+    def resume_point(after: int, last_event_id: str | None) -> int:
+        if last_event_id and last_event_id.isdigit():
+            return max(after, int(last_event_id))
+        return after
+
+    @app.get("/v1/tasks/{task_id}/events", tags=["events"], dependencies=read,
+             responses={**sse_doc, **auth_errors, **_problem_responses(404)}, response_class=StreamingResponse,
+             summary="A task's events as Server-Sent Events, until it ends")
+    async def task_stream(
+        task_id: TaskId,
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    ) -> StreamingResponse:
+        await service.task_json(task_id)  # 404 before the stream starts
+        start = resume_point(after, last_event_id)
+
+        async def frames() -> Any:
+            yield b"retry: 1000\n\n"
+            async for event in task_events(service.call, after=start, task_id=task_id,
+                                           max_seconds=settings.api_stream_max_seconds):
+                yield sse_frame(event)
+                if event is not None and event["state"] in ("succeeded", "failed", "cancelled", "timed_out"):
+                    yield SSE_END
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=stream_headers)
+
+    @app.get("/v1/events", tags=["events"], dependencies=read, responses={**sse_doc, **auth_errors},
+             response_class=StreamingResponse, summary="Every task event as Server-Sent Events")
+    async def event_stream(
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    ) -> StreamingResponse:
+        start = resume_point(after, last_event_id)
+
+        async def frames() -> Any:
+            yield b"retry: 1000\n\n"
+            async for event in task_events(service.call, after=start,
+                                           max_seconds=settings.api_stream_max_seconds):
+                yield sse_frame(event)
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=stream_headers)
+
+    # ------------------------------------------------------------------ dashboard
+    page = resources.files("hive_ray._api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache",
+                                           "Content-Security-Policy": "default-src 'self'; "
+                                           "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+
+    @app.get("/v1/overview", tags=["dashboard"], dependencies=read, responses=auth_errors,
+             summary="The dashboard's data: pools, counters, recent failures, throughput and latency")
+    async def overview() -> Response:
+        return _json(dumps(await service.overview()))
+
+    return app

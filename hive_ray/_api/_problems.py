@@ -1,0 +1,182 @@
+"""RFC 9457 problem details: every error the API answers is ``application/problem+json``.
+
+A problem names what went wrong (``title``), this occurrence (``detail``, the
+hive error's message, which says how to fix it) and, for invalid input, each
+offending field (``errors``). Tracebacks never leave the replica: an
+unexpected error is logged there and answered with a bare 500 problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hive_ray._errors import (
+    ConfigurationError,
+    HiveConnectionError,
+    HiveError,
+    IdempotencyConflictError,
+    NoRouteError,
+    OverloadedError,
+    TaskNotFoundError,
+    UnknownAgentTypeError,
+    UnknownPoolError,
+)
+
+logger = logging.getLogger("hive_ray.api")
+
+PROBLEM_TYPE = "application/problem+json"
+_TYPE_BASE = "https://hive-ray.dev/problems/"
+
+_TITLES = {
+    400: "Bad request",
+    401: "Missing or unknown API key",
+    403: "The API key's scope does not allow this",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+    504: "The wait ran out",
+}
+
+#: Which status each hive error means at the API boundary.
+_STATUS: list[tuple[type[HiveError], int]] = [
+    (UnknownPoolError, 404),
+    (TaskNotFoundError, 404),
+    (IdempotencyConflictError, 409),
+    (OverloadedError, 429),
+    (UnknownAgentTypeError, 422),
+    (NoRouteError, 422),
+    (ConfigurationError, 422),
+    (HiveConnectionError, 503),
+]
+
+
+class ProblemError(Exception):
+    """Raised by route code to answer a problem; carries everything the body needs."""
+
+    def __init__(self, status: int, detail: str, *, slug: str | None = None,
+                 headers: dict[str, str] | None = None, **extensions: Any) -> None:
+        super().__init__(status, detail, slug, headers, extensions)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def problem(status: int, detail: str, *, instance: str | None = None, slug: str | None = None,
+            headers: dict[str, str] | None = None, **extensions: Any) -> Response:
+    body: dict[str, Any] = {
+        "type": _TYPE_BASE + (slug or str(status)),
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extensions)
+    return Response(json.dumps(body, default=str), status_code=status, media_type=PROBLEM_TYPE,
+                    headers=headers)
+
+
+def status_of(error: HiveError) -> int:
+    for kind, status in _STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def from_hive_error(error: HiveError, instance: str | None = None) -> Response:
+    status = status_of(error)
+    headers: dict[str, str] = {}
+    extensions: dict[str, Any] = {"error": type(error).__name__}
+    if isinstance(error, OverloadedError):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        extensions["retry_after"] = error.retry_after
+    elif isinstance(error, HiveConnectionError):
+        headers["Retry-After"] = "2"
+    if status == 500:
+        logger.error("unmapped hive error %s: %s", type(error).__name__, error)
+    for name in ("pool", "task_id", "agent_type", "known"):
+        if name in error.details:
+            extensions[name] = error.details[name]
+    return problem(status, error.message, instance=instance, slug=_slug(type(error).__name__),
+                   headers=headers, **extensions)
+
+
+def field_errors(errors: Any) -> list[dict[str, str]]:
+    """Pydantic/FastAPI validation errors as ``{"field", "message"}``, field dotted."""
+    listed = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        if location and location[0] in ("body", "query", "path", "header"):
+            where, location = location[0], location[1:]
+        else:
+            where = "body"
+        listed.append({"field": ".".join(location) or where, "in": where,
+                       "message": str(error.get("msg", "invalid"))})
+    return listed
+
+
+def validation_problem(errors: Any, instance: str | None = None) -> Response:
+    listed = field_errors(errors)
+    names = sorted({e["field"] for e in listed})
+    detail = f"invalid {', '.join(names)}: " + "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+    return problem(422, detail[:2000], instance=instance, slug="validation", errors=listed)
+
+
+def install(app: Any) -> None:
+    """Answer every error of ``app`` as a problem."""
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException
+
+    async def on_problem(request: Request, error: ProblemError) -> Response:
+        return problem(error.status, error.detail, instance=request.url.path, slug=error.slug,
+                       headers=error.headers, **error.extensions)
+
+    async def on_http(request: Request, error: HTTPException) -> Response:
+        detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+        return problem(error.status_code, detail, instance=request.url.path,
+                       headers=dict(error.headers or {}))
+
+    async def on_validation(request: Request, error: RequestValidationError) -> Response:
+        return validation_problem(error.errors(), instance=request.url.path)
+
+    async def on_model_validation(request: Request, error: ValidationError) -> Response:
+        return validation_problem(error.errors(), instance=request.url.path)
+
+    async def on_hive(request: Request, error: HiveError) -> Response:
+        return from_hive_error(error, instance=request.url.path)
+
+    async def on_unexpected(request: Request, error: Exception) -> Response:
+        logger.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return problem(500, "the server failed to answer this request; the error is in its log",
+                       instance=request.url.path)
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_model_validation)
+    app.add_exception_handler(HiveError, on_hive)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _slug(name: str) -> str:
+    out = []
+    for index, char in enumerate(name.removesuffix("Error")):
+        if char.isupper() and index:
+            out.append("-")
+        out.append(char.lower())
+    return "".join(out)

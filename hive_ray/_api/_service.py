@@ -1,0 +1,172 @@
+"""What the API does, independent of HTTP or gRPC: one :class:`ApiService` per replica.
+
+The HTTP routes (:mod:`hive_ray._api._http`) and the gRPC methods
+(:mod:`hive_ray._api._grpc`) are thin translations onto this class: both
+check keys with the same :class:`KeyRing`, submit with the same idempotency
+rules and read through the same caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any
+
+from hive_ray._api._cache import BoundedMap, TtlCache
+from hive_ray._api._keys import KeyRing
+from hive_ray._api._metrics import ApiMetrics
+from hive_ray._api._telemetry import TERMINAL, TaskWindow, follow_events
+from hive_ray._errors import IdempotencyConflictError
+from hive_ray._settings import Settings
+
+logger = logging.getLogger("hive_ray.api")
+
+READINESS_TIMEOUT_SECONDS = 5.0
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON; values JSON cannot hold (a result object) become their str()."""
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+class ApiService:
+    """Caches, idempotency, telemetry and orchestrator access for one replica."""
+
+    def __init__(self, settings: Settings, call: Any, keys: KeyRing, *, blocking: Any = None) -> None:
+        self.settings = settings
+        self.call = call  # async (method, *args) -> answer: the orchestrator
+        self.blocking = blocking  # async (client method, *args, **options): pool changes
+        self.keys = keys
+        self.metrics = ApiMetrics()
+        self.window = TaskWindow(on_end=self.metrics.observe_task)
+        self._pools_cache: TtlCache[bytes] = TtlCache(settings.api_pool_cache_seconds)
+        self._finished: BoundedMap[bytes] = BoundedMap(settings.api_cache_entries)
+        self._idempotency: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
+        self._follower: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def ensure_following(self) -> None:
+        """Start feeding the task window from the event stream (once, on the replica's loop)."""
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.get_running_loop().create_task(follow_events(self.call, self.window))
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+
+    # ------------------------------------------------------------------ pools
+    async def pools_json(self) -> tuple[bytes, bool]:
+        """All pools as JSON, and whether it came from the cache."""
+        cached = self._pools_cache.get("*")
+        if cached is not None:
+            return cached, True
+        body = dumps(await self.call("pools"))
+        self._pools_cache.put("*", body)
+        return body, False
+
+    async def pool_json(self, name: str) -> tuple[bytes, bool]:
+        cached = self._pools_cache.get(name)
+        if cached is not None:
+            return cached, True
+        body = dumps(await self.call("pool", name))
+        self._pools_cache.put(name, body)
+        return body, False
+
+    async def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = dict(spec)
+        agent_type, count, name = spec.pop("agent_type"), spec.pop("count"), spec.pop("name")
+        try:
+            info = await self.blocking("spawn", agent_type, count, pool=name, **spec)
+        finally:
+            self._pools_cache.clear()
+        return info.model_dump(mode="json")
+
+    async def scale_pool(self, name: str, count: int) -> dict[str, Any]:
+        try:
+            info = await self.blocking("scale", name, count)
+        finally:
+            self._pools_cache.clear()
+        return info.model_dump(mode="json")
+
+    async def stop_pool(self, name: str) -> dict[str, Any]:
+        try:
+            info = await self.blocking("stop", name)
+        finally:
+            self._pools_cache.clear()
+        return info.model_dump(mode="json")
+
+    # ------------------------------------------------------------------ tasks
+    def check_idempotency(self, key: str, body: dict[str, Any]) -> bool:
+        """Remember ``key``'s body; True if it was seen before with the same body.
+
+        Raises:
+            IdempotencyConflictError: the key was used before with a different body.
+        """
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+        seen = self._idempotency.get(key)
+        if seen is None:
+            self._idempotency.put(key, fingerprint)
+            return False
+        if seen != fingerprint:
+            raise IdempotencyConflictError(
+                f"the Idempotency-Key {key!r} was used before with a different request body; "
+                "use a new key for a new task, or resend the original body to get the original task"
+            )
+        return True
+
+    async def submit(self, template: dict[str, Any], payload: Any) -> dict[str, Any]:
+        return await self.call("submit", template, payload)
+
+    async def run(self, template: dict[str, Any], payload: Any, wait: float) -> tuple[str, tuple[str, Any, Any]]:
+        return await self.call("run", template, payload, wait)
+
+    async def task_json(self, task_id: str) -> tuple[bytes, bool]:
+        """A task's record as JSON; a finished one may come from the cache (it cannot change)."""
+        cached = self._finished.get(task_id)
+        if cached is not None:
+            return cached, True
+        record = await self.call("task", task_id)
+        body = dumps(record)
+        if record["state"] in TERMINAL:
+            self._finished.put(task_id, body)
+        return body, False
+
+    async def tasks(self, state: str | None, pool: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        return await self.call("tasks", state, pool, limit, cursor)
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        return await self.call("cancel", task_id)
+
+    # ------------------------------------------------------------------ health, metrics, overview
+    async def ready(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.call("health"), READINESS_TIMEOUT_SECONDS)
+
+    async def metrics_text(self) -> bytes:
+        self.ensure_following()
+        try:
+            pools, statistics = await asyncio.wait_for(
+                asyncio.gather(self.call("pools"), self.call("statistics")), READINESS_TIMEOUT_SECONDS)
+        except Exception as error:  # noqa: BLE001 - a scrape still reports the replica's own metrics
+            logger.warning("metrics: orchestrator unavailable (%s)", type(error).__name__)
+            pools, statistics = [], None
+        return self.metrics.render(pools, statistics)
+
+    async def overview(self) -> dict[str, Any]:
+        """What the dashboard shows: pools, counters, recent failures and the task window."""
+        self.ensure_following()
+        pools, statistics, failures = await asyncio.gather(
+            self.call("pools"), self.call("statistics"), self.call("tasks", "failed", None, 10, None))
+        return {
+            "pools": pools,
+            "counters": statistics["counters"],
+            "series": self.window.series(),
+            "bucket_seconds": 5.0,
+            "recent_failures": [
+                {"task_id": t["task_id"], "pool": t["pool"], "finished_at": t["finished_at"],
+                 "error": (t.get("error") or {}).get("message", "")[:300],
+                 "error_type": (t.get("error") or {}).get("type", "")}
+                for t in failures["tasks"]
+            ],
+        }

@@ -1,0 +1,74 @@
+"""Fixtures shared by every test tier.
+
+Integration and end-to-end tests share ONE local Ray for the whole run
+(starting Ray takes about 5 s on CI's 2 cores) and one orchestrator; each test
+uses pools with unique names so tests do not see each other's agents.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(os.environ.get("HIVE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A pool name no other test uses."""
+    base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:30].strip("-")
+    return f"{base}-{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The session-wide local Ray. Logical CPUs are generous: agents default to num_cpus=0."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(
+        address="local",  # never some other cluster running on this machine
+        num_cpus=8,
+        namespace="hive",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hive_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    state = tmp_path_factory.mktemp("hive-state")
+    return {"state_dir": str(state), "journal_dir": str(state / "journal")}
+
+
+@pytest.fixture(scope="session")
+def hive(ray_session: None, hive_settings: dict[str, object]) -> Iterator[object]:
+    """A client of the session's orchestrator."""
+    from hive_ray import Hive
+
+    client = Hive.connect(settings=hive_settings)
+    try:
+        yield client
+    finally:
+        client.close()

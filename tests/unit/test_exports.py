@@ -1,0 +1,33 @@
+import subprocess
+import sys
+
+import hive_ray
+
+
+def test_all_is_sorted_unique_and_every_name_resolves():
+    assert hive_ray.__all__ == sorted(set(hive_ray.__all__))
+    for name in hive_ray.__all__:
+        assert getattr(hive_ray, name) is not None
+
+
+def test_private_modules_are_not_exported():
+    assert not [name for name in hive_ray.__all__ if name.startswith("_")]
+
+
+def test_unknown_attribute_has_a_clear_error():
+    try:
+        hive_ray.Orchestrator  # noqa: B018
+    except AttributeError as error:
+        assert "has no attribute 'Orchestrator'" in str(error)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_import_is_lazy_in_a_fresh_process():
+    code = (
+        "import sys, hive_ray\n"
+        "heavy = [m for m in ('ray', 'ray.serve', 'opentelemetry', 'fastapi', 'pydantic') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert output.stdout.strip() == ""

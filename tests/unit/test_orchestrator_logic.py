@@ -1,0 +1,230 @@
+"""The orchestrator's logic against a fake placement: no Ray, no processes."""
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hive_ray._errors import NoRouteError, OverloadedError, TaskNotFoundError, UnknownPoolError
+from hive_ray._runtime._contracts import AgentLost
+from hive_ray._runtime._orchestrator import Orchestrator
+from hive_ray._task import Outcome
+
+
+class FakePlacement:
+    """Runs batches in-process; a test can make an agent 'die' or block."""
+
+    def __init__(self) -> None:
+        self.active: set[str] = set()
+        self.doomed: set[str] = set()
+        self.gates: dict[str, asyncio.Event] = {}
+        self.cancelled: list[str] = []
+        self.batches: list[tuple[str, list[str]]] = []
+
+    async def activate(self, spec: Any, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.active.update(agent_ids)
+        return {agent_id: {"node_id": "node-1", "pid": 1000 + len(self.active)} for agent_id in agent_ids}
+
+    async def run_batch(self, agent_id: str, envelopes: list[Any]) -> list[Outcome]:
+        self.batches.append((agent_id, [e.task_id for e in envelopes]))
+        gate = self.gates.get(agent_id)
+        if gate is not None:
+            await gate.wait()
+        if agent_id in self.doomed:
+            self.doomed.discard(agent_id)
+            raise AgentLost(agent_id, "process_killed", "SIGKILL")
+        outcomes = []
+        for envelope in envelopes:
+            if envelope.payload == "boom":
+                outcomes.append(Outcome(task_id=envelope.task_id, status="error",
+                                        error={"type": "ValueError", "message": "boom"}, started_at=1, finished_at=2))
+            else:
+                outcomes.append(Outcome(task_id=envelope.task_id, status="ok", value=envelope.payload,
+                                        started_at=1.0, finished_at=1.0001))
+        return outcomes
+
+    def cancel(self, agent_id: str, task_id: str) -> None:
+        self.cancelled.append(task_id)
+
+    async def health(self, agent_id: str, timeout: float) -> dict[str, Any]:
+        return {}
+
+    async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None:
+        self.active.difference_update(agent_ids)
+
+
+def make(settings: dict[str, Any] | None = None) -> tuple[Orchestrator, FakePlacement]:
+    placement = FakePlacement()
+    return Orchestrator(settings or {"state_dir": "/tmp/hive-unit"}, placement=placement), placement
+
+
+async def pool(orchestrator: Orchestrator, name: str = "echo", count: int = 2, **extra: Any) -> dict[str, Any]:
+    capabilities = extra.pop("capabilities", ["echo"])
+    return await orchestrator.create_pool({"name": name, "agent_type": "echo", "count": count, **extra},
+                                          "hive_ray.actors.echo:EchoAgent", capabilities, 1)
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_submit_and_wait_returns_the_result():
+    async def scenario():
+        orchestrator, _ = make()
+        await pool(orchestrator)
+        task_id, answer = await orchestrator.run({"agent_type": "echo"}, {"x": 1})
+        assert answer == ("succeeded", {"x": 1}, None)
+        record = await orchestrator.task(task_id)
+        assert record["attempts"] == 1 and record["agent_id"].startswith("echo-")
+    run(scenario())
+
+
+def test_handler_error_fails_the_task_with_a_structured_error():
+    async def scenario():
+        orchestrator, _ = make()
+        await pool(orchestrator)
+        _, answer = await orchestrator.run({"agent_type": "echo"}, "boom")
+        assert answer[0] == "failed" and answer[2]["type"] == "ValueError"
+    run(scenario())
+
+
+def test_a_lost_agent_is_restarted_and_its_task_delivered_again():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1)
+        placement.doomed.add("echo-0")
+        task_id, answer = await orchestrator.run({"agent_type": "echo"}, "survives")
+        assert answer == ("succeeded", "survives", None)
+        record = await orchestrator.task(task_id)
+        assert record["attempts"] == 2
+        info = await orchestrator.pool("echo")
+        assert info["agents"][0]["restarts"] == 1
+        assert (await orchestrator.statistics())["counters"]["redelivered"] == 1
+    run(scenario())
+
+
+def test_a_task_out_of_attempts_fails_with_the_last_error():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1, max_attempts=1)
+        placement.doomed.add("echo-0")
+        _, answer = await orchestrator.run({"agent_type": "echo"}, "doomed")
+        assert answer[0] == "failed" and "process_killed" in answer[2]["message"]
+    run(scenario())
+
+
+def test_cancel_queued_and_running_tasks():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1)
+        placement.gates["echo-0"] = asyncio.Event()
+        running, queued = await orchestrator.submit_many({"agent_type": "echo"}, ["a", "b"])
+        await asyncio.sleep(0)
+        assert (await orchestrator.cancel(queued))["state"] == "cancelled"
+        assert (await orchestrator.cancel(running))["state"] == "cancelled"
+        assert placement.cancelled == [running]
+        placement.gates["echo-0"].set()
+        await asyncio.sleep(0.01)
+        assert (await orchestrator.task(running))["state"] == "cancelled"  # its late result is ignored
+        assert (await orchestrator.statistics())["counters"]["late_results"] == 1
+        assert [ids for _, ids in placement.batches] == [[running]]  # the queued one never ran
+    run(scenario())
+
+
+def test_timeout_ends_a_task_that_waits_too_long():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1)
+        placement.gates["echo-0"] = asyncio.Event()
+        task_id, answer = await orchestrator.run({"agent_type": "echo", "timeout": 0.05}, "slow")
+        assert answer[0] == "timed_out" and "0.05 s" in answer[2]["message"]
+        placement.gates["echo-0"].set()
+    run(scenario())
+
+
+def test_idempotency_key_returns_the_first_task():
+    async def scenario():
+        orchestrator, _ = make()
+        await pool(orchestrator)
+        first = await orchestrator.submit({"agent_type": "echo", "idempotency_key": "k"}, 1)
+        again = await orchestrator.submit({"agent_type": "echo", "idempotency_key": "k"}, 1)
+        assert first["task_id"] == again["task_id"]
+    run(scenario())
+
+
+def test_routing_by_capability_and_clear_errors():
+    async def scenario():
+        orchestrator, _ = make()
+        await pool(orchestrator, name="fast", capabilities=["echo", "fast"])
+        await pool(orchestrator, name="plain", capabilities=["echo"])
+        _, answer = await orchestrator.run({"capability": "fast"}, 7)
+        assert answer[1] == 7
+        record = (await orchestrator.tasks(limit=1))["tasks"][0]
+        assert record["pool"] == "fast"
+        with pytest.raises(NoRouteError, match="no pool offers capability 'gpu'; offered: echo, fast"):
+            await orchestrator.submit({"capability": "gpu"}, 1)
+        with pytest.raises(NoRouteError, match="Spawn one first"):
+            await orchestrator.submit({"agent_type": "coder"}, 1)
+        with pytest.raises(UnknownPoolError, match="known pools: fast, plain"):
+            await orchestrator.submit({"pool": "nope"}, 1)
+        with pytest.raises(TaskNotFoundError):
+            await orchestrator.task("missing")
+    run(scenario())
+
+
+def test_overload_fails_fast_and_accepts_nothing():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1, max_queue=5)
+        placement.gates["echo-0"] = asyncio.Event()
+        await orchestrator.submit_many({"agent_type": "echo"}, [0])
+        await asyncio.sleep(0)  # it is dispatched and blocks on the gate
+        await orchestrator.submit_many({"agent_type": "echo"}, list(range(5)))  # the queue is now full
+        before = len(orchestrator._tasks)
+        with pytest.raises(OverloadedError) as raised:
+            await orchestrator.submit_many({"agent_type": "echo"}, [1, 2])
+        assert raised.value.retry_after > 0
+        assert len(orchestrator._tasks) == before
+        placement.gates["echo-0"].set()
+    run(scenario())
+
+
+def test_finished_tasks_are_pruned_beyond_the_retention_count():
+    async def scenario():
+        orchestrator, _ = make({"state_dir": "/tmp/hive-unit", "finished_retention_count": 100})
+        await pool(orchestrator)
+        ids = await orchestrator.submit_many({"agent_type": "echo"}, list(range(300)))
+        await orchestrator.wait_many(ids[-50:])
+        await asyncio.sleep(0.01)
+        assert len(orchestrator._tasks) <= 100
+        with pytest.raises(TaskNotFoundError):
+            await orchestrator.task(ids[0])
+    run(scenario())
+
+
+def test_events_are_ordered_and_long_poll_wakes_up():
+    async def scenario():
+        orchestrator, _ = make()
+        await pool(orchestrator)
+        waiter = asyncio.ensure_future(orchestrator.events(after=0, timeout=5))
+        await asyncio.sleep(0)
+        task_id, _ = await orchestrator.run({"agent_type": "echo"}, 1)
+        first = await waiter
+        assert first["events"]
+        everything = await orchestrator.events(after=0, task_id=task_id)
+        states = [event["state"] for event in everything["events"]]
+        assert states == ["queued", "running", "succeeded"]
+        sequences = [event["sequence"] for event in everything["events"]]
+        assert sequences == sorted(sequences)
+    run(scenario())
+
+
+def test_scale_down_stops_the_least_busy_agents():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=3)
+        info = await orchestrator.scale("echo", 1)
+        assert info["size"] == 1 and len(placement.active) == 1
+        info = await orchestrator.scale("echo", 2)
+        assert info["size"] == 2
+    run(scenario())
