@@ -39,10 +39,19 @@ CLUSTER_FILE = "cluster.json"
 
 #: Calls that go over the data plane when it is open (the rest are Ray calls).
 _CHANNEL_METHODS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
-                              "cancel", "events", "health", "statistics", "pools", "pool"})
+                              "cancel", "events", "health", "statistics", "pools", "pool",
+                              "dead_letters", "resubmit"})
 #: Calls that are safe to send again after the stream broke.
 _RETRYABLE_METHODS = frozenset({"wait", "wait_many", "task", "tasks", "events", "health",
-                                "statistics", "pools", "pool"})
+                                "statistics", "pools", "pool", "dead_letters", "restart_events"})
+
+
+#: How long reads keep retrying while the orchestrator restarts.
+RECONNECT_SECONDS = 60.0
+
+
+class _Interrupted(Exception):
+    """The orchestrator went away mid-call (it may be restarting)."""
 
 
 class TaskHandle:
@@ -191,24 +200,35 @@ class Hive:
             logger.info("data plane at %s unreachable (%s); using Ray calls", address, error)
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call the orchestrator; reads are retried while it restarts (up to a limit)."""
+        if self._closed:
+            raise HiveConnectionError("this Hive client is closed; call Hive.connect() again")
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                return self._call_once(method, *args, timeout=timeout)
+            except _Interrupted as interrupted:
+                if method not in _RETRYABLE_METHODS or time.monotonic() > deadline:
+                    raise HiveConnectionError(
+                        f"lost the orchestrator during {method}() ({interrupted}); it may be "
+                        "restarting. Try again in a few seconds, or run `hive status`."
+                    ) from None
+                time.sleep(0.2)
+                self._reopen_channel()
+
+    def _call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        if self._closed:
-            raise HiveConnectionError("this Hive client is closed; call Hive.connect() again")
         channel = self._channel
         if channel is not None and not channel.closed and method in _CHANNEL_METHODS:
             from hive_ray._runtime._channel import ChannelClosed
 
             try:
                 return channel.call(method, *args, timeout=timeout)
-            except ChannelClosed:
-                self._channel = None  # the orchestrator restarted or went away: use Ray
-                if method not in _RETRYABLE_METHODS:
-                    raise HiveConnectionError(
-                        f"the connection to the orchestrator broke during {method}(); the call may "
-                        "or may not have taken effect. Check with hive.tasks() before retrying."
-                    ) from None
+            except ChannelClosed as closed:
+                self._channel = None  # the orchestrator restarted or went away
+                raise _Interrupted(str(closed)) from None
         try:
             return ray.get(getattr(self._orchestrator, method).remote(*args), timeout=timeout)
         except RayTaskError as error:
@@ -217,10 +237,16 @@ class Hive:
                 raise cause from None
             raise
         except RayActorError as error:
-            raise HiveConnectionError(
-                f"the orchestrator is not reachable ({type(error).__name__}); it may be restarting. "
-                "Try again in a few seconds, or run `hive status`."
-            ) from None
+            raise _Interrupted(type(error).__name__) from None
+
+    def _reopen_channel(self) -> None:
+        if self._channel is not None and not self._channel.closed:
+            return
+        self._channel = None
+        try:
+            self._open_channel()
+        except Exception:  # noqa: BLE001 - not back yet; Ray calls queue until it is
+            pass
 
     # ------------------------------------------------------------------ pools
     def spawn(self, agent: str | type[Agent], count: int = 1, *, pool: str | None = None,
@@ -291,8 +317,16 @@ class Hive:
         ``pool=``. Other options: ``priority``, ``timeout``, ``affinity_key``,
         ``idempotency_key``, ``max_attempts``, ``metadata``.
         """
+        import uuid
+
         template = self._template(agent, options)
-        accepted = self._call("submit", template, payload)
+        task_id = uuid.uuid4().hex
+        try:
+            accepted = self._call("submit", template, payload, task_id)
+        except HiveConnectionError:
+            accepted = self._recover_submission(template, payload, task_id)
+            if accepted is None:
+                raise
         return TaskHandle(self, accepted["task_id"], accepted["pool"])
 
     def run(self, agent: str | type[Agent] | None = None, payload: Any = None, *,
@@ -303,9 +337,34 @@ class Hive:
         a record); only the separate acknowledgement is skipped. Raises the
         task's error like :meth:`TaskHandle.result`; ``wait_timeout`` bounds the wait.
         """
+        import uuid
+
         template = self._template(agent, options)
-        task_id, answer = self._call("run", template, payload, wait_timeout)
+        task_id = uuid.uuid4().hex
+        try:
+            _, answer = self._call("run", template, payload, wait_timeout, task_id)
+        except HiveConnectionError:
+            # The orchestrator went away mid-call. If it had accepted the task, the
+            # journal has it and the restarted orchestrator runs it: wait for it.
+            # If not, nothing happened yet: submit it again under the same id.
+            if self._recover_submission(template, payload, task_id) is None:
+                raise
+            answer = self._call("wait", task_id, wait_timeout)
         return unwrap(task_id, answer)
+
+    def _recover_submission(self, template: dict[str, Any], payload: Any, task_id: str) -> dict[str, Any] | None:
+        from hive_ray._errors import TaskNotFoundError
+
+        try:
+            return self._call("task", task_id)
+        except TaskNotFoundError:
+            pass
+        except HiveConnectionError:
+            return None
+        try:
+            return self._call("submit", template, payload, task_id)
+        except HiveConnectionError:
+            return None
 
     async def run_async(self, agent: str | type[Agent] | None = None, payload: Any = None, *,
                         wait_timeout: float | None = None, **options: Any) -> Any:
@@ -411,6 +470,22 @@ class Hive:
         page = self._call("tasks", state, pool, limit, None)
         return [TaskRecord(**record) for record in page["tasks"]]
 
+    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
+        """Tasks that failed after every allowed attempt, newest first."""
+        from hive_ray._models import TaskRecord
+
+        return [TaskRecord(**record) for record in self._call("dead_letters", limit)]
+
+    def resubmit(self, task_id: str) -> TaskHandle:
+        """Submit an ended (typically dead-lettered) task again, as a new task."""
+        accepted = self._call("resubmit", task_id)
+        return TaskHandle(self, accepted["task_id"], accepted["pool"])
+
+    def restarts(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent agent restarts with their causes (exception, process_killed, oom_killed,
+        node_lost, health_check_failed, timeout_unresponsive)."""
+        return self._call("restart_events", pool, limit)
+
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         return TaskHandle(self, task_id, "").result(timeout)
 
@@ -442,6 +517,8 @@ def get_or_create_orchestrator(settings: Settings, *, detached: bool) -> Any:
         "num_cpus": 0,
         "max_concurrency": settings.max_concurrent_calls,
         "max_restarts": -1,
+        # On the head node, beside its journal, and never on a worker that may go away.
+        "resources": {"node:__internal_head__": 0.001},
     }
     if detached:
         options["lifetime"] = "detached"

@@ -21,13 +21,11 @@ in-memory buffer, and a connection lock around every SQLite call.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ CREATE TABLE tasks (
 );
 CREATE INDEX tasks_by_finished_created ON tasks (finished, created_at);
 CREATE INDEX tasks_by_pool_idempotency ON tasks (pool, idempotency_key);
+CREATE TABLE pools (name TEXT PRIMARY KEY, spec BLOB NOT NULL, updated_at REAL NOT NULL);
 """
 
 _COLUMNS = "task_id, pool, state, idempotency_key, created_at, updated_at, finished, body"
@@ -409,6 +408,24 @@ class Journal:
                 raise
             return deleted
 
+    # ------------------------------------------------------------ pools
+    def put_pool(self, name: str, spec: bytes) -> None:
+        """Record a pool's declared spec at once (pool changes are rare; no batching)."""
+        with self._connection_lock:
+            self._require_open().execute(
+                "INSERT INTO pools (name, spec, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                (name, spec, time.time()),
+            )
+
+    def delete_pool(self, name: str) -> None:
+        with self._connection_lock:
+            self._require_open().execute("DELETE FROM pools WHERE name = ?", (name,))
+
+    def pools(self) -> dict[str, bytes]:
+        """Every recorded pool's spec, by name, in creation order."""
+        return {name: spec for name, spec in self._fetch("SELECT name, spec FROM pools ORDER BY rowid")}
+
     def statistics(self) -> JournalStatistics:
         """Return a snapshot of sizes and commit counters."""
         entries, unfinished = self._fetch(
@@ -514,138 +531,3 @@ def _check_schema(connection: sqlite3.Connection, path: Path, tables: set[str]) 
             f"hive-ray reads version {SCHEMA_VERSION}; upgrade hive-ray or move the file aside",
             path=str(path),
         )
-
-
-class GroupCommitter:
-    """Commits a `Journal` in the background, sharing each commit among many waiters.
-
-    ``await durable()`` returns once everything buffered before the call is
-    committed. One background task commits whenever there is pending work, at
-    most once per ``interval_seconds``, and at once when ``max_batch`` entries
-    are waiting. Commits run in a worker thread (`asyncio.to_thread`), so the
-    event loop keeps buffering meanwhile. A failed commit raises its error in
-    every waiter of that batch; the entries stay buffered and are retried.
-
-    Use `put`/`put_many` here rather than on the journal so that a full
-    buffer wakes the committer; `durable` wakes it too.
-    """
-
-    def __init__(
-        self, journal: Journal, *, interval_seconds: float = 0.002, max_batch: int = 2_000
-    ) -> None:
-        if interval_seconds < 0:
-            raise ValueError(f"interval_seconds must be >= 0, got {interval_seconds!r}")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
-        self._journal = journal
-        self._interval = interval_seconds
-        self._max_batch = max_batch
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-        self._wake = asyncio.Event()
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._failures_in_a_row = 0
-
-    def put(self, entry: JournalEntry) -> None:
-        """Buffer ``entry`` in the journal and wake the committer if the batch is full."""
-        self._journal.put(entry)
-        self._nudge()
-
-    def put_many(self, entries: Iterable[JournalEntry]) -> None:
-        """Buffer several entries in the journal and wake the committer if the batch is full."""
-        self._journal.put_many(entries)
-        self._nudge()
-
-    async def durable(self) -> None:
-        """Return once everything buffered before this call is committed.
-
-        Raises:
-            JournalError: the commit covering these entries failed, or the
-                committer is closed.
-        """
-        if self._closing:
-            raise JournalError("the journal group committer is closed; create a new GroupCommitter")
-        target = self._journal.put_sequence
-        if target <= self._journal.durable_sequence:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, future))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        self._wake.set()
-        await future
-
-    async def close(self) -> None:
-        """Commit what is left, stop the background task and release all waiters.
-
-        Raises:
-            JournalError: the final commit failed.
-        """
-        self._closing = True
-        self._wake.set()
-        self._full.set()
-        if self._task is not None:
-            await self._task
-        if self._journal.pending_count or self._waiters:
-            await self._commit_once(raise_errors=True)
-
-    def _nudge(self) -> None:
-        self._wake.set()
-        if self._journal.pending_count >= self._max_batch:
-            self._full.set()
-        if self._task is None and not self._closing:
-            with contextlib.suppress(RuntimeError):  # no running loop: durable() starts it
-                self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_commit_at = 0.0
-        try:
-            while not self._closing:
-                if not self._journal.pending_count and not self._waiters:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                if self._failures_in_a_row:
-                    # Back off so that a full disk is not hammered every interval.
-                    await asyncio.sleep(min(1.0, self._interval * 2**self._failures_in_a_row))
-                delay = next_commit_at - loop.time()
-                if delay > 0 and self._journal.pending_count < self._max_batch:
-                    self._full.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), delay)
-                next_commit_at = loop.time() + self._interval
-                await self._commit_once(raise_errors=False)
-        except BaseException as error:
-            self._fail_waiters(
-                self._journal.put_sequence,
-                JournalError(f"the journal group committer stopped unexpectedly: {error!r}"),
-            )
-            raise
-
-    async def _commit_once(self, *, raise_errors: bool) -> None:
-        # Waiters registered up to now are certainly in this batch (or earlier).
-        covered = self._journal.put_sequence
-        try:
-            await asyncio.to_thread(self._journal.commit)
-        except Exception as error:
-            self._failures_in_a_row += 1
-            self._fail_waiters(covered, error)
-            if raise_errors:
-                raise
-            return
-        self._failures_in_a_row = 0
-        durable = self._journal.durable_sequence
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= durable:
-            future = waiters.popleft()[1]
-            if not future.done():
-                future.set_result(None)
-
-    def _fail_waiters(self, covered: int, error: BaseException) -> None:
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= covered:
-            future = waiters.popleft()[1]
-            if not future.done():
-                future.set_exception(error)

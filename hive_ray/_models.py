@@ -106,6 +106,33 @@ class TaskRecord(_Model):
         return _html_table(f"Task {self.task_id}", rows)
 
 
+class RestartSpec(_Model):
+    """When a pool's agents are restarted (an OTP-style intensity limit with backoff)."""
+
+    max_restarts: int = Field(5, ge=0, le=10_000, description="Restarts allowed within the window.")
+    window_seconds: float = Field(60.0, gt=0, description="Beyond max_restarts in this window: degraded.")
+    backoff_initial_seconds: float = Field(0.1, ge=0)
+    backoff_max_seconds: float = Field(10.0, ge=0)
+    backoff_multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, le=1)
+
+
+class RetrySpec(_Model):
+    """How a pool's tasks are delivered again (agent deaths always; handler errors if asked)."""
+
+    max_attempts: int = Field(3, ge=1, le=100, description="Deliveries before a task is dead-lettered.")
+    backoff_initial_seconds: float = Field(0.05, ge=0)
+    backoff_max_seconds: float = Field(5.0, ge=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, le=1)
+    retry_exceptions: bool = Field(
+        False, description="Also retry tasks whose handler raised (agent deaths are always retried)."
+    )
+    never_retry: list[str] = Field(
+        default_factory=list, description="Exception type names never retried, e.g. ValueError."
+    )
+
+
 class PoolSpec(_Model):
     """A pool of agents of one type, and the Ray resources each agent gets."""
 
@@ -117,8 +144,10 @@ class PoolSpec(_Model):
     memory: int | None = Field(None, gt=0, description="Bytes of memory reserved per agent host.")
     resources: dict[str, float] = Field(default_factory=dict)
     policy: RoutingPolicyName = "least_loaded"
-    max_queue: int = Field(100_000, ge=1)
-    max_attempts: int = Field(3, ge=1, le=100)
+    max_queue: int = Field(100_000, ge=1, description="Queued tasks beyond this are refused (429).")
+    restart: RestartSpec = Field(default_factory=RestartSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    health_check: bool = Field(True, description="Ping agents periodically and restart unresponsive ones.")
     placement: Literal["dedicated", "packed"] = "dedicated"
     agents_per_host: int = Field(1, ge=1, le=100_000)
 
@@ -154,6 +183,9 @@ class PoolInfo(_Model):
     failed: int
     agents: list[AgentInfo]
     spec: PoolSpec
+    restarts: int = 0
+    recent_restarts: list[dict[str, Any]] = Field(default_factory=list)
+    dead_letters: int = 0
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} type={self.agent_type} agents={self.size}/{self.desired} "

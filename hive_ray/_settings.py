@@ -32,10 +32,22 @@ class Settings(BaseSettings):
         default_factory=_default_state_dir,
         description="Where `hive up` keeps its API key and the address of the local cluster.",
     )
+    journal: bool = Field(
+        True,
+        description="Write every accepted task to the SQLite journal before submit returns, so "
+        "that a restarted orchestrator loses nothing. Off: tasks live in memory only.",
+    )
     journal_dir: Path | None = Field(
         None,
-        description="Directory of the SQLite task journal on the head node; "
-        "None keeps tasks in memory only (lost if the orchestrator restarts).",
+        description="Directory of the journal on the head node. None: inside this Ray cluster's "
+        "session directory (survives orchestrator restarts, not a new cluster); set a path "
+        "to keep tasks and pools across cluster restarts too.",
+    )
+    journal_retention_count: int = Field(
+        1_000_000, ge=1000, description="Finished tasks kept in the journal, newest first."
+    )
+    journal_retention_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Finished tasks older than this leave the journal."
     )
 
     # -- orchestrator ---------------------------------------------------------

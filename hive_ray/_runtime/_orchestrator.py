@@ -1,11 +1,17 @@
-"""The orchestrator actor: pools, queues, dispatch, supervision and task records.
+"""The orchestrator actor: pools, queues, dispatch, supervision and the journal.
 
 One async Ray actor, named ``orchestrator`` in the ``hive`` namespace, so that
 every driver (a notebook kernel, the CLI, a Serve replica) finds the same one.
-It runs on a single event loop, so its state needs no locks; everything slow
-(agent calls, journal commits) is awaited, never blocked on.
+It runs on one event loop, so its state needs no locks; everything slow
+(agent calls, journal commits, restarts) is awaited, never blocked on.
 
-The class is usable without Ray for tests: give it a fake ``placement``.
+Delivery is at-least-once: a task running on an agent that dies is queued
+again (up to its pool's ``retry.max_attempts``), and its result is recorded
+exactly once (a late duplicate is counted, not recorded). Accepted tasks are
+in the journal before ``submit`` answers; a restarted orchestrator re-creates
+its pools and re-queues every task that had not ended.
+
+The class runs without Ray in unit tests: give it a fake ``placement``.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import asyncio
 import heapq
 import itertools
 import logging
+import random
 import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hive_ray._errors import (
@@ -28,15 +36,18 @@ from hive_ray._errors import (
     UnknownPoolError,
 )
 from hive_ray._registry import AgentTypeInfo, describe
-from hive_ray._results import PENDING
+from hive_ray._runtime._contracts import AgentLost, PoolPlacementSpec
+from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
+from hive_ray._runtime._views import TaskViews
 from hive_ray._scheduler import PoolScheduler
 from hive_ray._settings import Settings
+from hive_ray._supervision import RetryPolicy
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
-#: How long a ``wait(expected=True)`` for a not-yet-known task id waits for its submit.
-EARLY_WAIT_GRACE_SECONDS = 30.0
+#: Dead-lettered task ids remembered in memory (the records themselves follow retention).
+DEAD_LETTER_LIMIT = 10_000
 
 
 @dataclass(slots=True, kw_only=True)
@@ -57,9 +68,10 @@ class Pool:
     spec: dict[str, Any]
     info: AgentTypeInfo
     scheduler: PoolScheduler
+    supervisor: PoolSupervisor
+    retry: RetryPolicy
     agents: dict[str, AgentRecord] = field(default_factory=dict)
     counter: itertools.count = field(default_factory=itertools.count)
-    state: str = "ok"
     succeeded: int = 0
     failed: int = 0
 
@@ -67,16 +79,29 @@ class Pool:
     def name(self) -> str:
         return self.spec["name"]
 
+    @property
+    def state(self) -> str:
+        return "degraded" if self.supervisor.degraded else "ok"
 
-class Orchestrator:
+
+class Orchestrator(TaskViews):
     """Owns pools of agents and every task's record; see the module docstring."""
+
+    #: What drivers may call over the data plane: the hot paths (and reads).
+    CLIENT_CALLS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
+                              "cancel", "events", "health", "statistics", "pools", "pool",
+                              "dead_letters", "resubmit"})
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
         self.settings = Settings(**(settings or {}))
         self._placement = placement
+        self._channels: Any = None
+        self._channel_token = ""
+        self._journal: Any = None
         self._pools: dict[str, Pool] = {}
         self._tasks: dict[str, TaskEntry] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._dead_letters: OrderedDict[str, None] = OrderedDict()
         self._idempotency: dict[tuple[str, str], str] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=self.settings.event_buffer)
@@ -84,14 +109,16 @@ class Orchestrator:
         self._event_signal: asyncio.Event | None = None
         self._deadlines: list[tuple[float, int, str]] = []
         self._deadline_sequence = itertools.count()
-        self._deadline_wakeup: asyncio.Event | None = None
+        self._wakeup: asyncio.Event | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._start_future: asyncio.Future[None] | None = None
-        self._channels: Any = None
+        self._rng = random.Random()
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
-                          "timed_out": 0, "redelivered": 0, "late_results": 0}
+                          "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
+                          "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0}
         self._created_at = time.time()
+        self._recovery_seconds: float | None = None
 
     # ------------------------------------------------------------------ start-up
     async def _ensure_started(self) -> None:
@@ -102,12 +129,29 @@ class Orchestrator:
         await asyncio.shield(self._start_future)
 
     async def _start(self) -> None:
+        began = time.monotonic()
+        self._event_signal = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._journal = self._open_journal()  # raises JournalError: start-up stops, clearly
         if self._placement is None:
             self._placement = await self._make_ray_placement()
-        self._event_signal = asyncio.Event()
-        self._deadline_wakeup = asyncio.Event()
-        self._spawn_background(self._deadline_loop())
         self._started = True
+        self._spawn_background(self._timer_loop())
+        self._spawn_background(self._health_loop())
+        if self._journal is not None:
+            await self._recover()
+            self._spawn_background(self._prune_loop())
+        self._recovery_seconds = time.monotonic() - began
+
+    def _open_journal(self) -> Any:
+        if not self.settings.journal:
+            return None
+        from hive_ray._runtime._durability import TaskJournal
+
+        directory = self.settings.journal_dir
+        if directory is None:
+            directory = _session_journal_dir()
+        return TaskJournal.open(directory)
 
     async def _make_ray_placement(self) -> Any:
         import secrets
@@ -118,9 +162,8 @@ class Orchestrator:
         from hive_ray._runtime._placement import RayPlacement
 
         me = ray.get_runtime_context().current_actor
-        token = secrets.token_hex(16)
-        channels: ChannelServer | None = ChannelServer(token, self._answer_client_call)
-        self._channel_token = token
+        self._channel_token = secrets.token_hex(16)
+        channels: ChannelServer | None = ChannelServer(self._channel_token, self._answer_client_call)
         host = self.settings.data_plane_host or _data_plane_bind_address()
         if host == "off":
             channels = None
@@ -131,11 +174,48 @@ class Orchestrator:
                 logger.warning("data plane could not listen on %s (%s); using Ray calls", host, error)
                 channels = None
         self._channels = channels
-        return RayPlacement(me, namespace=self.settings.namespace, channels=channels, channel_token=token)
+        return RayPlacement(me, namespace=self.settings.namespace, channels=channels,
+                            channel_token=self._channel_token)
 
-    #: What drivers may call over the data plane: the hot paths (and reads).
-    CLIENT_CALLS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
-                              "cancel", "events", "health", "statistics", "pools", "pool"})
+    async def _recover(self) -> None:
+        """Re-create journaled pools and re-queue every task that had not ended."""
+        declarations = self._journal.pools()
+        unfinished = self._journal.unfinished()
+        if not declarations and not unfinished:
+            return
+        logger.warning("recovering %d pool(s) and %d unfinished task(s) from %s",
+                       len(declarations), len(unfinished), self._journal.path)
+        for declaration in declarations:
+            try:
+                await self.create_pool(declaration["spec"], declaration["reference"],
+                                       declaration["capabilities"], declaration["concurrency"],
+                                       _recovering=True)
+            except HiveError as error:
+                logger.error("could not re-create pool %s: %s", declaration["spec"].get("name"), error)
+        for entry in unfinished:
+            pool = self._pools.get(entry.pool)
+            self._tasks[entry.task_id] = entry
+            if entry.idempotency_key is not None:
+                self._idempotency[(entry.pool, entry.idempotency_key)] = entry.task_id
+            if pool is None:
+                self._end(entry, TaskState.FAILED, error={
+                    "type": "PoolMissing", "message": f"pool {entry.pool!r} no longer exists after a restart"})
+                continue
+            entry.state, entry.agent_id = TaskState.QUEUED, None
+            pool.scheduler.requeue(entry)
+            if entry.timeout is not None:
+                heapq.heappush(self._deadlines, (entry.created_at + entry.timeout,
+                                                 next(self._deadline_sequence), entry.task_id))
+            self._emit(entry, "queued", message="recovered after an orchestrator restart")
+            self._counters["recovered"] += 1
+        for pool in self._pools.values():
+            self._pump(pool)
+
+    def _spawn_background(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in self.CLIENT_CALLS:
@@ -151,17 +231,13 @@ class Orchestrator:
 
         return self._channels.address, self._channel_token, ray.util.get_node_ip_address()
 
-    def _spawn_background(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
     # ------------------------------------------------------------------ pools
     async def create_pool(self, spec: dict[str, Any], reference: str | bytes | None = None,
-                          capabilities: list[str] | None = None, concurrency: int | None = None) -> dict[str, Any]:
+                          capabilities: list[str] | None = None, concurrency: int | None = None,
+                          _recovering: bool = False) -> dict[str, Any]:
         """Create a pool (or add ``count`` agents to an existing one) and wait until ready."""
-        await self._ensure_started()
+        if not _recovering:
+            await self._ensure_started()
         from hive_ray._models import PoolSpec
 
         try:
@@ -176,26 +252,46 @@ class Orchestrator:
                     f"pool {name!r} already runs agent type {pool.spec['agent_type']!r}, not "
                     f"{validated['agent_type']!r}; choose another pool name"
                 )
-            await self._grow(pool, pool.scheduler.statistics().agents + validated["count"])
-            pool.spec["count"] = len(pool.agents)
-            return self._pool_info(pool)
+            return await self.scale(name, self._live_count(pool) + validated["count"])
         if reference is None:
             info = describe(validated["agent_type"])  # raises UnknownAgentTypeError
         else:
             info = AgentTypeInfo(name=validated["agent_type"], capabilities=frozenset(capabilities or ()),
                                  concurrency=concurrency or 1, reference=reference)
-        scheduler = PoolScheduler(name, policy=validated["policy"], max_queue=validated["max_queue"],
-                                  max_batch=self.settings.max_batch,
-                                  target_batch_seconds=self.settings.target_batch_seconds)
-        pool = Pool(spec=validated, info=info, scheduler=scheduler)
+        retry = validated["retry"]
+        pool = Pool(
+            spec=validated, info=info,
+            scheduler=PoolScheduler(name, policy=validated["policy"], max_queue=validated["max_queue"],
+                                    max_batch=self.settings.max_batch,
+                                    target_batch_seconds=self.settings.target_batch_seconds),
+            supervisor=PoolSupervisor(name, restart_policy_from(validated["restart"]), rng=self._rng),
+            retry=RetryPolicy(max_attempts=retry["max_attempts"],
+                              backoff_initial_seconds=retry["backoff_initial_seconds"],
+                              backoff_max_seconds=retry["backoff_max_seconds"],
+                              multiplier=retry["multiplier"], jitter=retry["jitter"],
+                              never_retry=tuple(retry["never_retry"])),
+        )
         self._pools[name] = pool
+        self._journal_pool(pool)
         try:
             await self._grow(pool, validated["count"])
         except BaseException:
             if not pool.agents:
                 self._pools.pop(name, None)
+                if self._journal is not None:
+                    self._journal.forget_pool(name)
             raise
         return self._pool_info(pool)
+
+    def _journal_pool(self, pool: Pool) -> None:
+        if self._journal is not None:
+            self._journal.record_pool(pool.name, {
+                "spec": dict(pool.spec), "reference": pool.info.reference,
+                "capabilities": sorted(pool.info.capabilities), "concurrency": pool.info.concurrency})
+
+    @staticmethod
+    def _live_count(pool: Pool) -> int:
+        return sum(1 for a in pool.agents.values() if a.state != "stopping")
 
     async def scale(self, name: str, count: int) -> dict[str, Any]:
         """Grow or shrink a pool to ``count`` agents. Busy agents finish their tasks first."""
@@ -203,35 +299,41 @@ class Orchestrator:
         pool = self._pool(name)
         if count < 0:
             raise ConfigurationError(f"cannot scale pool {name!r} to {count} agents; use 0 or more")
+        pool.spec["count"] = count
+        self._journal_pool(pool)
+        pool.supervisor.reset()  # an operator's decision clears a degraded state
+        for record in [a for a in pool.agents.values() if a.state == "failed"]:
+            pool.agents.pop(record.agent_id)
         current = [a for a in pool.agents.values() if a.state != "stopping"]
         if count > len(current):
             await self._grow(pool, count)
         elif count < len(current):
-            # Stop the least busy agents first.
             leaving = sorted(current, key=lambda a: len(a.inflight))[: len(current) - count]
             await self._stop_agents(pool, [a.agent_id for a in leaving])
-        pool.spec["count"] = count
         return self._pool_info(pool)
 
     async def stop_pool(self, name: str) -> dict[str, Any]:
-        """Stop every agent of a pool and remove it; its queued tasks are cancelled."""
+        """Stop every agent of a pool and remove it; its unfinished tasks are cancelled."""
         await self._ensure_started()
         pool = self._pool(name)
-        for entry in list(pool.scheduler._queue) + [e for e in self._tasks.values()
-                                                    if e.pool == name and not e.state.terminal]:
-            if not entry.state.terminal:
-                pool.scheduler.discard(entry)
-                self._end(entry, TaskState.CANCELLED, error={"type": "PoolStopped",
-                          "message": f"pool {name!r} was stopped before the task ended"})
-        await self._stop_agents(pool, list(pool.agents))
+        for entry in [e for e in self._tasks.values() if e.pool == name and not e.state.terminal]:
+            pool.scheduler.discard(entry)
+            self._end(entry, TaskState.CANCELLED, error={
+                "type": "PoolStopped", "message": f"pool {name!r} was stopped before the task ended"})
+        await self._stop_agents(pool, list(pool.agents), wait_seconds=0)
         info = self._pool_info(pool)
         del self._pools[name]
+        if self._journal is not None:
+            self._journal.forget_pool(name)
+        self._signal_events()
         return info
 
     async def pools(self) -> list[dict[str, Any]]:
+        await self._ensure_started()
         return [self._pool_info(pool) for pool in self._pools.values()]
 
     async def pool(self, name: str) -> dict[str, Any]:
+        await self._ensure_started()
         return self._pool_info(self._pool(name))
 
     def _pool(self, name: str) -> Pool:
@@ -241,7 +343,7 @@ class Orchestrator:
         return pool
 
     async def _grow(self, pool: Pool, target: int) -> None:
-        missing = target - len([a for a in pool.agents.values() if a.state != "stopping"])
+        missing = target - self._live_count(pool)
         if missing <= 0:
             return
         agent_ids = [f"{pool.name}-{next(pool.counter)}" for _ in range(missing)]
@@ -257,41 +359,39 @@ class Orchestrator:
             raise ConfigurationError(
                 f"could not start agents for pool {pool.name!r}: {type(error).__name__}: {error}"
             ) from None
-        now = time.time()
         for agent_id in agent_ids:
-            record = pool.agents[agent_id]
-            record.state, record.started_at = "ready", now
-            record.node_id = where.get(agent_id, {}).get("node_id")
-            record.pid = where.get(agent_id, {}).get("pid")
-            pool.scheduler.add_agent(agent_id, concurrency=pool.info.concurrency)
+            self._mark_ready(pool, agent_id, where.get(agent_id, {}))
         self._pump(pool)
 
-    async def _stop_agents(self, pool: Pool, agent_ids: list[str]) -> None:
+    def _mark_ready(self, pool: Pool, agent_id: str, where: dict[str, Any]) -> None:
+        record = pool.agents.get(agent_id)
+        if record is None:
+            return
+        record.state, record.started_at = "ready", time.time()
+        record.node_id, record.pid = where.get("node_id"), where.get("pid")
+        pool.scheduler.add_agent(agent_id, concurrency=pool.info.concurrency)
+
+    async def _stop_agents(self, pool: Pool, agent_ids: list[str], wait_seconds: float = 30) -> None:
         for agent_id in agent_ids:
             record = pool.agents.get(agent_id)
             if record is not None:
                 record.state = "stopping"
                 pool.scheduler.set_accepting(agent_id, False)
-        # Let running tasks finish (bounded), then stop the hosts.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + wait_seconds  # let running tasks finish, within reason
         while time.monotonic() < deadline and any(
-            pool.agents[a].inflight for a in agent_ids if a in pool.agents
-        ):
+                pool.agents[a].inflight for a in agent_ids if a in pool.agents):
             await asyncio.sleep(0.05)
         await self._placement.deactivate(agent_ids)
         for agent_id in agent_ids:
             record = pool.agents.pop(agent_id, None)
             pool.scheduler.remove_agent(agent_id)
-            if record is not None:
-                for task_id in list(record.inflight):
-                    entry = self._tasks.get(task_id)
-                    if entry is not None and entry.state == TaskState.RUNNING:
-                        self._redeliver(pool, entry, "agent stopped")
+            for task_id in list(record.inflight) if record is not None else ():
+                entry = self._tasks.get(task_id)
+                if entry is not None and entry.state == TaskState.RUNNING:
+                    self._redeliver(pool, entry, "its agent was stopped", count_attempt=False)
         self._pump(pool)
 
-    def _placement_spec(self, pool: Pool) -> Any:
-        from hive_ray._runtime._contracts import PoolPlacementSpec
-
+    def _placement_spec(self, pool: Pool) -> PoolPlacementSpec:
         spec = pool.spec
         return PoolPlacementSpec(
             pool=pool.name, agent_type=spec["agent_type"], reference=pool.info.reference,
@@ -300,45 +400,50 @@ class Orchestrator:
             agents_per_host=spec["agents_per_host"] if spec["placement"] == "packed" else 1,
         )
 
-    # ------------------------------------------------------------------ submit
-    async def submit(self, template: dict[str, Any], payload: Any = None,
-                     task_id: str | None = None) -> dict[str, Any]:
-        """Accept one task; returns ``{"task_id", "state", "pool", "existing"}``."""
-        [task_id] = await self.submit_many(template, [payload], [task_id] if task_id else None)
-        entry = self._tasks[task_id]
-        return {"task_id": task_id, "state": entry.state.value, "pool": entry.pool}
-
-    async def run(self, template: dict[str, Any], payload: Any = None,
-                  timeout: float | None = None) -> tuple[str, tuple[str, Any, Any]]:
+    # ------------------------------------------------------------------ accepting tasks
+    async def run(self, template: dict[str, Any], payload: Any = None, timeout: float | None = None,
+                  task_id: str | None = None) -> tuple[str, tuple[str, Any, Any]]:
         """Accept one task and answer once it ended: one call instead of submit + wait.
 
-        Returns ``(task_id, (state, result, error))``; the state is ``pending``
-        if ``timeout`` ran out first (the task keeps running).
+        Returns ``(task_id, (state, result, error))``; the state is ``pending`` if
+        ``timeout`` ran out first (the task keeps running).
         """
-        [task_id] = await self.submit_many(template, [payload])
+        [task_id] = await self.submit_many(template, [payload], [task_id] if task_id else None)
         return task_id, await self.wait(task_id, timeout)
+
+    async def submit(self, template: dict[str, Any], payload: Any = None,
+                     task_id: str | None = None) -> dict[str, Any]:
+        """Accept one task; returns ``{"task_id", "state", "pool"}``."""
+        [task_id] = await self.submit_many(template, [payload], [task_id] if task_id else None)
+        entry = self._tasks.get(task_id) or self._entry(task_id)
+        return {"task_id": task_id, "state": entry.state.value, "pool": entry.pool}
 
     async def submit_many(self, template: dict[str, Any], payloads: list[Any],
                           task_ids: list[str] | None = None) -> list[str]:
-        """Accept tasks that share everything but their payload; one call per batch."""
+        """Accept tasks that share everything but their payload; durable when this returns."""
         await self._ensure_started()
         try:
-            return self._accept(template, payloads, task_ids)
+            ids, fresh = self._accept(template, payloads, task_ids)
         except HiveError as error:
             for task_id in task_ids or ():
                 for waiter in self._waiters.pop(task_id, ()):
                     if not waiter.done():
                         waiter.set_exception(error)
             raise
+        if fresh and self._journal is not None:
+            await self._journal.durable()
+        return ids
 
     def _accept(self, template: dict[str, Any], payloads: list[Any],
-                task_ids: list[str] | None) -> list[str]:
+                task_ids: list[str] | None) -> tuple[list[str], bool]:
         pool = self._route(template)
         key = template.get("idempotency_key")
         if key is not None and len(payloads) == 1:
             existing = self._idempotency.get((pool.name, key))
-            if existing is not None and existing in self._tasks:
-                return [existing]
+            if existing is None and self._journal is not None:
+                existing = self._journal.find_idempotent(pool.name, key)
+            if existing is not None:
+                return [existing], False
         pool.scheduler.check_room(len(payloads))
         now = time.time()
         ids = task_ids or [uuid.uuid4().hex for _ in payloads]
@@ -347,11 +452,11 @@ class Orchestrator:
         priority = int(template.get("priority") or 0)
         timeout = template.get("timeout")
         metadata = dict(template.get("metadata") or {})
-        max_attempts = template.get("max_attempts") or pool.spec["max_attempts"]
+        max_attempts = template.get("max_attempts") or pool.retry.max_attempts
         affinity = template.get("affinity_key")
         trace_context = template.get("trace_context")
         agent_type = pool.spec["agent_type"]
-        tasks, enqueue, events = self._tasks, pool.scheduler.enqueue, self._events
+        tasks, enqueue, journal = self._tasks, pool.scheduler.enqueue, self._journal
         for task_id, payload in zip(ids, payloads, strict=True):
             if task_id in tasks:
                 raise ConfigurationError(f"task id {task_id!r} is already in use; let hive-ray choose ids")
@@ -361,26 +466,25 @@ class Orchestrator:
                               trace_context=trace_context, created_at=now)
             tasks[task_id] = entry
             enqueue(entry)
+            if journal is not None:
+                journal.record(entry)
             if timeout is not None:
                 heapq.heappush(self._deadlines, (now + timeout, next(self._deadline_sequence), task_id))
-            events.append({"sequence": next(self._event_sequence), "time": now, "task_id": task_id,
-                           "pool": pool.name, "state": "queued"})
+            self._emit(entry, "queued")
         if key is not None:
             self._idempotency[(pool.name, key)] = ids[0]
-        if timeout is not None and self._deadline_wakeup is not None:
-            self._deadline_wakeup.set()
+        if timeout is not None and self._wakeup is not None:
+            self._wakeup.set()
         self._counters["submitted"] += len(ids)
         self._signal_events()
-        # Dispatch right after this call has answered: the caller learns sooner
-        # that its tasks are accepted, and the agent call is not delayed by much.
+        # Dispatch right after this call has answered, not before.
         asyncio.get_running_loop().call_soon(self._pump, pool)
-        return ids
+        return ids, True
 
     def _route(self, template: dict[str, Any]) -> Pool:
         if template.get("pool"):
             return self._pool(template["pool"])
-        agent_type = template.get("agent_type")
-        capability = template.get("capability")
+        agent_type, capability = template.get("agent_type"), template.get("capability")
         if agent_type:
             candidates = [p for p in self._pools.values() if p.spec["agent_type"] == agent_type]
             if not candidates:
@@ -404,34 +508,48 @@ class Orchestrator:
         return min(candidates, key=lambda p: (len(p.scheduler) + p.scheduler.statistics().inflight)
                    / max(1, len(p.agents)))
 
+    async def resubmit(self, task_id: str) -> dict[str, Any]:
+        """Submit a dead-lettered (or any ended) task again, as a new task."""
+        entry = self._entry(task_id)
+        template = {"pool": entry.pool, "priority": entry.priority, "timeout": entry.timeout,
+                    "affinity_key": entry.affinity_key, "max_attempts": entry.max_attempts,
+                    "metadata": {**entry.metadata, "resubmitted_from": task_id}}
+        accepted = await self.submit(template, entry.payload)
+        self._dead_letters.pop(task_id, None)
+        return accepted
+
     # ------------------------------------------------------------------ dispatch
     def _pump(self, pool: Pool) -> None:
+        if self._pools.get(pool.name) is not pool:
+            return
         for agent_id, entries in pool.scheduler.assign():
             record = pool.agents.get(agent_id)
             now = time.time()
             envelopes = []
             for entry in entries:
-                entry.state = TaskState.RUNNING
-                entry.started_at = now
+                entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
                 entry.attempts += 1
-                entry.agent_id = agent_id
                 if record is not None:
                     record.inflight.add(entry.task_id)
                 envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
                                           attempt=entry.attempts, deadline=entry.deadline(),
                                           metadata=entry.metadata, trace_context=entry.trace_context))
-                self._events.append({"sequence": next(self._event_sequence), "time": now,
-                                     "task_id": entry.task_id, "pool": pool.name, "state": "running"})
+                self._emit(entry, "running", agent_id=agent_id)
             self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes))
+        next_retry = pool.scheduler.next_retry_at()
+        if next_retry is not None and self._wakeup is not None:
+            self._wakeup.set()
 
     async def _dispatch(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
                         envelopes: list[Envelope]) -> None:
-        from hive_ray._runtime._contracts import AgentLost
-
         try:
             outcomes = await self._placement.run_batch(agent_id, envelopes)
         except AgentLost as lost:
-            await self._on_agent_lost(pool, agent_id, entries, lost.cause, lost.detail)
+            self._release_batch(pool, agent_id, entries)
+            for entry in entries:
+                if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
+                    self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
+            await self._on_agent_failed(pool, agent_id, lost.cause, lost.detail)
             return
         except Exception as error:  # noqa: BLE001 - e.g. a result that cannot be pickled
             logger.exception("batch on %s failed", agent_id)
@@ -450,73 +568,125 @@ class Orchestrator:
             if outcome.finished_at:
                 pool.scheduler.observe_handle_seconds(max(0.0, outcome.finished_at - outcome.started_at))
             if entry.state != TaskState.RUNNING or entry.agent_id != agent_id:
-                self._counters["late_results"] += 1  # already ended (cancelled, timed out) or re-delivered
+                # It already ended (cancelled, timed out) or was delivered again elsewhere.
+                self._counters["late_results"] += 1
+                if outcome.status == "ok" and entry.state == TaskState.SUCCEEDED:
+                    self._counters["duplicate_executions"] += 1
                 continue
-            if outcome.status == "ok":
-                self._end(entry, TaskState.SUCCEEDED, result=outcome.value)
-            elif outcome.status == "cancelled":
-                self._end(entry, TaskState.CANCELLED)
-            elif outcome.status == "timed_out":
-                self._end(entry, TaskState.TIMED_OUT, error=outcome.error)
-            elif outcome.status == "lost":
-                self._redeliver(pool, entry, "agent not active on its host")
-            else:
-                self._end(entry, TaskState.FAILED, error=outcome.error)
+            self._settle(pool, entry, outcome)
         pool.scheduler.release(agent_id, len(entries))
         self._signal_events()
         self._pump(pool)
 
-    async def _on_agent_lost(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
-                             cause: str, detail: str) -> None:
+    def _settle(self, pool: Pool, entry: TaskEntry, outcome: Outcome) -> None:
+        if outcome.status == "ok":
+            self._end(entry, TaskState.SUCCEEDED, result=outcome.value)
+        elif outcome.status == "cancelled":
+            self._end(entry, TaskState.CANCELLED)
+        elif outcome.status == "timed_out":
+            self._end(entry, TaskState.TIMED_OUT, error=outcome.error)
+        elif outcome.status == "lost":
+            self._redeliver(pool, entry, "agent not active on its host")
+        else:
+            error = outcome.error or {}
+            retry_exceptions = pool.spec["retry"]["retry_exceptions"]
+            decision = pool.retry.decide(entry.attempts, str(error.get("type", "")), self._rng)
+            if retry_exceptions and decision.retry and entry.attempts < (entry.max_attempts or 1):
+                entry.error = error
+                self._counters["retried"] += 1
+                self._requeue(pool, entry, decision.delay_seconds, f"retry after {error.get('type')}")
+            else:
+                self._end(entry, TaskState.FAILED, error=error,
+                          dead_letter=retry_exceptions and entry.attempts >= (entry.max_attempts or 1))
+
+    def _release_batch(self, pool: Pool, agent_id: str, entries: list[TaskEntry]) -> None:
         record = pool.agents.get(agent_id)
         for entry in entries:
             if record is not None:
                 record.inflight.discard(entry.task_id)
-            if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
-                self._redeliver(pool, entry, f"agent {agent_id} lost: {cause}")
         pool.scheduler.release(agent_id, len(entries))
-        if record is None or record.state in ("restarting", "stopping"):
+
+    def _redeliver(self, pool: Pool, entry: TaskEntry, reason: str, *, count_attempt: bool = True) -> None:
+        """A running task's agent went away: queue it again, or dead-letter it."""
+        if not count_attempt:
+            entry.attempts = max(0, entry.attempts - 1)
+        if entry.attempts >= (entry.max_attempts or 1):
+            self._end(entry, TaskState.FAILED, dead_letter=True, error={
+                "type": "AgentLost", "message": f"{reason}; gave up after {entry.attempts} attempt(s)"})
+            return
+        self._counters["redelivered"] += 1
+        delay = pool.retry.decide(entry.attempts, "AgentLost", self._rng).delay_seconds
+        self._requeue(pool, entry, delay, reason)
+
+    def _requeue(self, pool: Pool, entry: TaskEntry, delay: float, reason: str) -> None:
+        entry.state, entry.agent_id = TaskState.QUEUED, None
+        entry.not_before = time.monotonic() + delay
+        pool.scheduler.requeue(entry)
+        self._emit(entry, "queued", message=reason)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # ------------------------------------------------------------------ supervision
+    async def _on_agent_failed(self, pool: Pool, agent_id: str, cause: str, detail: str) -> None:
+        """Decide, by the pool's restart policy, whether and when to restart an agent."""
+        record = pool.agents.get(agent_id)
+        if record is None or record.state in ("restarting", "stopping", "failed"):
             self._pump(pool)
             return
-        logger.warning("agent %s lost (%s): %s; restarting", agent_id, cause, detail)
         record.state = "restarting"
-        record.restarts += 1
         pool.scheduler.remove_agent(agent_id)
+        for task_id in list(record.inflight):  # tasks it held in other batches
+            entry = self._tasks.get(task_id)
+            record.inflight.discard(task_id)
+            if entry is not None and entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
+                self._redeliver(pool, entry, f"agent {agent_id} lost ({cause})")
+        decision = pool.supervisor.on_failure(agent_id, cause, detail)
+        self._emit(None, "agent_restart" if decision.restart else "agent_failed", pool=pool.name,
+                   agent_id=agent_id, cause=cause, message=decision.reason)
+        logger.warning("agent %s failed (%s: %s); %s", agent_id, cause, detail[:200], decision.reason)
         await self._placement.deactivate([agent_id], kill=True)
+        if not decision.restart:
+            record.state = "failed"
+            self._pump(pool)
+            return
+        if decision.delay_seconds:
+            await asyncio.sleep(decision.delay_seconds)
+        if pool.agents.get(agent_id) is not record or record.state != "restarting":
+            return  # stopped or scaled away meanwhile
         try:
             where = await self._placement.activate(self._placement_spec(pool), [agent_id])
-        except Exception as error:  # noqa: BLE001
-            logger.error("could not restart %s: %s", agent_id, error)
-            record.state = "failed"
-            pool.state = "degraded"
-            self._pump(pool)
+        except Exception as error:  # noqa: BLE001 - e.g. no node can place it now
+            await self._on_agent_failed_again(pool, record, f"restart failed: {error}")
             return
-        record.state, record.started_at = "ready", time.time()
-        record.node_id = where.get(agent_id, {}).get("node_id")
-        record.pid = where.get(agent_id, {}).get("pid")
-        pool.scheduler.add_agent(agent_id, concurrency=pool.info.concurrency)
+        record.restarts += 1
+        self._mark_ready(pool, agent_id, where.get(agent_id, {}))
         self._pump(pool)
 
-    def _redeliver(self, pool: Pool, entry: TaskEntry, reason: str) -> None:
-        if entry.attempts >= (entry.max_attempts or 1):
-            self._end(entry, TaskState.FAILED, error={
-                "type": "AgentLost", "message": f"{reason}; gave up after {entry.attempts} attempts"})
-            return
-        entry.state = TaskState.QUEUED
-        entry.agent_id = None
-        self._counters["redelivered"] += 1
-        pool.scheduler.requeue(entry)
-        self._events.append({"sequence": next(self._event_sequence), "time": time.time(),
-                             "task_id": entry.task_id, "pool": pool.name, "state": "queued",
-                             "message": reason})
+    async def _on_agent_failed_again(self, pool: Pool, record: AgentRecord, detail: str) -> None:
+        record.state = "ready"  # so that the failure is handled like any other
+        await self._on_agent_failed(pool, record.agent_id, "exception", detail)
 
-    # ------------------------------------------------------------------ endings
+    async def _health_loop(self) -> None:
+        """Ping every ready agent; an agent that does not answer in time is restarted."""
+        interval = self.settings.health_check_interval_seconds
+        timeout = self.settings.health_check_timeout_seconds
+        while True:
+            await asyncio.sleep(interval)
+            checks = [(pool, record) for pool in list(self._pools.values()) if pool.spec["health_check"]
+                      for record in list(pool.agents.values()) if record.state == "ready"]
+            results = await asyncio.gather(*(self._placement.health(record.agent_id, timeout)
+                                             for _, record in checks), return_exceptions=True)
+            for (pool, record), result in zip(checks, results, strict=True):
+                if isinstance(result, AgentLost):
+                    self._spawn_background(self._on_agent_failed(pool, record.agent_id, result.cause, result.detail))
+                elif not isinstance(result, BaseException):
+                    pool.supervisor.on_healthy()
+
+    # ------------------------------------------------------------------ endings and timers
     def _end(self, entry: TaskEntry, state: TaskState, *, result: Any = None,
-             error: dict[str, Any] | None = None) -> None:
-        entry.state = state
-        entry.finished_at = time.time()
-        entry.result = result
-        entry.error = error
+             error: dict[str, Any] | None = None, dead_letter: bool = False) -> None:
+        entry.state, entry.finished_at = state, time.time()
+        entry.result, entry.error = result, error
         pool = self._pools.get(entry.pool)
         if pool is not None:
             if state == TaskState.SUCCEEDED:
@@ -524,14 +694,16 @@ class Orchestrator:
             elif state == TaskState.FAILED:
                 pool.failed += 1
         self._counters[state.value] += 1
-        self._events.append({"sequence": next(self._event_sequence), "time": entry.finished_at,
-                             "task_id": entry.task_id, "pool": entry.pool, "state": state.value})
-        waiters = self._waiters.pop(entry.task_id, None)
-        if waiters:
-            answer = (state.value, result, error)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(answer)
+        if dead_letter:
+            self._counters["dead_lettered"] += 1
+            self._dead_letters[entry.task_id] = None
+            if len(self._dead_letters) > DEAD_LETTER_LIMIT:
+                self._dead_letters.popitem(last=False)
+            entry.metadata = {**entry.metadata, "dead_letter": "true"}
+        if self._journal is not None:
+            self._journal.record(entry)
+        self._emit(entry, state.value)
+        self._resolve_waiters(entry)
         self._retain(entry.task_id)
 
     def _retain(self, task_id: str) -> None:
@@ -566,151 +738,65 @@ class Orchestrator:
         self._signal_events()
         return self._record(entry)
 
-    async def _deadline_loop(self) -> None:
-        assert self._deadline_wakeup is not None
+    async def _timer_loop(self) -> None:
+        """Ends tasks past their timeout and wakes pools whose retries are due."""
+        assert self._wakeup is not None
         while True:
             now = time.time()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, _, task_id = heapq.heappop(self._deadlines)
                 entry = self._tasks.get(task_id)
-                if entry is None or entry.state.terminal:
-                    continue
-                pool = self._pools.get(entry.pool)
-                if entry.state == TaskState.QUEUED and pool is not None:
-                    pool.scheduler.discard(entry)
-                elif entry.state == TaskState.RUNNING and entry.agent_id is not None:
-                    self._placement.cancel(entry.agent_id, task_id)
-                self._end(entry, TaskState.TIMED_OUT, error={
-                    "type": "TaskTimeoutError",
-                    "message": f"the task did not finish within its timeout of {entry.timeout} s"})
-                self._signal_events()
-            delay = self._deadlines[0][0] - time.time() if self._deadlines else 3600.0
-            self._deadline_wakeup.clear()
+                if entry is not None and not entry.state.terminal:
+                    self._time_out(entry)
+            retry_times = []
+            for pool in self._pools.values():
+                due = pool.scheduler.next_retry_at()
+                if due is not None:
+                    if due <= time.monotonic():
+                        self._pump(pool)
+                    else:
+                        retry_times.append(due - time.monotonic())
+            delay = min([self._deadlines[0][0] - time.time()] if self._deadlines else [3600.0])
+            delay = min([delay, *retry_times])
+            self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._deadline_wakeup.wait(), max(0.001, delay))
+                await asyncio.wait_for(self._wakeup.wait(), max(0.001, delay))
             except asyncio.TimeoutError:
                 pass
 
-    # ------------------------------------------------------------------ waiting
-    async def wait(self, task_id: str, timeout: float | None = None,
-                   expected: bool = False) -> tuple[str, Any, Any]:
-        """``(state, result, error)`` once the task ends, or ``("pending", None, None)``.
-
-        ``expected`` is for a client that sends ``submit`` and ``wait`` together
-        to save a round trip: Ray may start the wait first, so an unknown id is
-        waited for (for :data:`EARLY_WAIT_GRACE_SECONDS`) instead of refused.
-        """
-        entry = self._tasks.get(task_id)
-        if entry is None and not expected:
-            raise TaskNotFoundError(task_id=task_id)
-        if entry is not None and entry.state.terminal:
-            return (entry.state.value, entry.result, entry.error)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._waiters.setdefault(task_id, []).append(future)
-        if entry is None:
-            loop.call_later(EARLY_WAIT_GRACE_SECONDS, self._expire_early_wait, task_id, future)
-        try:
-            if timeout is None:
-                return await future
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            return (PENDING, None, None)
-        finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None and future in waiters:
-                waiters.remove(future)
-                if not waiters:
-                    del self._waiters[task_id]
-
-    def _expire_early_wait(self, task_id: str, future: asyncio.Future[Any]) -> None:
-        if task_id not in self._tasks and not future.done():
-            future.set_exception(TaskNotFoundError(task_id=task_id))
-
-    async def wait_many(self, task_ids: list[str], timeout: float | None = None) -> list[tuple[str, Any, Any]]:
-        """Answers for every id, in order, once all ended (or the timeout ran out)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        answers = []
-        for task_id in task_ids:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answers.append(await self.wait(task_id, remaining))
-        return answers
-
-    # ------------------------------------------------------------------ progress & events
-    async def report_progress(self, task_id: str, fraction: float, message: str | None = None) -> None:
-        entry = self._tasks.get(task_id)
-        if entry is None or entry.state != TaskState.RUNNING:
-            return
-        entry.progress, entry.progress_message = fraction, message
-        self._events.append({"sequence": next(self._event_sequence), "time": time.time(),
-                             "task_id": task_id, "pool": entry.pool, "state": "progress",
-                             "progress": fraction, "message": message})
+    def _time_out(self, entry: TaskEntry) -> None:
+        pool = self._pools.get(entry.pool)
+        agent_id = entry.agent_id if entry.state == TaskState.RUNNING else None
+        if entry.state == TaskState.QUEUED and pool is not None:
+            pool.scheduler.discard(entry)
+        elif agent_id is not None:
+            self._placement.cancel(agent_id, entry.task_id)
+        self._end(entry, TaskState.TIMED_OUT, error={
+            "type": "TaskTimeoutError",
+            "message": f"the task did not finish within its timeout of {entry.timeout} s"})
         self._signal_events()
+        if agent_id is not None and pool is not None:
+            self._spawn_background(self._check_unresponsive(pool, agent_id, entry.task_id))
 
-    def _signal_events(self) -> None:
-        if self._event_signal is not None:
-            self._event_signal.set()
+    async def _check_unresponsive(self, pool: Pool, agent_id: str, task_id: str) -> None:
+        """A timed-out task still held by its agent after a grace period: restart the agent."""
+        await asyncio.sleep(self.settings.health_check_timeout_seconds)
+        record = pool.agents.get(agent_id)
+        if record is not None and record.state == "ready" and task_id in record.inflight:
+            await self._on_agent_failed(pool, agent_id, "timeout_unresponsive",
+                                        f"still running task {task_id} after its timeout and a grace period")
 
-    async def events(self, after: int = 0, timeout: float = 0.0, task_id: str | None = None,
-                     limit: int = 1000) -> dict[str, Any]:
-        """Events with a sequence above ``after``; long-polls up to ``timeout`` seconds."""
-        await self._ensure_started()
-        deadline = time.monotonic() + max(0.0, timeout)
+    async def _prune_loop(self) -> None:
         while True:
-            found = [e for e in self._events if e["sequence"] > after
-                     and (task_id is None or e["task_id"] == task_id)][:limit]
-            last = self._events[-1]["sequence"] if self._events else 0
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
-                oldest = self._events[0]["sequence"] if self._events else 0
-                return {"events": found, "last_sequence": last, "missed": bool(after and oldest > after + 1)}
-            assert self._event_signal is not None
-            self._event_signal.clear()
+            await asyncio.sleep(30)
             try:
-                await asyncio.wait_for(self._event_signal.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.to_thread(self._journal.prune,
+                                        max_age_seconds=self.settings.journal_retention_seconds,
+                                        max_finished=self.settings.journal_retention_count)
+            except Exception:  # noqa: BLE001 - pruning is best effort; the next round retries
+                logger.exception("journal pruning failed")
 
-    # ------------------------------------------------------------------ queries
-    def _entry(self, task_id: str) -> TaskEntry:
-        entry = self._tasks.get(task_id)
-        if entry is None:
-            raise TaskNotFoundError(task_id=task_id)
-        return entry
-
-    async def task(self, task_id: str) -> dict[str, Any]:
-        return self._record(self._entry(task_id))
-
-    async def tasks(self, state: str | None = None, pool: str | None = None, limit: int = 100,
-                    cursor: str | None = None) -> dict[str, Any]:
-        """Newest first; ``cursor`` is the ``next_cursor`` of the previous page."""
-        limit = max(1, min(1000, limit))
-        entries = reversed(self._tasks.values())
-        if cursor is not None:
-            entries = itertools.dropwhile(lambda e: e.task_id != cursor, entries)
-            next(entries, None)
-        page = []
-        for entry in entries:
-            if (state is None or entry.state.value == state) and (pool is None or entry.pool == pool):
-                page.append(entry)
-                if len(page) > limit:
-                    break
-        more = len(page) > limit
-        page = page[:limit]
-        return {"tasks": [self._record(e) for e in page],
-                "next_cursor": page[-1].task_id if more and page else None}
-
-    def _record(self, entry: TaskEntry) -> dict[str, Any]:
-        return {
-            "task_id": entry.task_id, "pool": entry.pool, "agent_type": entry.agent_type,
-            "state": entry.state.value, "priority": entry.priority, "created_at": entry.created_at,
-            "started_at": entry.started_at, "finished_at": entry.finished_at,
-            "attempts": entry.attempts, "agent_id": entry.agent_id, "result": entry.result,
-            "error": entry.error, "progress": entry.progress, "progress_message": entry.progress_message,
-            "timeout": entry.timeout, "affinity_key": entry.affinity_key,
-            "idempotency_key": entry.idempotency_key, "metadata": entry.metadata,
-        }
-
+    # ------------------------------------------------------------------ status
     def _pool_info(self, pool: Pool) -> dict[str, Any]:
         stats = pool.scheduler.statistics()
         agents = [{
@@ -725,13 +811,21 @@ class Orchestrator:
             "desired": pool.spec["count"], "state": pool.state, "policy": pool.spec["policy"],
             "placement": pool.spec["placement"], "queued": stats.queued, "running": stats.inflight,
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
-            "spec": dict(pool.spec),
+            "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
+            "recent_restarts": pool.supervisor.recent(20),
+            "dead_letters": sum(1 for t in self._dead_letters if (e := self._tasks.get(t)) and e.pool == pool.name),
         }
 
+    async def restart_events(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        pools = [self._pool(pool)] if pool else list(self._pools.values())
+        events = [event for p in pools for event in p.supervisor.recent(limit)]
+        return sorted(events, key=lambda event: event["at"])[-limit:]
+
     async def health(self) -> dict[str, Any]:
-        """Readiness: answers only if the event loop is alive; cheap."""
+        """Readiness: the orchestrator is started (journal open, recovery done) and answering."""
         await self._ensure_started()
         return {"status": "ok", "pools": len(self._pools), "tasks": len(self._tasks),
+                "degraded_pools": sorted(p.name for p in self._pools.values() if p.supervisor.degraded),
                 "uptime_seconds": time.time() - self._created_at}
 
     async def statistics(self) -> dict[str, Any]:
@@ -743,16 +837,22 @@ class Orchestrator:
             "finished_in_memory": len(self._finished),
             "waiters": sum(len(w) for w in self._waiters.values()),
             "pools": {name: {"queued": len(p.scheduler), "inflight": p.scheduler.statistics().inflight,
-                             "batch_size": p.scheduler.batch_size()} for name, p in self._pools.items()},
+                             "batch_size": p.scheduler.batch_size(), "restarts": p.supervisor.total_restarts,
+                             "state": p.state}
+                      for name, p in self._pools.items()},
+            "journal": self._journal.statistics() if self._journal is not None else None,
+            "journal_path": str(self._journal.path) if self._journal is not None else None,
+            "recovery_seconds": self._recovery_seconds,
             "pid": os.getpid(),
         }
 
     async def shutdown(self) -> None:
-        """Stop every pool's agents (used by ``hive down`` and ``Hive.close``)."""
+        """Stop every pool's agents (used by ``hive down`` and ``Hive.close``); keeps the journal."""
         for name in list(self._pools):
-            pool = self._pools[name]
+            pool = self._pools.pop(name)
             await self._placement.deactivate(list(pool.agents))
-            del self._pools[name]
+        if self._journal is not None:
+            await self._journal.durable()
 
 
 def _data_plane_bind_address() -> str:
@@ -762,3 +862,14 @@ def _data_plane_bind_address() -> str:
     own = ray.util.get_node_ip_address()
     addresses = {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
     return "127.0.0.1" if addresses <= {own} else own
+
+
+def _session_journal_dir() -> Path:
+    """The default journal lives with this Ray cluster's session files on the head node."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return Path(context.get_temp_dir()) / context.get_session_name() / "hive-journal"
+
+
+__all__ = ["Orchestrator", "TaskNotFoundError"]

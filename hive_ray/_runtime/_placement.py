@@ -23,10 +23,11 @@ from hive_ray._task import Envelope, Outcome
 
 def classify_actor_error(error: BaseException) -> str:
     """Map Ray's actor errors to a restart cause."""
-    text = str(error)
-    if "out of memory" in text.lower() or "OutOfMemory" in text:
+    text = str(error).lower()
+    if "out of memory" in text or "outofmemory" in text or "memory pressure" in text:
         return "oom_killed"
-    if "node" in text.lower() and ("died" in text.lower() or "removed" in text.lower()):
+    if any(sign in text for sign in ("node has died", "node died", "node_died", "node was removed",
+                                      "node is dead", "raylet died")):
         return "node_lost"
     return "process_killed"
 
@@ -97,11 +98,22 @@ class RayPlacement:
             try:
                 return await channel.run_batch(agent_id, envelopes)
             except ChannelClosed as closed:
-                raise AgentLost(agent_id, "process_killed", str(closed)) from None
+                cause, detail = await self._why_lost(host, str(closed))
+                raise AgentLost(agent_id, cause, detail) from None
         try:
             return await host.run_batch.remote(agent_id, envelopes)
         except (RayActorError, ActorDiedError, ActorUnavailableError) as error:
             raise AgentLost(agent_id, classify_actor_error(error), str(error)[:500]) from None
+
+    async def _why_lost(self, host: Any, detail: str) -> tuple[str, str]:
+        """A closed stream says only that the host is gone; Ray knows why (killed, OOM, node)."""
+        try:
+            await asyncio.wait_for(host.health.remote(), 5)
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as error:
+            return classify_actor_error(error), str(error)[:500]
+        except asyncio.TimeoutError:
+            return "health_check_failed", f"{detail}; no health answer within 5 s"
+        return "process_killed", f"{detail}; the host answers Ray but lost its stream"
 
     def _channel_of(self, agent_id: str) -> HostChannel | None:
         if self._channels is None:

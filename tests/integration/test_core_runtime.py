@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from hive_ray.actors.compute import expected_digest
 
 from hive_ray import (
     Agent,
@@ -19,7 +20,6 @@ from hive_ray import (
     TaskTimeoutError,
     UnknownAgentTypeError,
 )
-from hive_ray.actors.compute import expected_digest
 
 pytestmark = pytest.mark.ray
 

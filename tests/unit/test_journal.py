@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hive_ray._errors import JournalError
-from hive_ray._journal import GroupCommitter, Journal, JournalEntry, JournalStatistics
+from hive_ray._group_commit import GroupCommitter
+from hive_ray._journal import Journal, JournalEntry, JournalStatistics
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 

@@ -55,7 +55,8 @@ class FakePlacement:
 
 def make(settings: dict[str, Any] | None = None) -> tuple[Orchestrator, FakePlacement]:
     placement = FakePlacement()
-    return Orchestrator(settings or {"state_dir": "/tmp/hive-unit"}, placement=placement), placement
+    settings = {"state_dir": "/tmp/hive-unit", "journal": False, **(settings or {})}
+    return Orchestrator(settings, placement=placement), placement
 
 
 async def pool(orchestrator: Orchestrator, name: str = "echo", count: int = 2, **extra: Any) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def test_a_lost_agent_is_restarted_and_its_task_delivered_again():
 def test_a_task_out_of_attempts_fails_with_the_last_error():
     async def scenario():
         orchestrator, placement = make()
-        await pool(orchestrator, count=1, max_attempts=1)
+        await pool(orchestrator, count=1, retry={"max_attempts": 1})
         placement.doomed.add("echo-0")
         _, answer = await orchestrator.run({"agent_type": "echo"}, "doomed")
         assert answer[0] == "failed" and "process_killed" in answer[2]["message"]
@@ -191,7 +192,7 @@ def test_overload_fails_fast_and_accepts_nothing():
 
 def test_finished_tasks_are_pruned_beyond_the_retention_count():
     async def scenario():
-        orchestrator, _ = make({"state_dir": "/tmp/hive-unit", "finished_retention_count": 100})
+        orchestrator, _ = make({"finished_retention_count": 100})
         await pool(orchestrator)
         ids = await orchestrator.submit_many({"agent_type": "echo"}, list(range(300)))
         await orchestrator.wait_many(ids[-50:])

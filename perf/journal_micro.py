@@ -17,11 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    from hive_ray._journal import GroupCommitter, Journal, JournalEntry
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hive_ray._journal import GroupCommitter, Journal, JournalEntry
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout too
+
+from hive_ray._group_commit import GroupCommitter  # noqa: E402
+from hive_ray._journal import Journal, JournalEntry  # noqa: E402
 
 BODY = b'{"payload": "' + b"x" * 180 + b'"}'
 

@@ -1,0 +1,189 @@
+"""The orchestrator's read side: waiting for results, task records, events, dead letters.
+
+A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`, kept apart
+so that the write side (accepting, dispatching, supervising) reads on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+from hive_ray._errors import TaskNotFoundError
+from hive_ray._results import PENDING
+from hive_ray._task import TaskEntry, TaskState
+
+if TYPE_CHECKING:
+    from hive_ray._runtime._durability import TaskJournal
+
+#: How long a ``wait(expected=True)`` for a not-yet-known task id waits for its submit.
+EARLY_WAIT_GRACE_SECONDS = 30.0
+
+
+class TaskViews:
+    """Waiting, queries and event streams over the orchestrator's task records."""
+
+    _tasks: dict[str, TaskEntry]
+    _waiters: dict[str, list[asyncio.Future[Any]]]
+    _events: deque[dict[str, Any]]
+    _event_sequence: itertools.count
+    _event_signal: asyncio.Event | None
+    _dead_letters: OrderedDict[str, None]
+    _journal: TaskJournal | None
+
+    # ------------------------------------------------------------------ waiting
+    async def wait(self, task_id: str, timeout: float | None = None,
+                   expected: bool = False) -> tuple[str, Any, Any]:
+        """``(state, result, error)`` once the task ends, or ``("pending", None, None)``.
+
+        ``expected`` is for a client that sends ``submit`` and ``wait`` together:
+        an unknown id is then waited for (for :data:`EARLY_WAIT_GRACE_SECONDS`)
+        instead of refused.
+        """
+        entry = self._tasks.get(task_id)
+        if entry is None and not expected:
+            entry = self._from_journal(task_id)
+        if entry is not None and entry.state.terminal:
+            return (entry.state.value, entry.result, entry.error)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiters.setdefault(task_id, []).append(future)
+        if entry is None:
+            loop.call_later(EARLY_WAIT_GRACE_SECONDS, self._expire_early_wait, task_id, future)
+        try:
+            if timeout is None:
+                return await future
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return (PENDING, None, None)
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    def _expire_early_wait(self, task_id: str, future: asyncio.Future[Any]) -> None:
+        if task_id not in self._tasks and not future.done():
+            future.set_exception(TaskNotFoundError(task_id=task_id))
+
+    async def wait_many(self, task_ids: list[str], timeout: float | None = None) -> list[tuple[str, Any, Any]]:
+        """Answers for every id, in order, once all ended (or the timeout ran out)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answers = []
+        for task_id in task_ids:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            answers.append(await self.wait(task_id, remaining))
+        return answers
+
+    def _resolve_waiters(self, entry: TaskEntry) -> None:
+        waiters = self._waiters.pop(entry.task_id, None)
+        if waiters:
+            answer = (entry.state.value, entry.result, entry.error)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(answer)
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, entry: TaskEntry | None, state: str, *, task_id: str = "", pool: str = "",
+              **extra: Any) -> None:
+        self._events.append({
+            "sequence": next(self._event_sequence), "time": time.time(),
+            "task_id": entry.task_id if entry is not None else task_id,
+            "pool": entry.pool if entry is not None else pool, "state": state, **extra,
+        })
+
+    def _signal_events(self) -> None:
+        if self._event_signal is not None:
+            self._event_signal.set()
+
+    async def report_progress(self, task_id: str, fraction: float, message: str | None = None) -> None:
+        entry = self._tasks.get(task_id)
+        if entry is None or entry.state != TaskState.RUNNING:
+            return
+        entry.progress, entry.progress_message = fraction, message
+        self._emit(entry, "progress", progress=fraction, message=message)
+        self._signal_events()
+
+    async def events(self, after: int = 0, timeout: float = 0.0, task_id: str | None = None,
+                     limit: int = 1000) -> dict[str, Any]:
+        """Events with a sequence above ``after``; long-polls up to ``timeout`` seconds.
+
+        ``missed`` is True when events after ``after`` were already dropped from
+        the bounded buffer (a consumer that fell behind should re-read state).
+        """
+        await self._ensure_started()  # type: ignore[attr-defined]
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            found = [e for e in self._events if e["sequence"] > after
+                     and (task_id is None or e["task_id"] == task_id)][:limit]
+            last = self._events[-1]["sequence"] if self._events else 0
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                oldest = self._events[0]["sequence"] if self._events else 0
+                return {"events": found, "last_sequence": last, "missed": bool(after and oldest > after + 1)}
+            assert self._event_signal is not None
+            self._event_signal.clear()
+            try:
+                await asyncio.wait_for(self._event_signal.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ records
+    def _entry(self, task_id: str) -> TaskEntry:
+        entry = self._tasks.get(task_id) or self._from_journal(task_id)
+        if entry is None:
+            raise TaskNotFoundError(task_id=task_id)
+        return entry
+
+    def _from_journal(self, task_id: str) -> TaskEntry | None:
+        """A finished task pruned from memory may still be in the journal."""
+        return self._journal.get(task_id) if self._journal is not None else None
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        return self._record(self._entry(task_id))
+
+    async def tasks(self, state: str | None = None, pool: str | None = None, limit: int = 100,
+                    cursor: str | None = None) -> dict[str, Any]:
+        """Tasks in memory, newest first; ``cursor`` is the previous page's ``next_cursor``."""
+        limit = max(1, min(1000, limit))
+        entries = reversed(self._tasks.values())
+        if cursor is not None:
+            entries = itertools.dropwhile(lambda e: e.task_id != cursor, entries)
+            next(entries, None)
+        page = []
+        for entry in entries:
+            if (state is None or entry.state.value == state) and (pool is None or entry.pool == pool):
+                page.append(entry)
+                if len(page) > limit:
+                    break
+        more = len(page) > limit
+        page = page[:limit]
+        return {"tasks": [self._record(e) for e in page],
+                "next_cursor": page[-1].task_id if more and page else None}
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Tasks that failed after every allowed attempt, newest first."""
+        found = []
+        for task_id in reversed(self._dead_letters):
+            entry = self._tasks.get(task_id) or self._from_journal(task_id)
+            if entry is not None:
+                found.append(self._record(entry))
+            if len(found) >= limit:
+                break
+        return found
+
+    @staticmethod
+    def _record(entry: TaskEntry) -> dict[str, Any]:
+        return {
+            "task_id": entry.task_id, "pool": entry.pool, "agent_type": entry.agent_type,
+            "state": entry.state.value, "priority": entry.priority, "created_at": entry.created_at,
+            "started_at": entry.started_at, "finished_at": entry.finished_at,
+            "attempts": entry.attempts, "agent_id": entry.agent_id, "result": entry.result,
+            "error": entry.error, "progress": entry.progress, "progress_message": entry.progress_message,
+            "timeout": entry.timeout, "affinity_key": entry.affinity_key,
+            "idempotency_key": entry.idempotency_key, "metadata": entry.metadata,
+        }

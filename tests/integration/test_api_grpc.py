@@ -1,0 +1,89 @@
+"""The gRPC API through Serve's gRPC proxy, with the API key in metadata."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from hive_ray._api import hive_pb2, hive_pb2_grpc
+from tests.integration.test_api_support import ApiServer, admin_client, api  # noqa: F401
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def stub(api: ApiServer) -> Iterator[hive_pb2_grpc.HiveStub]:
+    with grpc.insecure_channel(api.grpc_target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield hive_pb2_grpc.HiveStub(channel)
+
+
+def auth(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+@pytest.fixture
+def echo_pool(admin_client: object, unique_name: str) -> Iterator[str]:
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "echo", "count": 1})  # type: ignore[attr-defined]
+    yield unique_name
+    admin_client.delete(f"/v1/pools/{unique_name}")  # type: ignore[attr-defined]
+
+
+def test_submit_with_wait_get_and_stream(stub: hive_pb2_grpc.HiveStub, api: ApiServer, echo_pool: str) -> None:
+    reply = stub.Submit(hive_pb2.SubmitRequest(pool=echo_pool, payload_json='{"n": 1}', wait=5),
+                        metadata=auth(api.admin_key), timeout=30)
+    assert reply.state == "succeeded" and json.loads(reply.result_json) == {"n": 1}
+    task = stub.GetTask(hive_pb2.GetTaskRequest(task_id=reply.task_id), metadata=auth(api.read_key), timeout=30)
+    assert task.pool == echo_pool and task.state == "succeeded"
+    assert json.loads(task.record_json)["result"] == {"n": 1}
+    events = list(stub.StreamEvents(hive_pb2.StreamEventsRequest(task_id=reply.task_id),
+                                    metadata=auth(api.read_key), timeout=30))
+    assert [e.state for e in events] == ["queued", "running", "succeeded"]
+    assert [e.sequence for e in events] == sorted(e.sequence for e in events)
+
+
+def test_submit_without_wait_then_cancel_and_idempotency(
+        stub: hive_pb2_grpc.HiveStub, api: ApiServer, admin_client: object, unique_name: str) -> None:
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})  # type: ignore[attr-defined]
+    request = hive_pb2.SubmitRequest(pool=unique_name, payload_json='{"seconds": 30}', idempotency_key=unique_name)
+    first = stub.Submit(request, metadata=auth(api.admin_key), timeout=30)
+    again = stub.Submit(request, metadata=auth(api.admin_key), timeout=30)
+    assert first.state == "queued" and again.task_id == first.task_id and again.replayed
+    cancelled = stub.Cancel(hive_pb2.CancelRequest(task_id=first.task_id), metadata=auth(api.admin_key), timeout=30)
+    assert cancelled.state == "cancelled"
+    with pytest.raises(grpc.RpcError) as conflict:
+        stub.Submit(hive_pb2.SubmitRequest(pool=unique_name, payload_json="2", idempotency_key=unique_name),
+                    metadata=auth(api.admin_key), timeout=30)
+    assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    admin_client.delete(f"/v1/pools/{unique_name}")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("key", "code"), [(None, grpc.StatusCode.UNAUTHENTICATED),
+                                           ("wrong", grpc.StatusCode.UNAUTHENTICATED),
+                                           ("read", grpc.StatusCode.PERMISSION_DENIED)])
+def test_submit_refuses_missing_wrong_and_read_only_keys(
+        stub: hive_pb2_grpc.HiveStub, api: ApiServer, key: str | None, code: grpc.StatusCode) -> None:
+    metadata = [] if key is None else auth(api.read_key if key == "read" else key)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Submit(hive_pb2.SubmitRequest(agent_type="echo"), metadata=metadata, timeout=30)
+    assert refused.value.code() == code and "key" in refused.value.details()
+
+
+def test_errors_map_to_status_codes(stub: hive_pb2_grpc.HiveStub, api: ApiServer, echo_pool: str) -> None:
+    cases = [
+        (lambda: stub.GetTask(hive_pb2.GetTaskRequest(task_id="nope"), metadata=auth(api.read_key), timeout=30),
+         grpc.StatusCode.NOT_FOUND),
+        (lambda: stub.Submit(hive_pb2.SubmitRequest(pool=echo_pool, agent_type="echo"),
+                             metadata=auth(api.admin_key), timeout=30), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: stub.Submit(hive_pb2.SubmitRequest(pool=echo_pool, payload_json="{bad"),
+                             metadata=auth(api.admin_key), timeout=30), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: list(stub.StreamEvents(hive_pb2.StreamEventsRequest(task_id="nope"),
+                                        metadata=auth(api.read_key), timeout=30)), grpc.StatusCode.NOT_FOUND),
+    ]
+    for call, code in cases:
+        with pytest.raises(grpc.RpcError) as failed:
+            call()
+        assert failed.value.code() == code, failed.value.details()

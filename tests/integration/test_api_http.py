@@ -1,0 +1,325 @@
+"""The HTTP API over real HTTP, against the app deployed on the session's Ray."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.test_api_support import ApiServer, admin_client, api  # noqa: F401
+
+pytestmark = pytest.mark.ray
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"].startswith("https://")
+    assert "Traceback" not in response.text
+    return body
+
+
+@pytest.fixture
+def echo_pool(admin_client: httpx.Client, unique_name: str) -> Iterator[str]:
+    response = admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "echo", "count": 1})
+    assert response.status_code == 201, response.text
+    yield unique_name
+    admin_client.delete(f"/v1/pools/{unique_name}")
+
+
+def sse_events(client: httpx.Client, path: str, *, until: Any, params: dict[str, Any] | None = None,
+               headers: dict[str, str] | None = None, limit_seconds: float = 15) -> list[dict[str, Any]]:
+    """Read a Server-Sent Events stream until ``until(events)`` or an ``end`` event."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + limit_seconds
+    with client.stream("GET", path, params=params, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and name != "end":
+                events.append(json.loads(line[5:]))
+            elif line == "" and name == "end":
+                events.append({"end": True})
+                break
+            if (events and until(events)) or time.monotonic() > deadline:
+                break
+    return events
+
+
+# ---------------------------------------------------------------------- health, docs
+def test_health_needs_no_key_and_readiness_reaches_the_orchestrator(api: ApiServer) -> None:
+    assert httpx.get(api.base_url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(api.base_url + "/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready" and ready.json()["orchestrator"]["status"] == "ok"
+
+
+def test_openapi_and_docs_are_served(api: ApiServer) -> None:
+    schema = httpx.get(api.base_url + "/openapi.json").json()
+    assert {"/v1/pools", "/v1/tasks", "/v1/tasks/{task_id}", "/v1/events", "/metrics"} <= set(schema["paths"])
+    assert "ApiKey" in schema["components"]["securitySchemes"]
+    docs = httpx.get(api.base_url + "/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+# ---------------------------------------------------------------------- auth
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"}],
+                         ids=["missing", "wrong", "not-bearer"])
+def test_requests_without_a_valid_key_are_refused(api: ApiServer, headers: dict[str, str]) -> None:
+    response = httpx.get(api.base_url + "/v1/pools", headers=headers)
+    body = assert_problem(response, 401)
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer" in body["detail"]
+
+
+def test_a_read_key_reads_but_cannot_change_pools_or_submit(api: ApiServer, unique_name: str) -> None:
+    read = api.headers("read")
+    assert httpx.get(api.base_url + "/v1/pools", headers=read).status_code == 200
+    refused = httpx.post(api.base_url + "/v1/pools", headers=read,
+                         json={"name": unique_name, "agent_type": "echo"})
+    assert "admin key" in assert_problem(refused, 403)["detail"]
+    assert_problem(httpx.post(api.base_url + "/v1/tasks", headers=read, json={"agent_type": "echo"}), 403)
+    assert_problem(httpx.delete(api.base_url + f"/v1/pools/{unique_name}", headers=read), 403)
+
+
+# ---------------------------------------------------------------------- pools
+def test_pool_lifecycle_create_get_scale_stop(admin_client: httpx.Client, unique_name: str) -> None:
+    created = admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "echo", "count": 1})
+    assert created.status_code == 201 and created.headers["location"] == f"/v1/pools/{unique_name}"
+    assert created.json()["size"] == 1
+    assert unique_name in [p["name"] for p in admin_client.get("/v1/pools").json()]
+    scaled = admin_client.patch(f"/v1/pools/{unique_name}", json={"count": 2})
+    assert scaled.status_code == 200 and scaled.json()["desired"] == 2
+    got = admin_client.get(f"/v1/pools/{unique_name}").json()
+    assert got["size"] == 2 and len(got["agents"]) == 2
+    assert {a["state"] for a in got["agents"]} == {"ready"}
+    stopped = admin_client.delete(f"/v1/pools/{unique_name}")
+    assert stopped.status_code == 200 and stopped.json()["name"] == unique_name
+    body = assert_problem(admin_client.get(f"/v1/pools/{unique_name}"), 404)
+    assert unique_name in body["detail"] and body["pool"] == unique_name
+
+
+def test_pool_errors_are_problems(admin_client: httpx.Client, unique_name: str) -> None:
+    unknown = admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "no-such-agent"})
+    assert "no-such-agent" in assert_problem(unknown, 422)["detail"]
+    invalid = assert_problem(admin_client.post("/v1/pools", json={"name": "bad name!", "agent_type": "echo",
+                                                                  "count": -1, "typo": 1}), 422)
+    assert {"name", "count", "typo"} <= {e["field"] for e in invalid["errors"]}
+    assert_problem(admin_client.patch("/v1/pools/never-made", json={"count": 1}), 404)
+    assert_problem(admin_client.patch(f"/v1/pools/{unique_name}", json={"count": "many"}), 422)
+    assert_problem(admin_client.delete("/v1/pools/never-made"), 404)
+
+
+# ---------------------------------------------------------------------- tasks
+def test_submit_answers_202_with_location_then_get(admin_client: httpx.Client, echo_pool: str) -> None:
+    accepted = admin_client.post("/v1/tasks", json={"pool": echo_pool, "payload": {"hello": "world"}})
+    assert accepted.status_code == 202
+    task_id = accepted.json()["task_id"]
+    assert accepted.headers["location"] == f"/v1/tasks/{task_id}"
+    deadline = time.monotonic() + 10
+    while (record := admin_client.get(accepted.headers["location"]).json())["state"] != "succeeded":
+        assert time.monotonic() < deadline, record
+        time.sleep(0.05)
+    assert record["result"] == {"hello": "world"} and record["pool"] == echo_pool
+
+
+def test_submit_with_wait_returns_the_result_inline(admin_client: httpx.Client, echo_pool: str) -> None:
+    answer = admin_client.post("/v1/tasks", params={"wait": 5}, json={"agent_type": "echo", "pool": None,
+                                                                      "payload": [1, 2]})
+    # agent_type may route to any echo pool; this one exists, so the answer is immediate.
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "succeeded" and answer.json()["result"] == [1, 2]
+
+
+def test_wait_that_runs_out_is_a_504_and_the_task_can_be_cancelled(
+        admin_client: httpx.Client, unique_name: str) -> None:
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})
+    slow = admin_client.post("/v1/tasks", params={"wait": 0.3}, json={"pool": unique_name, "payload": {"seconds": 30}})
+    body = assert_problem(slow, 504)
+    assert slow.headers["location"] == f"/v1/tasks/{body['task_id']}"
+    cancelled = admin_client.post(f"/v1/tasks/{body['task_id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    admin_client.delete(f"/v1/pools/{unique_name}")
+
+
+def test_task_errors_are_problems(admin_client: httpx.Client, echo_pool: str) -> None:
+    assert "nope" in assert_problem(admin_client.get("/v1/tasks/nope"), 404)["detail"]
+    assert_problem(admin_client.post("/v1/tasks/nope/cancel"), 404)
+    assert_problem(admin_client.post("/v1/tasks", json={"pool": "never-made"}), 404)
+    two_targets = assert_problem(admin_client.post("/v1/tasks", json={"pool": echo_pool, "agent_type": "echo"}), 422)
+    assert "exactly one of agent_type, capability or pool" in two_targets["detail"]
+    bad = assert_problem(admin_client.post("/v1/tasks", params={"wait": -1},
+                                           json={"pool": echo_pool, "priority": 5000}), 422)
+    assert {"wait", "priority"} <= {e["field"] for e in bad["errors"]}
+    assert_problem(admin_client.post("/v1/tasks", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert_problem(admin_client.get("/v1/tasks", params={"state": "sleeping"}), 422)
+    assert_problem(admin_client.get("/v1/nothing-here"), 404)
+    assert_problem(admin_client.put("/v1/pools"), 405)
+
+
+def test_a_body_over_the_limit_is_a_413(admin_client: httpx.Client, echo_pool: str) -> None:
+    big = {"pool": echo_pool, "payload": "x" * (65 * 1024)}
+    body = assert_problem(admin_client.post("/v1/tasks", json=big), 413)
+    assert body["limit"] == 64 * 1024
+
+
+def test_a_full_queue_is_a_429_with_retry_after(admin_client: httpx.Client, unique_name: str) -> None:
+    # No agents: tasks stay queued, and the queue holds one.
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "echo", "count": 0, "max_queue": 1})
+    assert admin_client.post("/v1/tasks", json={"pool": unique_name}).status_code == 202
+    full = admin_client.post("/v1/tasks", json={"pool": unique_name})
+    body = assert_problem(full, 429)
+    assert int(full.headers["retry-after"]) >= 1 and body["pool"] == unique_name
+    admin_client.delete(f"/v1/pools/{unique_name}")
+
+
+def test_idempotency_key_returns_the_first_task_and_refuses_another_body(
+        admin_client: httpx.Client, echo_pool: str) -> None:
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = admin_client.post("/v1/tasks", headers=key, json={"pool": echo_pool, "payload": 1})
+    again = admin_client.post("/v1/tasks", headers=key, json={"pool": echo_pool, "payload": 1})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["task_id"] == again.json()["task_id"]
+    assert not first.json()["replayed"] and again.json()["replayed"]
+    assert admin_client.get(first.headers["location"]).json()["idempotency_key"] == key["Idempotency-Key"]
+    conflict = admin_client.post("/v1/tasks", headers=key, json={"pool": echo_pool, "payload": 2})
+    assert "different request body" in assert_problem(conflict, 409)["detail"]
+
+
+def test_task_list_filters_and_paginates_with_a_cursor(admin_client: httpx.Client, echo_pool: str) -> None:
+    submitted = [admin_client.post("/v1/tasks", json={"pool": echo_pool, "payload": n}).json()["task_id"]
+                 for n in range(5)]
+    seen: list[str] = []
+    params: dict[str, Any] = {"pool": echo_pool, "limit": 2}
+    pages = 0
+    while True:
+        page = admin_client.get("/v1/tasks", params=params)
+        assert page.status_code == 200
+        body = page.json()
+        assert len(body["tasks"]) <= 2 and all(t["pool"] == echo_pool for t in body["tasks"])
+        seen += [t["task_id"] for t in body["tasks"]]
+        pages += 1
+        if not body["next_cursor"]:
+            assert "link" not in page.headers
+            break
+        assert 'rel="next"' in page.headers["link"] and body["next_cursor"] in page.headers["link"]
+        params = {**params, "cursor": body["next_cursor"]}
+    assert seen == list(reversed(submitted)) and pages == 3  # newest first, every task once
+    assert admin_client.get("/v1/tasks", params={"pool": echo_pool, "state": "failed"}).json()["tasks"] == []
+
+
+# ---------------------------------------------------------------------- event streams
+def test_a_task_stream_sends_its_events_in_order_and_ends(admin_client: httpx.Client, unique_name: str) -> None:
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})
+    task_id = admin_client.post("/v1/tasks", json={"pool": unique_name, "payload": {"seconds": 0.3}}).json()["task_id"]
+    events = sse_events(admin_client, f"/v1/tasks/{task_id}/events", until=lambda e: False)
+    assert events[-1] == {"end": True}
+    states = [e["state"] for e in events[:-1]]
+    sequences = [e["sequence"] for e in events[:-1]]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    assert states[0] == "queued" and states[1] == "running" and states[-1] == "succeeded"
+    assert "progress" in states
+    assert {e["task_id"] for e in events[:-1]} == {task_id}
+    # Resuming after the running event replays only what came after it.
+    resumed = sse_events(admin_client, f"/v1/tasks/{task_id}/events", until=lambda e: False,
+                         headers={"Last-Event-ID": str(sequences[1])})
+    assert [e["sequence"] for e in resumed[:-1]] == sequences[2:]
+    assert_problem(admin_client.get("/v1/tasks/nope/events"), 404)
+    admin_client.delete(f"/v1/pools/{unique_name}")
+
+
+def test_the_all_events_stream_sends_every_task_in_order(admin_client: httpx.Client, echo_pool: str) -> None:
+    first = admin_client.post("/v1/tasks", params={"wait": 5}, json={"pool": echo_pool}).json()["task_id"]
+    start = [e for e in sse_events(admin_client, f"/v1/tasks/{first}/events", until=lambda e: False)
+             if "sequence" in e][-1]["sequence"]
+    ids = {admin_client.post("/v1/tasks", params={"wait": 5}, json={"pool": echo_pool}).json()["task_id"]
+           for _ in range(2)}
+    events = sse_events(admin_client, "/v1/events", params={"after": start},
+                        until=lambda es: ids <= {e["task_id"] for e in es if e["state"] == "succeeded"})
+    sequences = [e["sequence"] for e in events]
+    assert sequences == sorted(sequences) and sequences[0] > start
+    for task_id in ids:
+        assert [e["state"] for e in events if e["task_id"] == task_id] == ["queued", "running", "succeeded"]
+
+
+# ---------------------------------------------------------------------- caching
+def test_pool_reads_are_cached_and_invalidated_by_changes(admin_client: httpx.Client, unique_name: str) -> None:
+    admin_client.get("/v1/pools")
+    assert admin_client.get("/v1/pools").headers["x-cache"] == "hit"
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "echo", "count": 1})
+    after_create = admin_client.get("/v1/pools")
+    assert after_create.headers["x-cache"] == "miss" and unique_name in [p["name"] for p in after_create.json()]
+    assert admin_client.get(f"/v1/pools/{unique_name}").json()["desired"] == 1
+    admin_client.patch(f"/v1/pools/{unique_name}", json={"count": 2})
+    after_scale = admin_client.get(f"/v1/pools/{unique_name}")
+    assert after_scale.headers["x-cache"] == "miss" and after_scale.json()["desired"] == 2
+    admin_client.delete(f"/v1/pools/{unique_name}")
+    assert unique_name not in [p["name"] for p in admin_client.get("/v1/pools").json()]
+
+
+def test_only_finished_tasks_are_served_from_the_cache(admin_client: httpx.Client, unique_name: str) -> None:
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})
+    task_id = admin_client.post("/v1/tasks", json={"pool": unique_name, "payload": {"seconds": 0.5}}).json()["task_id"]
+    running = [admin_client.get(f"/v1/tasks/{task_id}") for _ in range(2)]
+    assert [r.headers["x-cache"] for r in running] == ["miss", "miss"]
+    assert running[-1].json()["state"] in ("queued", "running")
+    admin_client.post("/v1/tasks", params={"wait": 5}, json={"pool": unique_name, "payload": {"seconds": 0}})
+    deadline = time.monotonic() + 10
+    while admin_client.get(f"/v1/tasks/{task_id}").json()["state"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cached = admin_client.get(f"/v1/tasks/{task_id}")
+    assert cached.headers["x-cache"] == "hit" and cached.json()["state"] == "succeeded"
+    admin_client.delete(f"/v1/pools/{unique_name}")
+
+
+# ---------------------------------------------------------------------- metrics and dashboard data
+def test_metrics_parse_and_reflect_the_orchestrator(admin_client: httpx.Client, echo_pool: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    admin_client.post("/v1/tasks", params={"wait": 5}, json={"pool": echo_pool})
+    admin_client.get("/v1/pools")
+    admin_client.get("/metrics")  # starts the event follower
+    admin_client.post("/v1/tasks", params={"wait": 5}, json={"pool": echo_pool})
+    deadline = time.monotonic() + 10
+    while True:
+        text = admin_client.get("/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        durations = [s for s in families.get("hive_task_duration_seconds", families["hive_orchestrator_up"]).samples
+                     if s.labels.get("pool") == echo_pool]
+        if durations or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert durations, "the task duration histogram never saw the pool's task"
+    assert all(name.startswith("hive_") for name in families)
+    assert families["hive_orchestrator_up"].samples[0].value == 1
+    assert families["hive_http_request_duration_seconds"].type == "histogram"
+    routes = {s.labels["route"] for s in families["hive_http_request_duration_seconds"].samples}
+    assert {"/v1/pools", "/v1/tasks"} <= routes and not any("nope" in r for r in routes)
+    depth = {s.labels["pool"]: s.value for s in families["hive_pool_queue_depth"].samples}
+    assert depth[echo_pool] == 0
+    outcomes = {s.labels["outcome"]: s.value for s in families["hive_tasks"].samples
+                if s.name == "hive_tasks_total"}
+    assert outcomes["succeeded"] >= 2 and outcomes["submitted"] >= outcomes["succeeded"]
+    assert families["hive_agent_restarts"].type == "counter"
+
+
+def test_dashboard_page_and_its_data(api: ApiServer, admin_client: httpx.Client, echo_pool: str) -> None:
+    page = httpx.get(api.base_url + "/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<canvas" in page.text
+    assert 'src="http' not in page.text and 'href="http' not in page.text  # self-contained: no CDN
+    overview = admin_client.get("/v1/overview").json()
+    assert echo_pool in [p["name"] for p in overview["pools"]]
+    assert {"series", "counters", "recent_failures"} <= set(overview)
