@@ -26,12 +26,15 @@ EntryT = TypeVar("EntryT", bound=Queueable)
 class PriorityTaskQueue(Generic[EntryT]):
     """Priority queue with lazy removal and an exact live count."""
 
-    __slots__ = ("_heap", "_live", "_sequence")
+    __slots__ = ("_heap", "_live", "_sequence", "_tiebreak")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, EntryT]] = []
+        # (negated priority, sequence, tie-break, entry): the tie-break keeps equal
+        # keys (re-deliveries share sequence -1) in push order and never compares entries.
+        self._heap: list[tuple[int, int, int, EntryT]] = []
         self._live = 0
         self._sequence = itertools.count()
+        self._tiebreak = itertools.count()
 
     def __len__(self) -> int:
         return self._live
@@ -40,7 +43,7 @@ class PriorityTaskQueue(Generic[EntryT]):
         """Add ``entry``; ``sequence`` keeps an earlier place in line (used on re-delivery)."""
         order = next(self._sequence) if sequence is None else sequence
         entry.queued = True
-        heapq.heappush(self._heap, (-entry.priority, order, entry))
+        heapq.heappush(self._heap, (-entry.priority, order, next(self._tiebreak), entry))
         self._live += 1
 
     def discard(self, entry: EntryT) -> bool:
@@ -52,35 +55,35 @@ class PriorityTaskQueue(Generic[EntryT]):
         self._compact_if_sparse()
         return True
 
-    def peek_key(self) -> tuple[int, int] | None:
-        """The (negated priority, sequence) of the next live entry, or None."""
+    def peek_key(self) -> tuple[int, int, int] | None:
+        """The ordering key of the next live entry (smaller runs first), or None."""
         self._drop_dead_top()
         if not self._heap:
             return None
-        negated, order, _ = self._heap[0]
-        return negated, order
+        negated, order, tiebreak, _ = self._heap[0]
+        return negated, order, tiebreak
 
     def pop(self) -> tuple[EntryT, int]:
         """Remove and return the next live entry with its sequence number."""
         self._drop_dead_top()
         if not self._heap:
             raise IndexError("pop from an empty task queue")
-        _, order, entry = heapq.heappop(self._heap)
+        _, order, _, entry = heapq.heappop(self._heap)
         entry.queued = False
         self._live -= 1
         return entry, order
 
     def __iter__(self) -> Iterator[EntryT]:
         """Live entries in no particular order."""
-        return (entry for _, _, entry in self._heap if entry.queued)
+        return (item[3] for item in self._heap if item[3].queued)
 
     def _drop_dead_top(self) -> None:
         heap = self._heap
-        while heap and not heap[0][2].queued:
+        while heap and not heap[0][3].queued:
             heapq.heappop(heap)
 
     def _compact_if_sparse(self) -> None:
         # Lazy removal must not let cancelled entries pile up without bound.
         if len(self._heap) > 1024 and self._live < len(self._heap) // 4:
-            self._heap = [item for item in self._heap if item[2].queued]
+            self._heap = [item for item in self._heap if item[3].queued]
             heapq.heapify(self._heap)

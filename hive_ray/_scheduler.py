@@ -125,12 +125,16 @@ class PoolScheduler:
         if len(self) + count > self.max_queue:
             raise OverloadedError(pool=self.name, retry_after=self.retry_after_hint())
 
-    def requeue(self, entry: TaskEntry, *, sequence: int | None = None) -> None:
-        """Put a task back (re-delivery); it is not subject to the queue bound."""
+    def requeue(self, entry: TaskEntry, *, front: bool = True) -> None:
+        """Put a task back, not subject to the queue bound.
+
+        A re-delivered task (``front``) goes before new work of its priority; a
+        recovered one (after an orchestrator restart) takes a normal place in line.
+        """
         if entry.not_before > self._clock():
             self._delayed.append(entry)
             return
-        self._queue.push(entry, sequence=sequence if sequence is not None else -1)
+        self._queue.push(entry, sequence=-1 if front else None)
 
     def discard(self, entry: TaskEntry) -> bool:
         """Remove a queued task (cancel, timeout); False if it was not queued here."""

@@ -72,3 +72,31 @@ def hive(ray_session: None, hive_settings: dict[str, object]) -> Iterator[object
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def isolated_hive(ray_session: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A client of a private orchestrator (own name and journal), for tests that break it.
+
+    Settings can be overridden with ``@pytest.mark.parametrize("hive_overrides", [...])``
+    style indirect parameters, or by the ``hive_overrides`` fixture of a module.
+    """
+    import ray
+
+    from hive_ray import Hive
+
+    overrides = getattr(request, "param", None) or {}
+    if "hive_overrides" in request.fixturenames:
+        overrides = {**request.getfixturevalue("hive_overrides"), **overrides}
+    name = f"orchestrator-{request.node.name[:40]}-{next(_names)}"
+    settings = {"orchestrator_name": name, "state_dir": str(tmp_path / "state"),
+                "journal_dir": str(tmp_path / "journal"), **overrides}
+    client = Hive.connect(settings=settings)
+    try:
+        yield client
+    finally:
+        try:
+            client._call("shutdown", timeout=60)
+        finally:
+            ray.kill(client._orchestrator, no_restart=True)
+            client.close()

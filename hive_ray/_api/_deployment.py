@@ -104,7 +104,9 @@ def app_builder(args: dict[str, Any]) -> Any:
     return build_application(Settings.load(dict(args or {})))
 
 
-def start_api(settings: Settings) -> dict[str, str]:
+def start_api(settings: Settings, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """Start Serve (HTTP and gRPC proxies) and deploy the API; ``environment`` is for Serve's
+    own processes (the benchmark passes ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` this way)."""
     import ray
 
     from hive_ray._errors import HiveConnectionError
@@ -113,11 +115,15 @@ def start_api(settings: Settings) -> dict[str, str]:
         raise HiveConnectionError("start_api() needs a connected Ray: call Hive.connect() first")
     from ray.serve.config import HTTPOptions, gRPCOptions
 
+    from hive_ray._api._binding import proxy_environment
+
     serve.start(
         http_options=HTTPOptions(host=settings.http_host, port=settings.http_port,
                                  request_timeout_s=settings.api_request_timeout_seconds),
         grpc_options=gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=[GRPC_SERVICER],
                                  request_timeout_s=settings.api_request_timeout_seconds),
+        controller_options={"runtime_env": {"env_vars": {
+            **proxy_environment(settings.http_host), **(environment or {})}}},
     )
     digests = key_digests(settings.api_keys, settings.state_dir)
     serve.run(build_application(settings, digests), name=APP_NAME, route_prefix="/", blocking=False)

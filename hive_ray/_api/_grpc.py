@@ -132,11 +132,13 @@ async def stream_events(service: ApiService, request: Any, context: Any) -> Asyn
         if task_id is not None:
             await service.task_json(task_id)  # NOT_FOUND before streaming
     except _Refused as refused:
+        # A stream's status reaches the client only if the generator raises after
+        # setting it (Serve then keeps the code and details that were set).
         _fail(context, refused.status, refused.detail)
-        return
+        raise
     except HiveError as error:
         _fail(context, status_of(error), error.message)
-        return
+        raise
     async for event in task_events(service.call, after=request.after, task_id=task_id,
                                    max_seconds=service.settings.api_stream_max_seconds):
         if event is None:

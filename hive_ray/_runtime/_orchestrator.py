@@ -202,7 +202,7 @@ class Orchestrator(TaskViews):
                     "type": "PoolMissing", "message": f"pool {entry.pool!r} no longer exists after a restart"})
                 continue
             entry.state, entry.agent_id = TaskState.QUEUED, None
-            pool.scheduler.requeue(entry)
+            pool.scheduler.requeue(entry, front=False)
             if entry.timeout is not None:
                 heapq.heappush(self._deadlines, (entry.created_at + entry.timeout,
                                                  next(self._deadline_sequence), entry.task_id))

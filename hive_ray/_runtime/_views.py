@@ -43,6 +43,7 @@ class TaskViews:
         an unknown id is then waited for (for :data:`EARLY_WAIT_GRACE_SECONDS`)
         instead of refused.
         """
+        await self._ensure_started()  # type: ignore[attr-defined]  (a restart recovers first)
         entry = self._tasks.get(task_id)
         if entry is None and not expected:
             entry = self._from_journal(task_id)
@@ -144,11 +145,13 @@ class TaskViews:
         return self._journal.get(task_id) if self._journal is not None else None
 
     async def task(self, task_id: str) -> dict[str, Any]:
+        await self._ensure_started()  # type: ignore[attr-defined]
         return self._record(self._entry(task_id))
 
     async def tasks(self, state: str | None = None, pool: str | None = None, limit: int = 100,
                     cursor: str | None = None) -> dict[str, Any]:
         """Tasks in memory, newest first; ``cursor`` is the previous page's ``next_cursor``."""
+        await self._ensure_started()  # type: ignore[attr-defined]
         limit = max(1, min(1000, limit))
         entries = reversed(self._tasks.values())
         if cursor is not None:
@@ -167,6 +170,7 @@ class TaskViews:
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Tasks that failed after every allowed attempt, newest first."""
+        await self._ensure_started()  # type: ignore[attr-defined]
         found = []
         for task_id in reversed(self._dead_letters):
             entry = self._tasks.get(task_id) or self._from_journal(task_id)

@@ -4,6 +4,7 @@ CI installs chromium with ``apt-get install -y chromium``; playwright's own
 browser download is never used (``executable_path`` points at the system one).
 """
 
+# ruff: noqa: F811 - the shared fixtures are imported, and pytest passes them as arguments
 from __future__ import annotations
 
 import shutil

@@ -1,5 +1,6 @@
 """The gRPC API through Serve's gRPC proxy, with the API key in metadata."""
 
+# ruff: noqa: F811 - the shared fixtures are imported, and pytest passes them as arguments
 from __future__ import annotations
 
 import json
@@ -87,3 +88,13 @@ def test_errors_map_to_status_codes(stub: hive_pb2_grpc.HiveStub, api: ApiServer
         with pytest.raises(grpc.RpcError) as failed:
             call()
         assert failed.value.code() == code, failed.value.details()
+
+
+def test_nothing_listens_beyond_loopback(api: ApiServer) -> None:
+    import psutil
+
+    ports = {int(api.base_url.rsplit(":", 1)[1]), int(api.grpc_target.rsplit(":", 1)[1])}
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports]
+    assert {c.laddr.port for c in listening} == ports
+    assert {c.laddr.ip for c in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening

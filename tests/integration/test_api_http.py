@@ -1,5 +1,6 @@
 """The HTTP API over real HTTP, against the app deployed on the session's Ray."""
 
+# ruff: noqa: F811 - the shared fixtures are imported, and pytest passes them as arguments
 from __future__ import annotations
 
 import json
