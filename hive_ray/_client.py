@@ -447,9 +447,14 @@ class Hive:
             except ChannelClosed as closed:
                 raise HiveConnectionError(f"lost the orchestrator mid-call: {closed}") from None
         import ray
+        from ray.exceptions import RayActorError
 
         try:
             return ray.get(pending, timeout=timeout)
+        except RayActorError as error:
+            raise HiveConnectionError(
+                f"lost the orchestrator mid-call ({type(error).__name__}); it may be restarting"
+            ) from None
         except Exception as error:  # noqa: BLE001
             raise _unwrap_ray_error(error) from None
 
