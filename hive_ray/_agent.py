@@ -161,6 +161,18 @@ class Agent:
         """Called once when the agent stops (may be async): close what setup opened."""
         return None
 
+    def on_passivate(self) -> Any:
+        """Called before an idle agent is deactivated (packed pools with passivation).
+
+        Return what must survive (by default ``self.state``); ``teardown`` runs
+        next. It is handed to :meth:`on_activate` when the next task arrives.
+        """
+        return self.state
+
+    def on_activate(self, saved: Any) -> None:
+        """Called after ``setup`` when a passivated agent is activated again."""
+        self.state = saved
+
     def handle(self, task: Task) -> Any:
         """Do one task and return its result (may be async). Raise to fail the task."""
         raise NotImplementedError(

@@ -11,6 +11,7 @@
     hive spawn TYPE [-n N] [--pool P] [--num-cpus C] [--resources JSON]
     hive submit TARGET [PAYLOAD_JSON] [--capability] [--timeout S] [--no-wait]
     hive tasks [--state S] [--pool P] [--limit N]
+    hive perf report [--html F] [--json] | perf baseline save [F] | perf baseline compare [F]
 
 Every command but ``demo`` and ``up`` attaches to a running cluster (``RAY_ADDRESS``
 or the one ``hive up`` started) and fails clearly if there is none.
@@ -33,6 +34,8 @@ from hive_ray._errors import HiveError
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports Ray, which reads it once: token authentication on by default.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -101,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--limit", type=int, default=20)
     tasks.add_argument("--json", action="store_true")
     tasks.set_defaults(handler=_tasks)
+
+    from hive_ray._perf_cli import register as register_perf
+
+    register_perf(commands)  # hive perf report | baseline save | baseline compare
     return parser
 
 
@@ -209,7 +216,8 @@ def _start_head(settings: Any) -> dict[str, Any]:
                f"--port={port}", "--include-dashboard=false", "--node-ip-address=127.0.0.1"]
     log_path = _state_dir(settings) / "ray-head.log"
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               env=dict(os.environ))
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     import ray
@@ -223,7 +231,7 @@ def _start_head(settings: Any) -> dict[str, Any]:
             break
         except Exception:  # noqa: BLE001 - not up yet
             if time.monotonic() > deadline:
-                process.terminate()
+                os.killpg(process.pid, signal.SIGTERM)  # the head and everything it started
                 raise _cluster_error(f"the local Ray head did not come up in 90 s; see {log_path}") from None
             time.sleep(1)
     recorded = {"address": address, "pid": process.pid, "started_at": time.time(), "log": str(log_path)}
@@ -282,18 +290,14 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _start_api(settings: Any) -> None:
-    try:
-        from hive_ray import _api  # noqa: F401
-    except ImportError:
-        print("  (the HTTP API is not part of this build)")
-        return
     from hive_ray._api import ensure_api_key, start_api
+    from hive_ray._api import key_file as api_key_file
 
-    key, created = ensure_api_key(Path(settings.state_dir))
+    _, created = ensure_api_key(Path(settings.state_dir))
     urls = start_api(settings)
     for name, url in urls.items():
         print(f"  {name}: {url}")
-    key_file = Path(settings.state_dir) / "api-key"
+    key_file = api_key_file(Path(settings.state_dir))
     if created:
         print(f"  API key created in {key_file} (readable by you only); use it as")
     else:
@@ -327,13 +331,13 @@ def _down(args: argparse.Namespace) -> int:
         hive = None
         print(f"hive down: {error}")
     if hive is not None:
-        try:
-            from hive_ray._api import stop_api
+        from hive_ray._api import stop_api
 
+        try:
             stop_api()
             print("  API stopped")
-        except ImportError:
-            pass
+        except Exception as error:  # noqa: BLE001 - keep stopping the rest
+            print(f"  could not stop the API cleanly: {error}")
         import ray
 
         try:
@@ -345,13 +349,30 @@ def _down(args: argparse.Namespace) -> int:
         hive._closed = True
     pid = recorded.get("pid")
     if isinstance(pid, int):
-        try:
-            os.killpg(pid, signal.SIGTERM)  # the `ray start --block` we started, and its children
-            print(f"  local Ray head (pid {pid}) stopped")
-        except ProcessLookupError:
-            pass
+        _stop_head(pid)
         path.unlink(missing_ok=True)
     return 0
+
+
+def _stop_head(pid: int, grace_seconds: float = 45.0) -> None:
+    """Stop the `ray start --block` we started: SIGTERM lets it stop its own processes;
+    whatever of its process group is left after the grace period is killed."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    print(f"  local Ray head (pid {pid}) stopped")
 
 
 # ---------------------------------------------------------------------- queries

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import HiveConnectionError, HiveError
 from hive_ray._results import unwrap
+from hive_ray._tracing import inject_client_context, traced_call
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent
@@ -40,10 +41,11 @@ CLUSTER_FILE = "cluster.json"
 #: Calls that go over the data plane when it is open (the rest are Ray calls).
 _CHANNEL_METHODS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
                               "cancel", "events", "health", "statistics", "pools", "pool",
-                              "dead_letters", "resubmit"})
+                              "dead_letters", "resubmit", "hosts", "restart_events"})
 #: Calls that are safe to send again after the stream broke.
 _RETRYABLE_METHODS = frozenset({"wait", "wait_many", "task", "tasks", "events", "health",
-                                "statistics", "pools", "pool", "dead_letters", "restart_events"})
+                                "statistics", "pools", "pool", "dead_letters", "restart_events",
+                                "hosts"})
 
 
 #: How long reads keep retrying while the orchestrator restarts.
@@ -125,6 +127,7 @@ class Hive:
         error). The orchestrator is found by name, or created (detached, so that it
         outlives this driver, unless Ray is embedded).
         """
+        _ensure_token_auth()
         import ray
 
         from hive_ray._settings import Settings
@@ -164,6 +167,12 @@ class Hive:
         if self._closed:
             return
         self._closed = True
+        if self.settings.tracing:
+            from hive_ray._tracing import tracer_from_settings
+
+            tracer = tracer_from_settings(self.settings, "client")
+            if tracer is not None:
+                tracer.flush(timeout=2.0)  # this client's spans, before Ray may go away
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -308,8 +317,9 @@ class Hive:
         if agent is not None and not isinstance(agent, str):
             agent = agent.type_name()
         spec = TaskSpec(agent_type=agent, **options)  # validates; raises ValidationError
-        return spec.template()
+        return inject_client_context(spec.template())  # the call's trace, when sampled
 
+    @traced_call("submit")
     def submit(self, agent: str | type[Agent] | None = None, payload: Any = None, **options: Any) -> TaskHandle:
         """Submit one task; returns at once with a handle (the task is accepted and queued).
 
@@ -329,6 +339,7 @@ class Hive:
                 raise
         return TaskHandle(self, accepted["task_id"], accepted["pool"])
 
+    @traced_call("run")
     def run(self, agent: str | type[Agent] | None = None, payload: Any = None, *,
             wait_timeout: float | None = None, **options: Any) -> Any:
         """Submit one task and return its result: the fastest path, one orchestrator call.
@@ -366,6 +377,7 @@ class Hive:
         except HiveConnectionError:
             return None
 
+    @traced_call("run_async")
     async def run_async(self, agent: str | type[Agent] | None = None, payload: Any = None, *,
                         wait_timeout: float | None = None, **options: Any) -> Any:
         """:meth:`run` for ``async`` code (and a notebook's top-level ``await``)."""
@@ -385,6 +397,7 @@ class Hive:
         except Exception as error:  # noqa: BLE001
             raise _unwrap_ray_error(error) from None
 
+    @traced_call("submit_many")
     def submit_many(self, agent: str | type[Agent] | None, payloads: Iterable[Any], *,
                     chunk_size: int = 1000, **options: Any) -> list[TaskHandle]:
         """Submit many tasks in one orchestrator call per ``chunk_size`` payloads."""
@@ -393,6 +406,7 @@ class Hive:
         pending = [self._fire("submit_many", template, chunk) for chunk in _chunks(list(payloads), chunk_size)]
         return [TaskHandle(self, task_id, "") for ref in pending for task_id in self._collect(ref)]
 
+    @traced_call("map")
     def map(self, agent: str | type[Agent] | None, payloads: Iterable[Any], *, chunk_size: int = 512,
             progress: bool | None = None, return_exceptions: bool = False, timeout: float | None = None,
             **options: Any) -> list[Any]:
@@ -486,6 +500,10 @@ class Hive:
         accepted = self._call("resubmit", task_id)
         return TaskHandle(self, accepted["task_id"], accepted["pool"])
 
+    def hosts(self, pool: str) -> list[dict[str, Any]]:
+        """The host actors of a pool: pid, agents, how many are active or passivated."""
+        return self._call("hosts", pool)
+
     def restarts(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Recent agent restarts with their causes (exception, process_killed, oom_killed,
         node_lost, health_check_failed, timeout_unresponsive)."""
@@ -503,6 +521,27 @@ class Hive:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("embedded" if self._owns_ray else "attached")
         return f"<Hive {state} namespace={self.settings.namespace!r}>"
+
+
+def _ensure_token_auth() -> None:
+    """Secure by default: Ray's token authentication, for embedded clusters and the ones
+    `hive up` starts. ``RAY_AUTH_MODE=disabled`` opts out.
+
+    Ray reads the mode when it is imported; if it already was (a notebook that ran
+    ``import ray`` first), its configuration is refreshed the way Ray itself does.
+    """
+    import sys
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:
+        try:
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # another Ray version: the variable still reaches new processes
+            pass
 
 
 def get_or_create_orchestrator(settings: Settings, *, detached: bool) -> Any:

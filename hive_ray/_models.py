@@ -133,6 +133,19 @@ class RetrySpec(_Model):
     )
 
 
+class AutoscaleSpec(_Model):
+    """Self-tuning pool size: between min and max agents, following the load."""
+
+    min_agents: int = Field(1, ge=0, le=100_000)
+    max_agents: int = Field(10, ge=1, le=100_000)
+    target_queue_per_agent: float = Field(2.0, gt=0, description="Queued + running tasks per agent to aim for.")
+    queue_wait_target_seconds: float | None = Field(
+        None, gt=0, description="Also grow while the queue-wait p95 is above this.")
+    upscale_delay_seconds: float = Field(2.0, ge=0, description="How long the wish to grow must last.")
+    downscale_delay_seconds: float = Field(30.0, ge=0, description="How long the wish to shrink must last.")
+    max_step: int = Field(1000, ge=1, description="Most agents added or removed at once.")
+
+
 class PoolSpec(_Model):
     """A pool of agents of one type, and the Ray resources each agent gets."""
 
@@ -148,8 +161,14 @@ class PoolSpec(_Model):
     restart: RestartSpec = Field(default_factory=RestartSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     health_check: bool = Field(True, description="Ping agents periodically and restart unresponsive ones.")
-    placement: Literal["dedicated", "packed"] = "dedicated"
-    agents_per_host: int = Field(1, ge=1, le=100_000)
+    autoscale: AutoscaleSpec | None = Field(None, description="Let the pool size follow the load.")
+    placement: Literal["dedicated", "packed"] = Field(
+        "dedicated", description="dedicated: one actor per agent; packed: agents_per_host agents per actor.")
+    agents_per_host: int = Field(
+        250, ge=1, le=100_000, description="Agents per host actor with packed placement (resources scale with it).")
+    passivate_after_seconds: float | None = Field(
+        None, gt=0, description="Deactivate agents idle this long (on_passivate saves their state); "
+        "the next task activates them again. None: never.")
 
 
 class AgentInfo(_Model):
@@ -159,6 +178,7 @@ class AgentInfo(_Model):
     state: str
     node_id: str | None = None
     pid: int | None = None
+    host: str | None = None
     inflight: int = 0
     tasks_done: int = 0
     restarts: int = 0
@@ -186,6 +206,8 @@ class PoolInfo(_Model):
     restarts: int = 0
     recent_restarts: list[dict[str, Any]] = Field(default_factory=list)
     dead_letters: int = 0
+    starting: int = 0
+    queue_wait_p95: float | None = None
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} type={self.agent_type} agents={self.size}/{self.desired} "

@@ -20,26 +20,11 @@ from dataclasses import dataclass
 
 from hive_ray._errors import OverloadedError
 from hive_ray._queue import PriorityTaskQueue
-from hive_ray._routing import RoutingPolicy, make_policy
+from hive_ray._routing import AgentSlots, FreeAgents, RoutingPolicy, make_policy
 from hive_ray._task import TaskEntry
 
 #: Affinity bindings kept per pool; the least recently used key is forgotten first.
 MAX_AFFINITY_KEYS = 100_000
-
-
-@dataclass(slots=True)
-class AgentSlots:
-    """The scheduler's view of one agent: how many tasks it may hold at once."""
-
-    agent_id: str
-    concurrency: int
-    inflight: int = 0
-    slots: int = 1
-    accepting: bool = True
-
-    @property
-    def free(self) -> int:
-        return self.slots - self.inflight if self.accepting else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +60,21 @@ class PoolScheduler:
         self._affinity_queues: dict[str, PriorityTaskQueue[TaskEntry]] = {}
         self._bindings: OrderedDict[str, str] = OrderedDict()
         self._agents: dict[str, AgentSlots] = {}
+        self._free = FreeAgents()
         self._handle_ewma: float | None = None
         self._delayed: list[TaskEntry] = []  # retries waiting for their backoff
 
     # -- agents ---------------------------------------------------------------
     def add_agent(self, agent_id: str, *, concurrency: int = 1) -> None:
-        self._agents[agent_id] = AgentSlots(agent_id, concurrency=max(1, concurrency))
-        self._resize_slots()
+        agent = AgentSlots(agent_id, concurrency=max(1, concurrency))
+        agent.slots = self._slots_for(agent)
+        self._agents[agent_id] = agent
+        self._free.add_agent(agent)
 
     def remove_agent(self, agent_id: str) -> None:
         """Forget an agent; tasks pinned to it by affinity go back to the main queue."""
         self._agents.pop(agent_id, None)
+        self._free.remove_agent(agent_id)
         pinned = self._affinity_queues.pop(agent_id, None)
         if pinned is not None:
             while len(pinned):
@@ -99,6 +88,7 @@ class PoolScheduler:
         agent = self._agents.get(agent_id)
         if agent is not None:
             agent.accepting = accepting
+            self._free.update(agent)
 
     def agent(self, agent_id: str) -> AgentSlots | None:
         return self._agents.get(agent_id)
@@ -154,6 +144,7 @@ class PoolScheduler:
         agent = self._agents.get(agent_id)
         if agent is not None:
             agent.inflight = max(0, agent.inflight - count)
+            self._free.update(agent)
 
     def observe_handle_seconds(self, seconds: float) -> None:
         """Feed one task's handling time into the batch-size estimate."""
@@ -182,20 +173,21 @@ class PoolScheduler:
         entries' slots are counted as taken; call :meth:`release` when they end.
         """
         self._promote_due_retries()
-        free = [agent for agent in self._agents.values() if agent.free > 0]
-        if not free:
+        free = self._free
+        if not len(free):
             return []
         batches: dict[str, list[TaskEntry]] = {}
         queue = self._queue
-        while free:
+        pinned_queues = self._affinity_queues
+        while len(free):
             source = queue
             best = queue.peek_key()
-            for agent in free:
-                pinned = self._affinity_queues.get(agent.agent_id)
-                if pinned is not None and len(pinned):
-                    key = pinned.peek_key()
-                    if key is not None and (best is None or key < best):
-                        best, source = key, pinned
+            if pinned_queues:
+                for agent_id, pinned in pinned_queues.items():
+                    if len(pinned) and self._agents[agent_id].free > 0:
+                        key = pinned.peek_key()
+                        if key is not None and (best is None or key < best):
+                            best, source = key, pinned
             if best is None:
                 break
             entry, sequence = source.pop()
@@ -205,8 +197,7 @@ class PoolScheduler:
                 continue  # parked on its affinity agent's queue
             batches.setdefault(target.agent_id, []).append(entry)
             target.inflight += 1
-            if target.free <= 0:
-                free.remove(target)
+            free.update(target)
         return list(batches.items())
 
     def statistics(self) -> SchedulerStatistics:
@@ -220,9 +211,7 @@ class PoolScheduler:
         )
 
     # -- internals --------------------------------------------------------------
-    def _target_for(
-        self, entry: TaskEntry, free: list[AgentSlots], sequence: int
-    ) -> AgentSlots | None:
+    def _target_for(self, entry: TaskEntry, free: FreeAgents, sequence: int) -> AgentSlots | None:
         key = entry.affinity_key
         if key is None:
             return self.policy.choose(free, None)
@@ -255,10 +244,19 @@ class PoolScheduler:
     def next_retry_at(self) -> float | None:
         return min((entry.not_before for entry in self._delayed), default=None)
 
-    def _resize_slots(self) -> None:
+    def _slots_for(self, agent: AgentSlots) -> int:
+        # With batching, room for two batches keeps an agent busy while the next
+        # batch is on its way; without it, one task per unit of concurrency.
         batch = self.batch_size()
+        return agent.concurrency if batch == 1 else agent.concurrency * batch * 2
+
+    def _resize_slots(self) -> None:
+        if not self._agents:
+            return
+        first = next(iter(self._agents.values()))
+        if first.slots == self._slots_for(first):
+            return  # the batch size did not change: nothing to re-file
         for agent in self._agents.values():
-            # With batching, room for two batches keeps an agent busy while the
-            # next batch is on its way; without it, one task per unit of concurrency.
-            agent.slots = agent.concurrency if batch == 1 else agent.concurrency * batch * 2
+            agent.slots = self._slots_for(agent)
+            self._free.update(agent)
 

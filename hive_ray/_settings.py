@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         description="Where the orchestrator's task stream listens: None picks loopback on a "
         "one-machine cluster and Ray's node address otherwise; 'off' sends tasks as Ray calls.",
     )
+    spawn_wait_seconds: float = Field(
+        120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
+        "keep starting in the background (their demand reaches the autoscaler).")
+    autoscale_interval_seconds: float = Field(1.0, gt=0, description="How often autoscaled pools are sized.")
     health_check_interval_seconds: float = Field(5.0, gt=0)
     health_check_timeout_seconds: float = Field(10.0, gt=0)
 
@@ -120,6 +124,62 @@ class Settings(BaseSettings):
     )
     api_cache_entries: int = Field(
         10_000, ge=0, description="Finished tasks' status, and idempotency keys, a replica remembers."
+    )
+
+    # -- tracing and the performance analyzer ------------------------------------------
+    # Standard OTEL_* variables apply on top of these (the OpenTelemetry SDK reads them):
+    # OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER(_ARG) (replaces tracing_sample_ratio), and
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, which also exports every span over OTLP/HTTP.
+    tracing: bool = Field(
+        False,
+        description="Trace tasks end to end (client or API -> orchestrator -> agent -> "
+        "sub-tasks) and feed the performance analyzer. HIVE_TRACING=1 turns it on; the "
+        "orchestrator passes it on to every agent host.",
+    )
+    # Measured with perf/bench_tracing.py: unsampled tasks carry no context and cost
+    # nothing downstream, so 1% keeps tracing below the noise while still giving the
+    # analyzer hundreds of traces a minute on a busy system.
+    tracing_sample_ratio: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="Share of root operations (client calls, API requests) traced; the "
+        "decision is made once, where a trace starts, and followed downstream.",
+    )
+    tracing_export_dir: Path | None = Field(
+        None,
+        description="Also write every finished span as JSON lines into this directory, one "
+        "file per process (tests, offline analysis). Must be reachable from every node.",
+    )
+    tracing_feed_analyzer: bool = Field(
+        True, description="Send span durations to the analyzer actor (`hive perf report`)."
+    )
+    tracing_flush_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often each process ships its finished spans."
+    )
+    tracing_max_queued_spans: int = Field(
+        100_000, ge=100,
+        description="Finished spans a process buffers between shipments; more are dropped "
+        "(and counted) rather than slowing tasks down.",
+    )
+    analyzer: bool | None = Field(
+        None,
+        description="Run the performance analyzer actor beside the orchestrator. None: when "
+        "tracing is on (`hive perf report` starts it on demand too).",
+    )
+    analyzer_name: str = Field("analyzer", description="Name of the analyzer actor.")
+    analyzer_window_seconds: float = Field(
+        600.0, gt=0, description="Latency statistics cover this much recent time."
+    )
+    analyzer_slice_seconds: float = Field(
+        5.0, gt=0, description="Resolution of the analyzer's time series (one chart point)."
+    )
+    analyzer_sample_seconds: float = Field(
+        10.0, gt=0, description="How often the analyzer measures memory and queue depths."
+    )
+    perf_slo_p95_seconds: float = Field(
+        0.050, gt=0, description="p95 objective of API requests, for the analyzer's advice."
+    )
+    perf_memory_budget_bytes: int | None = Field(
+        None, ge=1, description="Memory budget of each hive process, for leak forecasts."
     )
 
     @classmethod

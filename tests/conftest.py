@@ -75,19 +75,20 @@ def hive(ray_session: None, hive_settings: dict[str, object]) -> Iterator[object
 
 
 @pytest.fixture
-def isolated_hive(ray_session: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A client of a private orchestrator (own name and journal), for tests that break it.
+def hive_overrides() -> dict[str, object]:
+    """Settings for ``isolated_hive``; a test module overrides this fixture to change them."""
+    return {}
 
-    Settings can be overridden with ``@pytest.mark.parametrize("hive_overrides", [...])``
-    style indirect parameters, or by the ``hive_overrides`` fixture of a module.
-    """
+
+@pytest.fixture
+def isolated_hive(ray_session: None, tmp_path: Path, request: pytest.FixtureRequest,
+                  hive_overrides: dict[str, object]) -> Iterator[object]:
+    """A client of a private orchestrator (own name and journal), for tests that break it."""
     import ray
 
     from hive_ray import Hive
 
-    overrides = getattr(request, "param", None) or {}
-    if "hive_overrides" in request.fixturenames:
-        overrides = {**request.getfixturevalue("hive_overrides"), **overrides}
+    overrides = dict(hive_overrides)
     name = f"orchestrator-{request.node.name[:40]}-{next(_names)}"
     settings = {"orchestrator_name": name, "state_dir": str(tmp_path / "state"),
                 "journal_dir": str(tmp_path / "journal"), **overrides}

@@ -19,15 +19,17 @@ if TYPE_CHECKING:
     from hive_ray._settings import Settings
 
 
-def start_api(settings: Settings) -> dict[str, str]:
+def start_api(settings: Settings, environment: dict[str, str] | None = None) -> dict[str, str]:
     """Deploy the API: HTTP on ``http_host:http_port``, gRPC on ``grpc_port``.
 
-    Needs a connected Ray (``Hive.connect()``). Returns the URLs: ``http``,
-    ``docs``, ``dashboard``, ``metrics`` and ``grpc``.
+    Needs a connected Ray (``Hive.connect()``). ``environment`` adds variables
+    to Serve's own processes (e.g. ``RAY_SERVE_THROUGHPUT_OPTIMIZED``) when this
+    call starts Serve. Returns the URLs: ``http``, ``docs``, ``dashboard``,
+    ``metrics`` and ``grpc``.
     """
     from hive_ray._api._deployment import start_api as start
 
-    return start(settings)
+    return start(settings, environment)
 
 
 def stop_api() -> None:

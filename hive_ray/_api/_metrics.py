@@ -64,7 +64,7 @@ class _OrchestratorCollector:
                 by_state[agent["state"]] = by_state.get(agent["state"], 0) + 1
             for state, count in sorted(by_state.items()):
                 agents.add_metric([name, state], count)
-            restarts.add_metric([name], sum(a["restarts"] for a in pool["agents"]))
+            restarts.add_metric([name], pool.get("restarts", sum(a["restarts"] for a in pool["agents"])))
         yield from (queued, running, agents, desired, restarts)
         tasks = CounterMetricFamily("hive_tasks", "Tasks by outcome since the orchestrator started.",
                                     labels=["outcome"])

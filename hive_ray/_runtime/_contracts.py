@@ -34,10 +34,11 @@ class PoolPlacementSpec:
     memory: int | None = None
     resources: dict[str, float] = field(default_factory=dict)
     agents_per_host: int = 1
+    passivate_after_seconds: float | None = None
 
 
 class Placement(Protocol):
-    """Where agents run. ``activate`` returns ``{agent_id: {"node_id", "pid"}}``."""
+    """Where agents run. ``activate`` returns ``{agent_id: {"node_id", "pid", "host"}}``."""
 
     async def activate(self, spec: PoolPlacementSpec, agent_ids: list[str]) -> dict[str, dict[str, Any]]: ...
 
@@ -45,6 +46,18 @@ class Placement(Protocol):
 
     def cancel(self, agent_id: str, task_id: str) -> None: ...
 
-    async def health(self, agent_id: str, timeout: float) -> dict[str, Any]: ...
+    async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]: ...
+
+    def health_targets(self) -> list[tuple[str, str, list[str]]]:
+        """``(pool, host key, agent ids)`` for every host."""
+        ...
+
+    def siblings(self, agent_id: str) -> list[str]:
+        """The agents sharing ``agent_id``'s host, itself included: they fail together."""
+        ...
 
     async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None: ...
+
+    async def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        """Tell the cluster autoscaler the total demand (replaces the previous request)."""
+        ...

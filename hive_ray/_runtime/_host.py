@@ -26,6 +26,7 @@ from hive_ray._registry import materialize
 from hive_ray._results import unwrap
 from hive_ray._runtime._channel import serve_host
 from hive_ray._task import Envelope, Outcome, Task
+from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
 logger = logging.getLogger("hive_ray.host")
 
@@ -48,7 +49,8 @@ def describe_error(error: BaseException) -> dict[str, Any]:
 class _Resident:
     """One agent inside a host: its instance, mailbox and running tasks."""
 
-    __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "concurrency", "quick_sync")
+    __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "concurrency", "quick_sync",
+                 "last_used", "batches")
 
     def __init__(self, agent: Agent, concurrency: int) -> None:
         self.agent = agent
@@ -58,6 +60,8 @@ class _Resident:
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.is_async = inspect.iscoroutinefunction(agent.handle)
         self.quick_sync = False  # proven quick after a first batch on a thread
+        self.last_used = time.monotonic()
+        self.batches = 0  # batches in progress: a busy agent is never passivated
 
 
 class AgentHost:
@@ -71,6 +75,7 @@ class AgentHost:
         reference: str | bytes,
         orchestrator: Any,
         max_threads: int = 8,
+        passivate_after_seconds: float | None = None,
     ) -> None:
         self._pool = pool
         self._agent_type = agent_type
@@ -82,6 +87,12 @@ class AgentHost:
         self._started_at = time.time()
         self._handled = 0
         self._channel: asyncio.Task[None] | None = None
+        self._passivate_after = passivate_after_seconds
+        self._passivated: dict[str, Any] = {}  # agent id -> what on_passivate saved
+        self._sweeper: asyncio.Task[None] | None = None
+        self._activations = 0
+        self._tracer: Any = None  # hive_ray._tracing.Tracer when the orchestrator traces
+        self._tracing_asked = False
 
     # -- lifecycle --------------------------------------------------------------
     async def activate(self, agent_ids: list[str],
@@ -94,6 +105,9 @@ class AgentHost:
         """
         if self._cls is None:
             self._cls = materialize(self._reference)
+        if not self._tracing_asked:
+            self._tracing_asked = True
+            self._tracer = await host_tracer(self._orchestrator)
         if data_plane is not None and (self._channel is None or self._channel.done()):
             address, token, host_key = data_plane
             try:
@@ -102,23 +116,60 @@ class AgentHost:
             except (OSError, asyncio.TimeoutError) as error:
                 logger.warning("data plane at %s unreachable (%s); using Ray calls", address, error)
         for agent_id in agent_ids:
-            if agent_id in self._residents:
-                continue
-            context = AgentContext(
-                agent_id=agent_id,
-                pool=self._pool,
-                agent_type=self._agent_type,
-                submitter=self._delegate,
-                progress_reporter=self._report_progress,
-            )
-            agent = self._cls(context)
-            await _maybe_await(agent.setup())
-            self._residents[agent_id] = _Resident(agent, self._cls.concurrency())
+            if agent_id not in self._residents:
+                await self._create(agent_id)
+        if self._passivate_after is not None and self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
         return self.where()
+
+    async def _create(self, agent_id: str) -> _Resident:
+        assert self._cls is not None
+        context = AgentContext(
+            agent_id=agent_id,
+            pool=self._pool,
+            agent_type=self._agent_type,
+            submitter=self._delegate,
+            progress_reporter=self._report_progress,
+        )
+        agent = self._cls(context)
+        await _maybe_await(agent.setup())
+        self._activations += 1
+        resident = _Resident(agent, self._cls.concurrency())
+        self._residents[agent_id] = resident
+        return resident
+
+    async def _reactivate(self, agent_id: str) -> _Resident:
+        saved = self._passivated.pop(agent_id)
+        resident = await self._create(agent_id)
+        await _maybe_await(resident.agent.on_activate(saved))
+        return resident
+
+    async def _sweep(self) -> None:
+        """Passivate agents idle for longer than the pool allows, to free their memory."""
+        assert self._passivate_after is not None
+        while True:
+            await asyncio.sleep(max(0.05, self._passivate_after / 4))
+            horizon = time.monotonic() - self._passivate_after
+            for agent_id, resident in list(self._residents.items()):
+                if resident.batches == 0 and not resident.running and resident.last_used < horizon:
+                    await self._passivate(agent_id, resident)
+
+    async def _passivate(self, agent_id: str, resident: _Resident) -> None:
+        try:
+            saved = await _maybe_await(resident.agent.on_passivate())
+            await _maybe_await(resident.agent.teardown())
+        except Exception:  # noqa: BLE001 - an agent that cannot be passivated stays active
+            logger.exception("agent %s could not be passivated; it stays active", agent_id)
+            resident.last_used = time.monotonic()
+            return
+        if self._residents.get(agent_id) is resident and resident.batches == 0:
+            del self._residents[agent_id]
+            self._passivated[agent_id] = saved
 
     async def deactivate(self, agent_ids: list[str]) -> None:
         """Tear agents down (teardown hooks run) and forget them."""
         for agent_id in agent_ids:
+            self._passivated.pop(agent_id, None)
             resident = self._residents.pop(agent_id, None)
             if resident is None:
                 continue
@@ -130,10 +181,14 @@ class AgentHost:
                 traceback.print_exc()
 
     async def shutdown(self) -> None:
-        await self.deactivate(list(self._residents))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.deactivate(list(self._residents) + list(self._passivated))
         if self._channel is not None:
             self._channel.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._tracer is not None:
+            await asyncio.to_thread(self._tracer.flush)  # no span lost when the host stops
 
     def where(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -143,9 +198,19 @@ class AgentHost:
     async def run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
         """Run envelopes for one agent, in order (or concurrently if it is concurrent)."""
         resident = self._residents.get(agent_id)
+        if resident is None and agent_id in self._passivated:
+            resident = await self._reactivate(agent_id)
         if resident is None:
             error = {"type": "hive_ray.AgentNotHere", "message": f"agent {agent_id} is not active on this host"}
             return [Outcome(task_id=e.task_id, status="lost", error=error) for e in envelopes]
+        resident.batches += 1
+        try:
+            return await self._run_resident(resident, envelopes)
+        finally:
+            resident.batches -= 1
+            resident.last_used = time.monotonic()
+
+    async def _run_resident(self, resident: _Resident, envelopes: list[Envelope]) -> list[Outcome]:
         if resident.lock is not None:
             async with resident.lock:
                 if resident.is_async:
@@ -175,11 +240,17 @@ class AgentHost:
         if envelope.task_id in resident.agent.context.cancelled_tasks:
             resident.agent.context.cancelled_tasks.discard(envelope.task_id)
             return Outcome(task_id=envelope.task_id, status="cancelled", started_at=started, finished_at=started)
+        span = None if envelope.trace_context is None or self._tracer is None else \
+            self._tracer.start_handle_span(self._pool, self._agent_type, envelope)
         token = current_task_id.set(envelope.task_id)
+        # Sub-tasks the handler delegates become children of its span (see _delegate).
+        trace_token = None if span is None else current_trace_context.set(span.context())
         try:
             running = asyncio.ensure_future(resident.agent.handle(_task_of(envelope)))
         finally:
             current_task_id.reset(token)
+            if trace_token is not None:
+                current_trace_context.reset(trace_token)
         resident.running[envelope.task_id] = running
         try:
             if envelope.deadline is not None:
@@ -201,6 +272,8 @@ class AgentHost:
             resident.running.pop(envelope.task_id, None)
             resident.agent.context.cancelled_tasks.discard(envelope.task_id)
         self._handled += 1
+        if span is not None:
+            end_handle_span(span, status, error)
         return Outcome(task_id=envelope.task_id, status=status, value=value, error=error,
                        started_at=started, finished_at=time.time())
 
@@ -208,12 +281,15 @@ class AgentHost:
         outcomes = []
         handle = resident.agent.handle
         cancelled = resident.agent.context.cancelled_tasks
+        tracer = self._tracer
         for envelope in envelopes:
             started = time.time()
             if envelope.task_id in cancelled:
                 cancelled.discard(envelope.task_id)
                 outcomes.append(Outcome(task_id=envelope.task_id, status="cancelled", started_at=started, finished_at=started))
                 continue
+            span = None if envelope.trace_context is None or tracer is None else \
+                tracer.start_handle_span(self._pool, self._agent_type, envelope)
             token = current_task_id.set(envelope.task_id)
             try:
                 value = handle(_task_of(envelope))
@@ -225,6 +301,8 @@ class AgentHost:
             finally:
                 current_task_id.reset(token)
                 cancelled.discard(envelope.task_id)
+            if span is not None:
+                end_handle_span(span, outcome.status, outcome.error)
             outcomes.append(outcome)
         self._handled += len(envelopes)
         slowest = max((o.finished_at - o.started_at for o in outcomes), default=0.0)
@@ -246,11 +324,15 @@ class AgentHost:
     @ray.method(concurrency_group="health")
     async def health(self) -> dict[str, Any]:
         """Answered on its own concurrency group, so busy agents cannot starve it."""
-        return {"pid": os.getpid(), "agents": len(self._residents), "handled": self._handled,
+        return {"pid": os.getpid(), "active": len(self._residents), "passivated": len(self._passivated),
+                "activations": self._activations, "handled": self._handled,
                 "uptime_seconds": time.time() - self._started_at}
 
     # -- services given to agents -------------------------------------------------
     async def _delegate(self, template: dict[str, Any], payloads: list[Any]) -> list[Any]:
+        trace_context = current_trace_context.get()
+        if trace_context is not None:
+            template = {**template, "trace_context": trace_context}
         task_ids = await self._orchestrator.submit_many.remote(template, payloads)
         answers = await self._orchestrator.wait_many.remote(task_ids, None)
         results = []

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hive_ray._autoscale import AutoscalePolicy, PoolAutoscaler
 from hive_ray._errors import (
     ConfigurationError,
     HiveError,
@@ -58,6 +59,7 @@ class AgentRecord:
     node_id: str | None = None
     pid: int | None = None
     started_at: float | None = None
+    host: str | None = None
     tasks_done: int = 0
     restarts: int = 0
     inflight: set[str] = field(default_factory=set)
@@ -74,6 +76,15 @@ class Pool:
     counter: itertools.count = field(default_factory=itertools.count)
     succeeded: int = 0
     failed: int = 0
+    autoscaler: PoolAutoscaler | None = None
+    queue_waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    growing: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def queue_wait_p95(self) -> float | None:
+        if not self.queue_waits:
+            return None
+        ordered = sorted(self.queue_waits)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
     @property
     def name(self) -> str:
@@ -90,7 +101,7 @@ class Orchestrator(TaskViews):
     #: What drivers may call over the data plane: the hot paths (and reads).
     CLIENT_CALLS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
                               "cancel", "events", "health", "statistics", "pools", "pool",
-                              "dead_letters", "resubmit"})
+                              "dead_letters", "resubmit", "hosts", "restart_events"})
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
         self.settings = Settings(**(settings or {}))
@@ -119,6 +130,9 @@ class Orchestrator(TaskViews):
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0}
         self._created_at = time.time()
         self._recovery_seconds: float | None = None
+        self._tracer: Any = None  # hive_ray._tracing.Tracer when settings.tracing is on
+        self._analyzer: Any = None
+        self._last_demand: list[dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ start-up
     async def _ensure_started(self) -> None:
@@ -135,9 +149,11 @@ class Orchestrator(TaskViews):
         self._journal = self._open_journal()  # raises JournalError: start-up stops, clearly
         if self._placement is None:
             self._placement = await self._make_ray_placement()
+            self._start_tracing()
         self._started = True
         self._spawn_background(self._timer_loop())
         self._spawn_background(self._health_loop())
+        self._spawn_background(self._autoscale_loop())
         if self._journal is not None:
             await self._recover()
             self._spawn_background(self._prune_loop())
@@ -271,6 +287,10 @@ class Orchestrator(TaskViews):
                               multiplier=retry["multiplier"], jitter=retry["jitter"],
                               never_retry=tuple(retry["never_retry"])),
         )
+        if validated["autoscale"] is not None:
+            pool.autoscaler = PoolAutoscaler(AutoscalePolicy(**validated["autoscale"]))
+            validated["count"] = max(validated["autoscale"]["min_agents"],
+                                     min(validated["autoscale"]["max_agents"], validated["count"]))
         self._pools[name] = pool
         self._journal_pool(pool)
         try:
@@ -310,12 +330,15 @@ class Orchestrator(TaskViews):
         elif count < len(current):
             leaving = sorted(current, key=lambda a: len(a.inflight))[: len(current) - count]
             await self._stop_agents(pool, [a.agent_id for a in leaving])
+            await self._request_resources()
         return self._pool_info(pool)
 
     async def stop_pool(self, name: str) -> dict[str, Any]:
         """Stop every agent of a pool and remove it; its unfinished tasks are cancelled."""
         await self._ensure_started()
         pool = self._pool(name)
+        for starting in list(pool.growing):
+            starting.cancel()  # agents the cluster could not place yet: give up on them
         for entry in [e for e in self._tasks.values() if e.pool == name and not e.state.terminal]:
             pool.scheduler.discard(entry)
             self._end(entry, TaskState.CANCELLED, error={
@@ -325,6 +348,7 @@ class Orchestrator(TaskViews):
         del self._pools[name]
         if self._journal is not None:
             self._journal.forget_pool(name)
+        await self._request_resources()
         self._signal_events()
         return info
 
@@ -342,18 +366,39 @@ class Orchestrator(TaskViews):
             raise UnknownPoolError(pool=name, known=self._pools)
         return pool
 
-    async def _grow(self, pool: Pool, target: int) -> None:
+    async def _grow(self, pool: Pool, target: int, *, wait: bool = True) -> None:
+        """Start agents up to ``target``. Waits for them up to ``spawn_wait_seconds``.
+
+        Agents the cluster cannot place yet stay ``starting`` (their demand goes
+        to the autoscaler) and become ready in the background once placed.
+        """
         missing = target - self._live_count(pool)
         if missing <= 0:
             return
         agent_ids = [f"{pool.name}-{next(pool.counter)}" for _ in range(missing)]
         for agent_id in agent_ids:
             pool.agents[agent_id] = AgentRecord(agent_id=agent_id, pool=pool.name)
+        self._spawn_background(self._request_resources())
+        starting = asyncio.ensure_future(self._activate(pool, agent_ids))
+        pool.growing.add(starting)
+        starting.add_done_callback(pool.growing.discard)
+        if not wait:
+            return
+        done, _ = await asyncio.wait({starting}, timeout=self.settings.spawn_wait_seconds)
+        if done:
+            starting.result()  # raises the activation's error, if any
+
+    async def _activate(self, pool: Pool, agent_ids: list[str]) -> None:
         try:
             where = await self._placement.activate(self._placement_spec(pool), agent_ids)
+        except asyncio.CancelledError:
+            for agent_id in agent_ids:
+                pool.agents.pop(agent_id, None)
+            raise
         except Exception as error:
             for agent_id in agent_ids:
                 pool.agents.pop(agent_id, None)
+            logger.error("could not start agents for pool %s: %s", pool.name, error)
             if isinstance(error, HiveError):
                 raise
             raise ConfigurationError(
@@ -363,12 +408,61 @@ class Orchestrator(TaskViews):
             self._mark_ready(pool, agent_id, where.get(agent_id, {}))
         self._pump(pool)
 
+    def _demand(self) -> list[dict[str, float]]:
+        """Resource bundles for every pool at its desired size (for the autoscaler)."""
+        bundles = []
+        for pool in self._pools.values():
+            spec = pool.spec
+            per_host = spec["agents_per_host"] if spec["placement"] == "packed" else 1
+            bundle = {"CPU": spec["num_cpus"] * per_host, "GPU": spec["num_gpus"] * per_host,
+                      **{name: amount * per_host for name, amount in spec["resources"].items()}}
+            bundle = {name: amount for name, amount in bundle.items() if amount > 0}
+            if bundle:
+                bundles.extend([bundle] * -(-spec["count"] // per_host))
+        return bundles
+
+    async def _request_resources(self) -> None:
+        demand = self._demand()
+        if demand == self._last_demand:
+            return
+        self._last_demand = demand
+        try:
+            await self._placement.request_resources(demand)
+        except Exception as error:  # noqa: BLE001 - a cluster without an autoscaler is fine
+            logger.info("resource request not delivered: %s", error)
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.autoscale_interval_seconds)
+            for pool in list(self._pools.values()):
+                if pool.autoscaler is None or pool.growing:
+                    continue
+                stats = pool.scheduler.statistics()
+                agents = self._live_count(pool)
+                wanted = pool.autoscaler.observe(queued=stats.queued, running=stats.inflight, agents=agents,
+                                                 queue_wait_p95=pool.queue_wait_p95())
+                if wanted is not None and wanted != agents:
+                    logger.info("autoscaling pool %s from %d to %d agents", pool.name, agents, wanted)
+                    self._emit(None, "pool_scaled", pool=pool.name, message=f"{agents} -> {wanted} agents")
+                    self._spawn_background(self._autoscale_to(pool, wanted))
+
+    async def _autoscale_to(self, pool: Pool, count: int) -> None:
+        pool.spec["count"] = count
+        self._journal_pool(pool)
+        current = [a for a in pool.agents.values() if a.state != "stopping"]
+        if count > len(current):
+            await self._grow(pool, count, wait=False)
+        else:
+            leaving = sorted(current, key=lambda a: len(a.inflight))[: len(current) - count]
+            await self._stop_agents(pool, [a.agent_id for a in leaving])
+            await self._request_resources()
+
     def _mark_ready(self, pool: Pool, agent_id: str, where: dict[str, Any]) -> None:
         record = pool.agents.get(agent_id)
         if record is None:
             return
         record.state, record.started_at = "ready", time.time()
-        record.node_id, record.pid = where.get("node_id"), where.get("pid")
+        record.node_id, record.pid, record.host = where.get("node_id"), where.get("pid"), where.get("host")
         pool.scheduler.add_agent(agent_id, concurrency=pool.info.concurrency)
 
     async def _stop_agents(self, pool: Pool, agent_ids: list[str], wait_seconds: float = 30) -> None:
@@ -398,6 +492,7 @@ class Orchestrator(TaskViews):
             num_cpus=spec["num_cpus"], num_gpus=spec["num_gpus"], memory=spec["memory"],
             resources=spec["resources"],
             agents_per_host=spec["agents_per_host"] if spec["placement"] == "packed" else 1,
+            passivate_after_seconds=spec["passivate_after_seconds"],
         )
 
     # ------------------------------------------------------------------ accepting tasks
@@ -526,14 +621,19 @@ class Orchestrator(TaskViews):
             record = pool.agents.get(agent_id)
             now = time.time()
             envelopes = []
+            # Sampled tasks get queue spans and the context of their batch's dispatch span.
+            traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
             for entry in entries:
                 entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
                 entry.attempts += 1
+                pool.queue_waits.append(now - entry.created_at)
                 if record is not None:
                     record.inflight.add(entry.task_id)
                 envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
                                           attempt=entry.attempts, deadline=entry.deadline(),
-                                          metadata=entry.metadata, trace_context=entry.trace_context))
+                                          metadata=entry.metadata,
+                                          trace_context=entry.trace_context if traced is None
+                                          else traced.get(id(entry.trace_context))))
                 self._emit(entry, "running", agent_id=agent_id)
             self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes))
         next_retry = pool.scheduler.next_retry_at()
@@ -545,17 +645,21 @@ class Orchestrator(TaskViews):
         try:
             outcomes = await self._placement.run_batch(agent_id, envelopes)
         except AgentLost as lost:
+            if self._tracer is not None:
+                self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
             self._release_batch(pool, agent_id, entries)
             for entry in entries:
                 if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
                     self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
-            await self._on_agent_failed(pool, agent_id, lost.cause, lost.detail)
+            await self._on_host_failed(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
             return
         except Exception as error:  # noqa: BLE001 - e.g. a result that cannot be pickled
             logger.exception("batch on %s failed", agent_id)
             outcomes = [Outcome(task_id=e.task_id, status="error",
                                 error={"type": type(error).__name__, "message": str(error)[:2000]})
                         for e in envelopes]
+        if self._tracer is not None:
+            self._tracer.end_dispatch(envelopes)
         record = pool.agents.get(agent_id)
         by_id = {entry.task_id: entry for entry in entries}
         for outcome in outcomes:
@@ -627,44 +731,49 @@ class Orchestrator(TaskViews):
             self._wakeup.set()
 
     # ------------------------------------------------------------------ supervision
-    async def _on_agent_failed(self, pool: Pool, agent_id: str, cause: str, detail: str) -> None:
-        """Decide, by the pool's restart policy, whether and when to restart an agent."""
-        record = pool.agents.get(agent_id)
-        if record is None or record.state in ("restarting", "stopping", "failed"):
+    async def _on_host_failed(self, pool: Pool, agent_ids: list[str], cause: str, detail: str) -> None:
+        """A host (with one agent, or many packed ones) failed: decide by the pool's policy
+        whether and when to restart its agents, and re-deliver what they were running."""
+        failed = [pool.agents[a] for a in agent_ids if a in pool.agents and pool.agents[a].state == "ready"]
+        if not failed:
             self._pump(pool)
             return
-        record.state = "restarting"
-        pool.scheduler.remove_agent(agent_id)
-        for task_id in list(record.inflight):  # tasks it held in other batches
-            entry = self._tasks.get(task_id)
-            record.inflight.discard(task_id)
-            if entry is not None and entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
-                self._redeliver(pool, entry, f"agent {agent_id} lost ({cause})")
-        decision = pool.supervisor.on_failure(agent_id, cause, detail)
+        for record in failed:
+            record.state = "restarting"
+            pool.scheduler.remove_agent(record.agent_id)
+            for task_id in list(record.inflight):  # tasks it held in other batches
+                entry = self._tasks.get(task_id)
+                record.inflight.discard(task_id)
+                if entry is not None and entry.state == TaskState.RUNNING and entry.agent_id == record.agent_id:
+                    self._redeliver(pool, entry, f"agent {record.agent_id} lost ({cause})")
+        names = [record.agent_id for record in failed]
+        label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} agent(s) on its host"
+        decision = pool.supervisor.on_failure(label, cause, detail)
         self._emit(None, "agent_restart" if decision.restart else "agent_failed", pool=pool.name,
-                   agent_id=agent_id, cause=cause, message=decision.reason)
-        logger.warning("agent %s failed (%s: %s); %s", agent_id, cause, detail[:200], decision.reason)
-        await self._placement.deactivate([agent_id], kill=True)
+                   agent_id=label, cause=cause, message=decision.reason)
+        logger.warning("%s failed (%s: %s); %s", label, cause, detail[:200], decision.reason)
+        await self._placement.deactivate(names, kill=True)
         if not decision.restart:
-            record.state = "failed"
+            for record in failed:
+                record.state = "failed"
             self._pump(pool)
             return
         if decision.delay_seconds:
             await asyncio.sleep(decision.delay_seconds)
-        if pool.agents.get(agent_id) is not record or record.state != "restarting":
+        failed = [r for r in failed if pool.agents.get(r.agent_id) is r and r.state == "restarting"]
+        if not failed:
             return  # stopped or scaled away meanwhile
         try:
-            where = await self._placement.activate(self._placement_spec(pool), [agent_id])
+            where = await self._placement.activate(self._placement_spec(pool), [r.agent_id for r in failed])
         except Exception as error:  # noqa: BLE001 - e.g. no node can place it now
-            await self._on_agent_failed_again(pool, record, f"restart failed: {error}")
+            for record in failed:
+                record.state = "ready"  # so that this failure is handled like any other
+            await self._on_host_failed(pool, [r.agent_id for r in failed], "exception", f"restart failed: {error}")
             return
-        record.restarts += 1
-        self._mark_ready(pool, agent_id, where.get(agent_id, {}))
+        for record in failed:
+            record.restarts += 1
+            self._mark_ready(pool, record.agent_id, where.get(record.agent_id, {}))
         self._pump(pool)
-
-    async def _on_agent_failed_again(self, pool: Pool, record: AgentRecord, detail: str) -> None:
-        record.state = "ready"  # so that the failure is handled like any other
-        await self._on_agent_failed(pool, record.agent_id, "exception", detail)
 
     async def _health_loop(self) -> None:
         """Ping every ready agent; an agent that does not answer in time is restarted."""
@@ -672,13 +781,14 @@ class Orchestrator(TaskViews):
         timeout = self.settings.health_check_timeout_seconds
         while True:
             await asyncio.sleep(interval)
-            checks = [(pool, record) for pool in list(self._pools.values()) if pool.spec["health_check"]
-                      for record in list(pool.agents.values()) if record.state == "ready"]
-            results = await asyncio.gather(*(self._placement.health(record.agent_id, timeout)
-                                             for _, record in checks), return_exceptions=True)
-            for (pool, record), result in zip(checks, results, strict=True):
+            checks = [(self._pools[name], key, agent_ids)
+                      for name, key, agent_ids in self._placement.health_targets()
+                      if name in self._pools and self._pools[name].spec["health_check"]]
+            results = await asyncio.gather(*(self._placement.host_health(key, timeout)
+                                             for _, key, _ in checks), return_exceptions=True)
+            for (pool, _, agent_ids), result in zip(checks, results, strict=True):
                 if isinstance(result, AgentLost):
-                    self._spawn_background(self._on_agent_failed(pool, record.agent_id, result.cause, result.detail))
+                    self._spawn_background(self._on_host_failed(pool, agent_ids, result.cause, result.detail))
                 elif not isinstance(result, BaseException):
                     pool.supervisor.on_healthy()
 
@@ -783,8 +893,8 @@ class Orchestrator(TaskViews):
         await asyncio.sleep(self.settings.health_check_timeout_seconds)
         record = pool.agents.get(agent_id)
         if record is not None and record.state == "ready" and task_id in record.inflight:
-            await self._on_agent_failed(pool, agent_id, "timeout_unresponsive",
-                                        f"still running task {task_id} after its timeout and a grace period")
+            await self._on_host_failed(pool, self._placement.siblings(agent_id), "timeout_unresponsive",
+                                       f"{agent_id} still runs task {task_id} after its timeout and a grace period")
 
     async def _prune_loop(self) -> None:
         while True:
@@ -801,13 +911,15 @@ class Orchestrator(TaskViews):
         stats = pool.scheduler.statistics()
         agents = [{
             "agent_id": a.agent_id, "pool": pool.name, "agent_type": pool.spec["agent_type"],
-            "state": a.state, "node_id": a.node_id, "pid": a.pid, "inflight": len(a.inflight),
+            "state": a.state, "node_id": a.node_id, "pid": a.pid, "host": a.host, "inflight": len(a.inflight),
             "tasks_done": a.tasks_done, "restarts": a.restarts, "started_at": a.started_at,
         } for a in pool.agents.values()]
         return {
             "name": pool.name, "agent_type": pool.spec["agent_type"],
             "capabilities": sorted(pool.info.capabilities),
             "size": sum(1 for a in pool.agents.values() if a.state == "ready"),
+            "starting": sum(1 for a in pool.agents.values() if a.state == "starting"),
+            "queue_wait_p95": pool.queue_wait_p95(),
             "desired": pool.spec["count"], "state": pool.state, "policy": pool.spec["policy"],
             "placement": pool.spec["placement"], "queued": stats.queued, "running": stats.inflight,
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
@@ -815,6 +927,12 @@ class Orchestrator(TaskViews):
             "recent_restarts": pool.supervisor.recent(20),
             "dead_letters": sum(1 for t in self._dead_letters if (e := self._tasks.get(t)) and e.pool == pool.name),
         }
+
+    async def hosts(self, pool: str) -> list[dict[str, Any]]:
+        """Each host actor of ``pool`` with its pid and its active and passivated agents."""
+        await self._ensure_started()
+        self._pool(pool)
+        return await self._placement.host_summaries(pool)
 
     async def restart_events(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         pools = [self._pool(pool)] if pool else list(self._pools.values())
@@ -853,6 +971,35 @@ class Orchestrator(TaskViews):
             await self._placement.deactivate(list(pool.agents))
         if self._journal is not None:
             await self._journal.durable()
+        if self._tracer is not None:
+            await asyncio.to_thread(self._tracer.flush)
+
+    # ------------------------------------------------------------------ tracing and the analyzer
+    def _start_tracing(self) -> None:
+        """The orchestrator's tracer, and the analyzer it owns (with Ray only)."""
+        from hive_ray._tracing import tracer_from_settings
+
+        self._tracer = tracer_from_settings(self.settings, "orchestrator")
+        wanted = self.settings.analyzer
+        if wanted or (wanted is None and self.settings.tracing):
+            from hive_ray._runtime._analyzer_actor import get_or_create_analyzer
+
+            self._analyzer = get_or_create_analyzer(self.settings)
+
+    async def tracing_config(self) -> dict[str, Any]:
+        """What agent hosts need to trace (they ask once, when they start)."""
+        from hive_ray._tracing import TracingConfig
+
+        return TracingConfig.from_settings(self.settings).to_dict()
+
+    async def analyzer(self) -> Any:
+        """The analyzer actor's handle, started now if it does not run yet."""
+        await self._ensure_started()
+        if self._analyzer is None:
+            from hive_ray._runtime._analyzer_actor import get_or_create_analyzer
+
+            self._analyzer = get_or_create_analyzer(self.settings)
+        return self._analyzer
 
 
 def _data_plane_bind_address() -> str:

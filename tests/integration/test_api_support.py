@@ -164,3 +164,24 @@ def test_problem_slugs_and_statuses() -> None:
     assert _slug("TaskNotFoundError") == "task-not-found"
     assert status_of(TaskNotFoundError(task_id="x")) == 404
     assert status_of(OverloadedError(pool="p", retry_after=2.5)) == 429
+
+
+def test_the_serve_config_agrees_with_the_settings() -> None:
+    import yaml
+
+    from hive_ray._settings import Settings
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml").read_text())
+    defaults = Settings()
+    [app] = config["applications"]
+    [deployment] = app["deployments"]
+    assert app["import_path"] == "hive_ray._api._deployment:app_builder"
+    assert deployment["name"] == "HiveAPI" and deployment["num_replicas"] == defaults.api_replicas
+    assert deployment["max_ongoing_requests"] == defaults.api_max_ongoing_requests
+    assert deployment["max_queued_requests"] == defaults.api_max_queued_requests
+    assert config["http_options"]["host"] == defaults.http_host == "127.0.0.1"
+    assert config["http_options"]["port"] == defaults.http_port
+    assert config["grpc_options"]["port"] == defaults.grpc_port
+    assert config["http_options"]["request_timeout_s"] == defaults.api_request_timeout_seconds
+    assert config["grpc_options"]["grpc_servicer_functions"] == [
+        "hive_ray._api.hive_pb2_grpc.add_HiveServicer_to_server"]

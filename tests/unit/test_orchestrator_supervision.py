@@ -37,8 +37,17 @@ class CrashingPlacement:
     def cancel(self, agent_id: str, task_id: str) -> None:
         pass
 
-    async def health(self, agent_id: str, timeout: float) -> dict[str, Any]:
+    async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
         return {}
+
+    def health_targets(self) -> list[tuple[str, str, list[str]]]:
+        return []
+
+    def siblings(self, agent_id: str) -> list[str]:
+        return [agent_id]
+
+    async def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        self.requested = bundles
 
     async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None:
         pass

@@ -1,46 +1,82 @@
 import random
-from dataclasses import dataclass
 
 import pytest
 
 from hive_ray._errors import ConfigurationError
-from hive_ray._routing import KeyAffinity, LeastLoaded, PowerOfTwoChoices, RoundRobin, make_policy
+from hive_ray._routing import (
+    AgentSlots,
+    FreeAgents,
+    KeyAffinity,
+    LeastLoaded,
+    PowerOfTwoChoices,
+    RoundRobin,
+    make_policy,
+)
 
 
-@dataclass
-class Load:
-    agent_id: str
-    inflight: int
-    slots: int = 1
+def index(*loads: tuple[str, int], slots: int = 4) -> FreeAgents:
+    free = FreeAgents()
+    for agent_id, inflight in loads:
+        free.add_agent(AgentSlots(agent_id, concurrency=1, inflight=inflight, slots=slots))
+    return free
 
 
-def test_least_loaded_picks_the_emptiest_relative_to_its_slots():
-    agents = [Load("a", 3, 4), Load("b", 1, 4), Load("c", 1, 1)]
-    assert LeastLoaded().choose(agents, None).agent_id == "b"
+def test_least_loaded_picks_the_emptiest_agent():
+    assert LeastLoaded().choose(index(("a", 3), ("b", 1), ("c", 2)), None).agent_id == "b"
 
 
-def test_power_of_two_never_picks_the_busier_of_its_two_draws():
+def test_full_agents_are_not_in_the_index_and_come_back_when_released():
+    free = index(("a", 4), ("b", 0))
+    assert len(free) == 1
+    agent = free._all["a"]
+    agent.inflight = 1
+    free.update(agent)
+    assert len(free) == 2
+    assert LeastLoaded().choose(free, None).agent_id == "b"
+
+
+def test_power_of_two_never_picks_the_busier_of_two_different_draws():
     policy = PowerOfTwoChoices(random.Random(7))
-    agents = [Load("a", 0), Load("b", 5), Load("c", 9)]
-    picks = [policy.choose(agents, None).agent_id for _ in range(300)]
-    assert "c" not in picks  # c is the busiest: it always loses its duel
+    free = index(("a", 0), ("b", 2), ("c", 3))
+    picks = [policy.choose(free, None).agent_id for _ in range(600)]
+    # c is the busiest: it wins only when drawn twice (1/9 of draws), never against another.
+    assert picks.count("c") < 120
     assert {"a", "b"} <= set(picks)
 
 
 def test_round_robin_cycles_through_free_agents():
     policy = RoundRobin()
-    agents = [Load("x", 0), Load("y", 0), Load("z", 0)]
-    assert [policy.choose(agents, None).agent_id for _ in range(5)] == ["x", "y", "z", "x", "y"]
+    free = index(("x", 0), ("y", 0), ("z", 0))
+    assert [policy.choose(free, None).agent_id for _ in range(5)] == ["x", "y", "z", "x", "y"]
+
+
+def test_round_robin_skips_busy_agents():
+    policy = RoundRobin()
+    free = index(("x", 0), ("y", 4), ("z", 0))
+    assert [policy.choose(free, None).agent_id for _ in range(3)] == ["x", "z", "x"]
 
 
 def test_affinity_places_keys_deterministically_and_spreads_them():
     policy = KeyAffinity()
-    agents = [Load(f"agent-{i}", 0) for i in range(4)]
-    first = {f"key-{k}": policy.choose(agents, f"key-{k}").agent_id for k in range(200)}
-    again = {f"key-{k}": policy.choose(agents, f"key-{k}").agent_id for k in range(200)}
+    free = index(*[(f"agent-{i}", 0) for i in range(4)])
+    first = {f"key-{k}": policy.choose(free, f"key-{k}").agent_id for k in range(400)}
+    again = {f"key-{k}": policy.choose(free, f"key-{k}").agent_id for k in range(400)}
     assert first == again
-    counts = {agent.agent_id: list(first.values()).count(agent.agent_id) for agent in agents}
-    assert min(counts.values()) > 20  # 200 keys over 4 agents: roughly 50 each
+    counts = [list(first.values()).count(f"agent-{i}") for i in range(4)]
+    assert min(counts) > 20
+
+
+def test_decisions_stay_fast_with_thousands_of_agents():
+    import time
+
+    free = index(*[(f"agent-{i:05d}", i % 3) for i in range(5000)])
+    policies = [LeastLoaded(), PowerOfTwoChoices(random.Random(1)), RoundRobin(), KeyAffinity()]
+    started = time.perf_counter()
+    for policy in policies:
+        for key in range(2000):
+            policy.choose(free, f"k{key}")
+    # 8,000 decisions; a scan of 5,000 agents each would take seconds.
+    assert time.perf_counter() - started < 3.0
 
 
 def test_unknown_policy_lists_the_known_ones():

@@ -1,0 +1,88 @@
+"""Load for the API benchmark (``perf/bench_api.py``); run it only in its own process.
+
+Locust monkey-patches the standard library (gevent) on import, so nothing
+else may import this file. ``bench_api.py`` runs, for example::
+
+    locust -f perf/locustfile.py --headless -u 20 -r 20 -t 20s --host http://127.0.0.1:8000 \\
+        --csv out/get_paced GetPaced
+
+Users:
+
+- ``NoopPaced`` / ``NoopFlat``: the bare Serve FastAPI no-op (the baseline);
+- ``GetPaced`` / ``GetFlat``: ``GET /v1/pools``, the cached read endpoint;
+- ``SubmitWaitPaced``: ``POST /v1/tasks?wait=5`` to the echo pool.
+
+*Paced* users send one request per second each; *Flat* ones send back to back.
+Environment: ``HIVE_BENCH_KEY`` (API key), ``HIVE_BENCH_POOL`` (echo pool),
+``HIVE_BENCH_SAMPLES`` (a file where every response time, in ms, is written at
+exit: locust's own percentiles are rounded to whole milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from locust import FastHttpUser, constant, constant_pacing, events, task
+
+KEY = os.environ.get("HIVE_BENCH_KEY", "")
+POOL = os.environ.get("HIVE_BENCH_POOL", "bench-echo")
+AUTH = {"Authorization": f"Bearer {KEY}"}
+_samples: list[float] = []
+_errors: list[str] = []
+
+
+@events.request.add_listener
+def _record(response_time: float, exception: BaseException | None, **_: object) -> None:
+    _samples.append(response_time)
+    if exception is not None:
+        _errors.append(repr(exception)[:200])
+
+
+@events.quitting.add_listener
+def _write_samples(**_: object) -> None:
+    path = os.environ.get("HIVE_BENCH_SAMPLES")
+    if path:
+        with open(path, "w") as file:
+            json.dump({"milliseconds": _samples, "errors": _errors[:20], "error_count": len(_errors)}, file)
+
+
+class _Noop(FastHttpUser):
+    abstract = True
+
+    @task
+    def noop(self) -> None:
+        self.client.get("/noop/", name="noop")
+
+
+class _Get(FastHttpUser):
+    abstract = True
+
+    @task
+    def pools(self) -> None:
+        self.client.get("/v1/pools", headers=AUTH, name="GET /v1/pools")
+
+
+class NoopPaced(_Noop):
+    wait_time = constant_pacing(1)
+
+
+class NoopFlat(_Noop):
+    wait_time = constant(0)
+
+
+class GetPaced(_Get):
+    wait_time = constant_pacing(1)
+
+
+class GetFlat(_Get):
+    wait_time = constant(0)
+
+
+class SubmitWaitPaced(FastHttpUser):
+    wait_time = constant_pacing(1)
+
+    @task
+    def submit(self) -> None:
+        self.client.post("/v1/tasks?wait=5", json={"pool": POOL, "payload": {"n": 1}}, headers=AUTH,
+                         name="POST /v1/tasks?wait")
