@@ -39,7 +39,7 @@ logger = logging.getLogger("hive_ray.client")
 CLUSTER_FILE = "cluster.json"
 
 #: Calls that go over the data plane when it is open (the rest are Ray calls).
-_CHANNEL_METHODS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
+_CHANNEL_METHODS = frozenset({"run", "run_many", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
                               "cancel", "events", "health", "statistics", "pools", "pool",
                               "dead_letters", "resubmit", "hosts", "restart_events"})
 #: Calls that are safe to send again after the stream broke.
@@ -420,15 +420,15 @@ class Hive:
         items = list(payloads)
         template = self._template(agent, options)
         chunks = _chunks(items, chunk_size)
-        submitted = [self._fire("submit_many", template, chunk) for chunk in chunks]
-        ids_per_chunk = [self._collect(pending) for pending in submitted]
-        waits = [self._fire("wait_many", ids, timeout) for ids in ids_per_chunk]
+        # One call per chunk: accepted and answered together (far below one Ray call per task).
+        calls = [self._fire("run_many", template, chunk, timeout) for chunk in chunks]
         bar = _progress_bar(len(items), progress if progress is not None else len(chunks) > 1)
         results: list[Any] = []
         first_error: BaseException | None = None
         try:
-            for ids, pending in zip(ids_per_chunk, waits, strict=True):
-                for task_id, answer in zip(ids, self._collect(pending), strict=True):
+            for pending in calls:
+                ids, answers = self._collect(pending)
+                for task_id, answer in zip(ids, answers, strict=True):
                     try:
                         results.append(unwrap(task_id, answer))
                     except HiveError as error:

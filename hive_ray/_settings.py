@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         10_000, ge=100, description="Calls the orchestrator actor serves at once (waits included)."
     )
     finished_retention_count: int = Field(
-        100_000, ge=100, description="Finished tasks kept in memory for queries, newest first."
+        10_000, ge=100, description="Finished tasks kept in the orchestrator's memory, newest first; "
+        "older ones are read from the journal (journal_retention_count)."
     )
     finished_retention_seconds: float = Field(
         24 * 3600.0, gt=0, description="Finished tasks older than this are pruned."

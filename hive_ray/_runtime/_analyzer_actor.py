@@ -59,6 +59,9 @@ _HTTP_METHODS = ("GET ", "POST ", "PUT ", "PATCH ", "DELETE ")
 LEAK_WARMUP_SECONDS = 120.0
 #: A leak is judged only over at least this much (post warm-up) time.
 LEAK_MIN_OBSERVED_SECONDS = 600.0
+#: USS (which reads every mapping of a process) and the search for Serve replicas
+#: run at most this often; RSS, nearly free, is read on every round.
+DETAILED_SAMPLE_SECONDS = 60.0
 #: The Serve replica's process title, as Ray sets it.
 _SERVE_REPLICA_TITLE = "ray::ServeReplica"
 
@@ -98,6 +101,8 @@ class Analyzer:
         self._alerts: tuple[RegressionResult, ...] = ()
         self._loop_task: asyncio.Task[None] | None = None
         self._orchestrator: Any = None
+        self._detailed_at = 0.0  # monotonic time of the last USS round
+        self._replicas: dict[int, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ feeding
     def ingest(self, process: str, durations: Mapping[str, tuple[list[float], list[float]]],
@@ -275,9 +280,17 @@ class Analyzer:
                 pid = agent.get("pid")
                 if pid and agent.get("node_id") in (None, node) and pid not in targets:
                     targets[int(pid)] = (f"host {agent['agent_id']}", "agent host")
-        measured = await asyncio.to_thread(_measure_memory, targets)
+        detailed = time.monotonic() >= self._detailed_at + DETAILED_SAMPLE_SECONDS
+        if detailed:
+            self._detailed_at = time.monotonic()
+            self._replicas = await asyncio.to_thread(_serve_replicas, set(targets))
+        targets.update(self._replicas)
+        measured = await asyncio.to_thread(_measure_memory, targets, detailed)
         now = self._clock()
         for pid, (name, kind, rss, uss) in measured.items():
+            if uss is None:  # keep the last USS between detailed rounds
+                previous = self._processes.get(pid)
+                uss = previous.uss if previous is not None else rss
             self.record_memory(name, kind, pid, rss, uss, at=now)
 
     def _check_regressions(self) -> None:
@@ -303,31 +316,43 @@ def _settled(process: ProcessMemory) -> ProcessMemory:
     return dataclasses.replace(process, series=points)
 
 
-def _measure_memory(targets: Mapping[int, tuple[str, str]]) -> dict[int, tuple[str, str, int, int]]:
-    """RSS and USS of each pid that still exists, plus every Serve replica on this machine."""
+def _serve_replicas(known: set[int]) -> dict[int, tuple[str, str]]:
+    """The Serve replicas among this node's Ray workers, by pid."""
     import psutil
 
-    found = dict(targets)
-    # Ray's workers are children of their node's raylet; looking only there is cheap
-    # and skips the replicas of other Ray clusters sharing this machine.
+    # Ray's workers are children of their node's raylet; looking only there skips the
+    # replicas of other Ray clusters sharing this machine.
     try:
         workers = psutil.Process(os.getppid()).children()
     except psutil.Error:
-        workers = []
+        return {}
+    found = {}
     for process in workers:
         try:
             title = (process.cmdline() or [""])[0]
         except (psutil.Error, OSError):
             continue
-        if title.startswith(_SERVE_REPLICA_TITLE) and process.pid not in found:
+        if title.startswith(_SERVE_REPLICA_TITLE) and process.pid not in known:
             found[process.pid] = (f"serve replica {process.pid}", "serve replica")
-    measured = {}
-    for pid, (name, kind) in found.items():
+    return found
+
+
+def _measure_memory(targets: Mapping[int, tuple[str, str]],
+                    detailed: bool = True) -> dict[int, tuple[str, str, int, int | None]]:
+    """RSS of each pid that still exists, and USS too when ``detailed`` (None otherwise)."""
+    import psutil
+
+    measured: dict[int, tuple[str, str, int, int | None]] = {}
+    for pid, (name, kind) in targets.items():
         try:
-            info = psutil.Process(pid).memory_full_info()
+            process = psutil.Process(pid)
+            if detailed:
+                info = process.memory_full_info()
+                measured[pid] = (name, kind, int(info.rss), int(getattr(info, "uss", info.rss)))
+            else:
+                measured[pid] = (name, kind, int(process.memory_info().rss), None)
         except (psutil.Error, OSError):
             continue
-        measured[pid] = (name, kind, int(info.rss), int(getattr(info, "uss", info.rss)))
     return measured
 
 

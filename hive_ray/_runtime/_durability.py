@@ -11,6 +11,7 @@ Pure Python (no Ray): unit-tested with a temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
 from pathlib import Path
@@ -38,15 +39,22 @@ def _dumps(value: Any) -> bytes:
 
 
 def encode_entry(entry: TaskEntry) -> bytes:
-    fields = {name: getattr(entry, name) for name in _SAVED}
-    fields["state"] = entry.state.value
-    return _dumps(fields)
+    # A tuple in _SAVED's order: about twice as fast to pickle as a dict.
+    values = [getattr(entry, name) for name in _SAVED]
+    values[_STATE_INDEX] = entry.state.value
+    return _dumps((1, tuple(values)))
 
 
 def decode_entry(body: bytes) -> TaskEntry:
-    fields = pickle.loads(body)
+    version, values = pickle.loads(body)
+    if version != 1:
+        raise ValueError(f"journal record format {version} is newer than this hive-ray reads")
+    fields = dict(zip(_SAVED, values, strict=True))
     fields["state"] = TaskState(fields["state"])
     return TaskEntry(**fields)
+
+
+_STATE_INDEX = _SAVED.index("state")
 
 
 class TaskJournal:
@@ -57,6 +65,8 @@ class TaskJournal:
         # Commit as soon as there is work: batches form by themselves while a
         # commit is in flight, so an idle system adds one commit of latency.
         self._committer = GroupCommitter(journal, interval_seconds=0.0)
+        self._dirty: dict[str, TaskEntry] = {}
+        self._flush_scheduled = False
 
     @classmethod
     def open(cls, directory: str | Path) -> TaskJournal:
@@ -68,21 +78,40 @@ class TaskJournal:
         return self._journal.path
 
     def record(self, entry: TaskEntry) -> None:
-        """Buffer the entry's current state; it is committed in the next group commit."""
-        self._committer.put(JournalEntry(
-            task_id=entry.task_id, pool=entry.pool, state=entry.state.value,
-            idempotency_key=entry.idempotency_key, created_at=entry.created_at,
-            updated_at=time.time(), finished=entry.state.terminal, body=encode_entry(entry),
-        ))
+        """Note that the entry changed; it is encoded once per event-loop turn and committed
+        in the next group commit. A task accepted and finished in the same turn costs one row."""
+        self._dirty[entry.task_id] = entry
+        if not self._flush_scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_scheduled = True
+            except RuntimeError:  # no event loop (tools, tests): write through
+                self._flush()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return
+        now = time.time()
+        self._committer.put_many([
+            JournalEntry(task_id=entry.task_id, pool=entry.pool, state=entry.state.value,
+                         idempotency_key=entry.idempotency_key, created_at=entry.created_at,
+                         updated_at=now, finished=entry.state.terminal, body=encode_entry(entry))
+            for entry in dirty.values()
+        ])
 
     async def durable(self) -> None:
         """Return once everything recorded so far is committed."""
+        self._flush()
         await self._committer.durable()
 
     def unfinished(self) -> list[TaskEntry]:
         return [decode_entry(row.body) for row in self._journal.unfinished()]
 
     def get(self, task_id: str) -> TaskEntry | None:
+        if task_id in self._dirty:
+            return self._dirty[task_id]
         row = self._journal.get(task_id)
         return decode_entry(row.body) if row is not None else None
 
@@ -107,5 +136,6 @@ class TaskJournal:
         return {name: getattr(stats, name) for name in stats.__dataclass_fields__}
 
     async def close(self) -> None:
+        self._flush()
         await self._committer.close()
         self._journal.close()

@@ -37,6 +37,7 @@ from hive_ray._errors import (
     UnknownPoolError,
 )
 from hive_ray._registry import AgentTypeInfo, describe
+from hive_ray._results import PENDING
 from hive_ray._runtime._contracts import AgentLost, PoolPlacementSpec
 from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
 from hive_ray._runtime._views import TaskViews
@@ -99,7 +100,7 @@ class Orchestrator(TaskViews):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     #: What drivers may call over the data plane: the hot paths (and reads).
-    CLIENT_CALLS = frozenset({"run", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
+    CLIENT_CALLS = frozenset({"run", "run_many", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
                               "cancel", "events", "health", "statistics", "pools", "pool",
                               "dead_letters", "resubmit", "hosts", "restart_events"})
 
@@ -503,8 +504,45 @@ class Orchestrator(TaskViews):
         Returns ``(task_id, (state, result, error))``; the state is ``pending`` if
         ``timeout`` ran out first (the task keeps running).
         """
-        [task_id] = await self.submit_many(template, [payload], [task_id] if task_id else None)
-        return task_id, await self.wait(task_id, timeout)
+        ids, answers = await self.run_many(template, [payload], timeout, [task_id] if task_id else None)
+        return ids[0], answers[0]
+
+    async def run_many(self, template: dict[str, Any], payloads: list[Any], timeout: float | None = None,
+                       task_ids: list[str] | None = None) -> tuple[list[str], list[tuple[str, Any, Any]]]:
+        """Accept a batch and answer once every task in it ended: what ``map`` sends per chunk.
+
+        The waits are registered as the tasks are accepted, so no answer is ever
+        looked up after the task has left the in-memory retention.
+        """
+        await self._ensure_started()
+        ids, fresh = self._accept_or_fail(template, payloads, task_ids)
+        # Wait registration happens before anything can yield, so that no task can end
+        # (and leave the in-memory retention) before its waiter exists.
+        loop = asyncio.get_running_loop()
+        futures = []
+        for task_id in ids:
+            entry = self._tasks.get(task_id)
+            if entry is not None and entry.state.terminal:
+                future = loop.create_future()
+                future.set_result((entry.state.value, entry.result, entry.error))
+            else:
+                future = loop.create_future()
+                self._waiters.setdefault(task_id, []).append(future)
+            futures.append(future)
+        if fresh and self._journal is not None:
+            await self._journal.durable()
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*futures), timeout) if timeout else await asyncio.gather(*futures)
+        except asyncio.TimeoutError:
+            done = [f.result() if f.done() and not f.cancelled() else (PENDING, None, None) for f in futures]
+        finally:
+            for task_id, future in zip(ids, futures, strict=True):
+                waiters = self._waiters.get(task_id)
+                if waiters is not None and future in waiters:
+                    waiters.remove(future)
+                    if not waiters:
+                        del self._waiters[task_id]
+        return ids, list(done)
 
     async def submit(self, template: dict[str, Any], payload: Any = None,
                      task_id: str | None = None) -> dict[str, Any]:
@@ -517,17 +555,21 @@ class Orchestrator(TaskViews):
                           task_ids: list[str] | None = None) -> list[str]:
         """Accept tasks that share everything but their payload; durable when this returns."""
         await self._ensure_started()
+        ids, fresh = self._accept_or_fail(template, payloads, task_ids)
+        if fresh and self._journal is not None:
+            await self._journal.durable()
+        return ids
+
+    def _accept_or_fail(self, template: dict[str, Any], payloads: list[Any],
+                        task_ids: list[str] | None) -> tuple[list[str], bool]:
         try:
-            ids, fresh = self._accept(template, payloads, task_ids)
+            return self._accept(template, payloads, task_ids)
         except HiveError as error:
             for task_id in task_ids or ():
                 for waiter in self._waiters.pop(task_id, ()):
                     if not waiter.done():
                         waiter.set_exception(error)
             raise
-        if fresh and self._journal is not None:
-            await self._journal.durable()
-        return ids
 
     def _accept(self, template: dict[str, Any], payloads: list[Any],
                 task_ids: list[str] | None) -> tuple[list[str], bool]:

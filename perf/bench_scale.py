@@ -1,0 +1,209 @@
+"""Scale: throughput, thousands of packed agents, the latency curve, and memory.
+
+Every figure is measured in this run, beside its baseline:
+
+- ``throughput_tasks_per_s``: 20,000 echo tasks over 8 agents (``hive.map``)
+  against ``ray.util.ActorPool.map`` over 8 plain actors.
+- ``spawn_seconds@1000``: 1,000 packed agents ready, against starting plain
+  actors one per agent (extrapolated from 20, since 1,000 would not fit here).
+- ``idle_agent_kib``: memory (USS) per idle packed agent, against the USS of
+  one plain Ray actor.
+- the curve: the same open-loop load (a fixed rate of echo tasks spread over
+  every agent) on N packed agents, ``latency_p50_ms@N``, ``latency_p99_ms@N``,
+  ``throughput_tasks_per_s@N``, and ``degradation_pct@N``: how much worse the
+  p99 is than with 50 agents. The same for dedicated agents, with their spawn
+  time and memory per agent, so the cost of not packing is visible.
+- ``orchestrator_rss_growth_mb``: the orchestrator's RSS after 100,000 more
+  tasks, once its bounded buffers are full, against its RSS before.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from _measure import percentile, row
+
+LOAD_RATE = 400  # tasks/s offered at every point of the curve
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    import psutil
+    import ray
+    from ray.util import ActorPool
+
+    from hive_ray import Hive
+
+    rows: list[dict[str, Any]] = []
+
+    @ray.remote(num_cpus=0)
+    class PlainEcho:
+        def echo(self, value: Any) -> Any:
+            return value
+
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+    with Hive.connect() as hive:
+        # -- throughput ---------------------------------------------------------------
+        tasks = 20_000
+        hive.spawn("echo", count=8, pool="throughput")
+        actors = [PlainEcho.remote() for _ in range(8)]
+        ray.get([actor.echo.remote(0) for actor in actors])
+        hive.map(None, list(range(2000)), pool="throughput", progress=False)
+        hive_rates, pool_rates = [], []
+        for _ in range(1 if quick else 3):
+            started = time.perf_counter()
+            assert hive.map(None, list(range(tasks)), pool="throughput", progress=False)[-1] == tasks - 1
+            hive_rates.append(tasks / (time.perf_counter() - started))
+            started = time.perf_counter()
+            list(ActorPool(actors).map(lambda actor, value: actor.echo.remote(value), range(tasks)))
+            pool_rates.append(tasks / (time.perf_counter() - started))
+        rows.append(row("throughput_tasks_per_s", max(hive_rates), "tasks/s",
+                        "ray.util.ActorPool.map over 8 plain actors", max(pool_rates),
+                        goal="ratio >= 3 and >= 10,000/s"))
+        plain_uss = [psutil.Process(pid).memory_full_info().uss for pid in ray.get([a.pid.remote() for a in actors])]
+        for actor in actors:
+            ray.kill(actor)
+        hive.stop("throughput")
+
+        # -- spawning 1,000 packed agents, and their memory ---------------------------------
+        started = time.perf_counter()
+        pool = hive.spawn("echo", count=1000, pool="packed-1000", placement="packed", agents_per_host=250)
+        spawn_seconds = time.perf_counter() - started
+        assert pool.size == 1000
+        started = time.perf_counter()
+        plain = [PlainEcho.remote() for _ in range(20)]
+        ray.get([actor.echo.remote(0) for actor in plain])
+        plain_per_actor = (time.perf_counter() - started) / 20
+        for actor in plain:
+            ray.kill(actor)
+        rows.append(row("spawn_seconds@1000", spawn_seconds, "s",
+                        "plain actors, one per agent (1,000 x the per-actor time of 20)",
+                        plain_per_actor * 1000, goal="<= 10 s"))
+        hive.spawn("echo", count=1, pool="packed-1", placement="packed", agents_per_host=250)
+        time.sleep(1.0)
+        one_host = _uss([host["pid"] for host in hive.hosts("packed-1")])
+        hosts = hive.hosts("packed-1000")
+        thousand = _uss([host["pid"] for host in hosts])
+        idle_kib = (thousand - len(hosts) * one_host) / 1000 / 1024
+        rows.append(row("idle_agent_kib", idle_kib, "KiB", "one plain Ray actor (USS)",
+                        sorted(plain_uss)[len(plain_uss) // 2] / 1024))
+        hive.stop("packed-1000")
+        hive.stop("packed-1")
+
+        # -- the curve, packed -------------------------------------------------------------
+        sizes = [50, 100, 250, 1000] if quick else [50, 100, 250, 500, 1000, 5000]
+        seconds = 4.0 if quick else 10.0
+        curve: dict[int, dict[str, float]] = {}
+        for size in sizes:
+            name = f"curve-{size}"
+            hive.spawn("echo", count=size, pool=name, placement="packed", agents_per_host=250,
+                       policy="round_robin")
+            curve[size] = _offered_load(hive, name, seconds)
+            hive.stop(name)
+        rows.extend(_curve_rows(curve, "packed agents"))
+
+        # -- the curve, dedicated (one process per agent) ---------------------------------------
+        dedicated_sizes = [10, 50] if quick else [10, 25, 50]
+        dedicated: dict[int, dict[str, float]] = {}
+        for size in dedicated_sizes:
+            name = f"dedicated-{size}"
+            started = time.perf_counter()
+            hive.spawn("echo", count=size, pool=name, policy="round_robin")
+            spawned = time.perf_counter() - started
+            dedicated[size] = _offered_load(hive, name, seconds)
+            dedicated[size]["spawn"] = spawned
+            dedicated[size]["uss_mib"] = _uss([a.pid for a in hive.agents(name)]) / size / 2**20
+            hive.stop(name)
+        base = dedicated[dedicated_sizes[0]]
+        for size, point in dedicated.items():
+            rows.append(row(f"dedicated_latency_p99_ms@{size}", point["p99"], "ms",
+                            f"same load on {dedicated_sizes[0]} dedicated agents", base["p99"]))
+            rows.append(row(f"dedicated_spawn_seconds@{size}", point["spawn"], "s",
+                            "the same number of packed agents", _packed_spawn(hive, size)))
+            rows.append(row(f"dedicated_agent_mib@{size}", point["uss_mib"], "MiB",
+                            "per idle packed agent", idle_kib / 1024))
+
+        # -- memory over 100,000 tasks --------------------------------------------------------
+        hive.spawn("echo", count=8, pool="memory")
+        pid = hive.statistics()["pid"]
+        orchestrator = psutil.Process(pid)
+        warm = hive.settings.finished_retention_count + 10_000
+        for start in range(0, warm, 20_000):
+            hive.map(None, list(range(min(20_000, warm - start))), pool="memory", progress=False)
+        before = orchestrator.memory_info().rss
+        total = 100_000 if not quick else 60_000
+        for _ in range(total // 20_000):
+            hive.map(None, list(range(20_000)), pool="memory", progress=False)
+        after = orchestrator.memory_info().rss
+        rows.append(row("orchestrator_rss_growth_mb" + ("" if not quick else "@60000"),
+                        (after - before) / 2**20, "MB", "orchestrator RSS before (MB)", before / 2**20,
+                        goal="<= 20 MB over 100,000 tasks"))
+    return rows
+
+
+def _packed_spawn(hive: Any, size: int) -> float:
+    started = time.perf_counter()
+    hive.spawn("echo", count=size, pool=f"packed-spawn-{size}", placement="packed", agents_per_host=250)
+    seconds = time.perf_counter() - started
+    hive.stop(f"packed-spawn-{size}")
+    return seconds
+
+
+def _uss(pids: list[int]) -> float:
+    import psutil
+
+    total = 0
+    for pid in set(pids):
+        try:
+            total += psutil.Process(pid).memory_full_info().uss
+        except psutil.Error:
+            pass
+    return float(total)
+
+
+def _offered_load(hive: Any, pool: str, seconds: float) -> dict[str, float]:
+    """Send LOAD_RATE tasks/s for ``seconds`` without waiting for answers (open loop)."""
+    template = hive._template(None, {"pool": pool})
+    for i in range(200):  # warm-up: every path is hot before measuring
+        hive.run(pool=pool, payload=i)
+    latencies: list[float] = []
+    pending = []
+    interval = 0.01
+    per_tick = max(1, int(LOAD_RATE * interval))
+    started = time.perf_counter()
+    next_tick = started
+    while time.perf_counter() - started < seconds:
+        for _ in range(per_tick):
+            sent = time.perf_counter()
+            future = hive._fire("run", template, sent, None)
+            if hasattr(future, "add_done_callback"):
+                future.add_done_callback(lambda _, sent=sent: latencies.append(time.perf_counter() - sent))
+            pending.append(future)
+        next_tick += interval
+        time.sleep(max(0.0, next_tick - time.perf_counter()))
+    for future in pending:
+        hive._collect(future, timeout=60)
+    elapsed = time.perf_counter() - started
+    if not latencies:  # no data plane here: the Ray path answers in bulk
+        latencies = [float("nan")]
+    return {"p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
+            "throughput": len(pending) / elapsed}
+
+
+def _curve_rows(curve: dict[int, dict[str, float]], label: str) -> list[dict[str, Any]]:
+    rows = []
+    base_size = min(curve)
+    base = curve[base_size]
+    for size, point in curve.items():
+        baseline = f"same load on {base_size} {label}"
+        rows.append(row(f"latency_p50_ms@{size}", point["p50"], "ms", baseline, base["p50"]))
+        rows.append(row(f"latency_p99_ms@{size}", point["p99"], "ms", baseline, base["p99"]))
+        rows.append(row(f"throughput_tasks_per_s@{size}", point["throughput"], "tasks/s", baseline,
+                        base["throughput"]))
+        rows.append(row(f"degradation_pct@{size}", (point["p99"] / base["p99"] - 1) * 100, "%",
+                        goal="<= 10 at 1000" if size == 1000 else ""))
+    return rows
