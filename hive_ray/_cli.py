@@ -391,7 +391,7 @@ def _status(args: argparse.Namespace) -> int:
             by_node.setdefault(agent.node_id or "?", []).append(agent.agent_id)
     print(f"{len(nodes)} node(s):")
     for node in nodes:
-        resources = ", ".join(f"{k}={v:g}" for k, v in sorted(node["Resources"].items())
+        resources = ", ".join(_resource(k, v) for k, v in sorted(node["Resources"].items())
                               if not k.startswith("node:") and k != "object_store_memory")
         agents = by_node.get(node["NodeID"], [])
         print(f"  {node['NodeID'][:12]} {node['NodeManagerAddress']}  {resources}")
@@ -404,6 +404,12 @@ def _status(args: argparse.Namespace) -> int:
               f" queued={pool.queued} running={pool.running} succeeded={pool.succeeded}"
               f" failed={pool.failed} restarts={restarts}")
     return 0
+
+
+def _resource(name: str, amount: float) -> str:
+    if name == "memory":
+        return f"memory={amount / 2**30:.1f}GiB"
+    return f"{name}={amount:g}"
 
 
 def _types(args: argparse.Namespace) -> int:

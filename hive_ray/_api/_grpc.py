@@ -3,6 +3,11 @@
 Serve's gRPC proxy hands each call to the deployment method of the same name
 with a ``grpc_context``; errors become gRPC status codes with the hive
 error's message as details (the same text HTTP puts in ``detail``).
+
+With tracing on, each unary call is a server span (``hive.v1.Hive/Submit``…)
+that honours a ``traceparent`` in the metadata; Submit puts its context into
+the task, and the trace id goes back in the trailing metadata
+(``traceresponse``, ``x-trace-id``), as HTTP returns it in headers.
 """
 
 from __future__ import annotations
@@ -16,11 +21,16 @@ from pydantic import ValidationError
 
 from hive_ray._api import hive_pb2
 from hive_ray._api._keys import KeyRing, bearer_token
+from hive_ray._api._middleware import request_span
 from hive_ray._api._problems import ProblemError, field_errors, status_of
 from hive_ray._api._service import ApiService, dumps
 from hive_ray._api._streams import task_events
 from hive_ray._errors import HiveError
 from hive_ray._models import TaskSpec
+from hive_ray._tracing import finish_grpc_span, grpc_server_span, inject_into, response_headers
+
+#: The service's full name in ``hive.proto``: gRPC span names are ``<SERVICE>/<method>``.
+SERVICE = "hive.v1.Hive"
 
 _CODES = {
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -49,25 +59,52 @@ def _authorize(service: ApiService, context: Any, needed: str) -> None:
         raise _Refused(403, f"this needs an {needed} key; the key sent has the {scope} scope")
 
 
-def _fail(context: Any, status: int, detail: str) -> None:
-    context.set_code(_CODES.get(status, grpc.StatusCode.INTERNAL))
+def _fail(context: Any, status: int, detail: str) -> int:
+    """Set the call's status from an HTTP-style ``status``; returns the gRPC code's number."""
+    code = _CODES.get(status, grpc.StatusCode.INTERNAL)
+    context.set_code(code)
     context.set_details(detail)
+    return int(code.value[0])
 
 
-async def _guarded(service: ApiService, context: Any, needed: str, work: Any, empty: Any) -> Any:
+async def _guarded(service: ApiService, context: Any, needed: str, work: Any, empty: Any,
+                   method: str = "") -> Any:
+    """Authorize, run ``work`` and turn errors into status codes; traced when tracing is on."""
+    if not service.settings.tracing:
+        return (await _answer(service, context, needed, work, empty))[0]
+    span = grpc_server_span(service.settings, SERVICE, method, context.invocation_metadata())
+    if span is None:
+        return (await _answer(service, context, needed, work, empty))[0]
+    context.set_trailing_metadata(list(response_headers(span).items()))
+    token = request_span.set(span)
+    failure: BaseException | None = None
+    code = 0
+    try:
+        answer, code = await _answer(service, context, needed, work, empty)
+        return answer
+    except BaseException as error:
+        failure, code = error, int(grpc.StatusCode.INTERNAL.value[0])
+        raise
+    finally:
+        request_span.reset(token)
+        finish_grpc_span(span, code, failure)
+
+
+async def _answer(service: ApiService, context: Any, needed: str, work: Any, empty: Any) -> tuple[Any, int]:
+    """``work``'s answer and status code 0, or ``empty`` and the code of the error it raised."""
     try:
         _authorize(service, context, needed)
-        return await work()
+        return await work(), 0
     except _Refused as refused:
-        _fail(context, refused.status, refused.detail)
+        code = _fail(context, refused.status, refused.detail)
     except ProblemError as error:
-        _fail(context, error.status, error.detail)
+        code = _fail(context, error.status, error.detail)
     except HiveError as error:
-        _fail(context, status_of(error), error.message)
+        code = _fail(context, status_of(error), error.message)
     except ValidationError as error:
         listed = field_errors(error.errors())
-        _fail(context, 422, "invalid " + "; ".join(f"{e['field']}: {e['message']}" for e in listed))
-    return empty
+        code = _fail(context, 422, "invalid " + "; ".join(f"{e['field']}: {e['message']}" for e in listed))
+    return empty, code
 
 
 async def submit(service: ApiService, request: Any, context: Any) -> Any:
@@ -89,7 +126,7 @@ async def submit(service: ApiService, request: Any, context: Any) -> Any:
         if spec.idempotency_key:
             replayed = service.check_idempotency(
                 spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
-        template = spec.template()
+        template = inject_into(spec.template(), request_span.get())
         if request.wait <= 0:
             accepted = await service.submit(template, payload)
             return hive_pb2.SubmitReply(task_id=accepted["task_id"], state=accepted["state"], replayed=replayed)
@@ -102,7 +139,7 @@ async def submit(service: ApiService, request: Any, context: Any) -> Any:
             result_json=dumps(result).decode() if state == "succeeded" else "",
             error_json=dumps(error).decode() if error else "")
 
-    return await _guarded(service, context, "admin", work, hive_pb2.SubmitReply())
+    return await _guarded(service, context, "admin", work, hive_pb2.SubmitReply(), "Submit")
 
 
 def _task_reply(record: dict[str, Any]) -> Any:
@@ -115,14 +152,14 @@ async def get_task(service: ApiService, request: Any, context: Any) -> Any:
         body, _ = await service.task_json(request.task_id)
         return _task_reply(json.loads(body))
 
-    return await _guarded(service, context, "read", work, hive_pb2.TaskReply())
+    return await _guarded(service, context, "read", work, hive_pb2.TaskReply(), "GetTask")
 
 
 async def cancel(service: ApiService, request: Any, context: Any) -> Any:
     async def work() -> Any:
         return _task_reply(await service.cancel(request.task_id))
 
-    return await _guarded(service, context, "admin", work, hive_pb2.TaskReply())
+    return await _guarded(service, context, "admin", work, hive_pb2.TaskReply(), "Cancel")
 
 
 async def stream_events(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:

@@ -22,13 +22,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hive_ray._api import _problems
 from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from hive_ray._api._middleware import ApiMiddleware
+from hive_ray._api._middleware import ApiMiddleware, request_span
 from hive_ray._api._problems import ProblemError
 from hive_ray._api._schemas import PoolScale, Problem, Ready, TaskAccepted, TaskOutcome
 from hive_ray._api._service import ApiService, dumps
 from hive_ray._api._streams import SSE_END, sse_frame, task_events
 from hive_ray._models import PoolInfo, PoolSpec, TaskPage, TaskRecord, TaskSpec
 from hive_ray._task import TaskState
+from hive_ray._tracing import inject_into
 
 JSON = "application/json"
 POOL_NAME = r"^[A-Za-z0-9_.-]+$"
@@ -56,7 +57,8 @@ def build_http_app(service: ApiService) -> FastAPI:
         redoc_url=None,
     )
     _problems.install(app)
-    app.add_middleware(ApiMiddleware, metrics=service.metrics, max_body_bytes=settings.api_max_body_bytes)
+    app.add_middleware(ApiMiddleware, metrics=service.metrics, max_body_bytes=settings.api_max_body_bytes,
+                       settings=settings)
     bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                         description="An API key: `hive up` prints the admin key's location.")
 
@@ -151,7 +153,7 @@ def build_http_app(service: ApiService) -> FastAPI:
         wait: Annotated[float | None, Query(gt=0, le=max_wait, description="Seconds to wait for the result.")] = None,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
     ) -> Response:
-        template = spec.template()
+        template = inject_into(spec.template(), request_span.get())
         replayed = False
         if idempotency_key is not None:
             if spec.idempotency_key not in (None, idempotency_key):
@@ -253,6 +255,28 @@ def build_http_app(service: ApiService) -> FastAPI:
                 yield sse_frame(event)
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=stream_headers)
+
+    # ------------------------------------------------------------------ performance (the analyzer)
+    @app.get("/v1/perf/report", tags=["perf"], dependencies=read, responses=auth_errors,
+             summary="The performance analyzer's report: latencies per operation, memory, "
+             "queues, recommendations")
+    async def perf_report() -> Response:
+        return _json(dumps(await service.perf.report()))
+
+    @app.get("/v1/perf/report.html", tags=["perf"], dependencies=read, responses=auth_errors,
+             response_class=HTMLResponse, summary="The performance report as one self-contained HTML page")
+    async def perf_report_html() -> HTMLResponse:
+        # The page carries its own inline styles and SVG charts and loads nothing else.
+        return HTMLResponse(await service.perf.report_html(), headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; img-src data:"})
+
+    @app.get("/v1/perf/regressions", tags=["perf"], dependencies=read,
+             responses={**auth_errors, **_problem_responses(404, 409)},
+             summary="The current window compared with the saved baseline (`hive perf baseline save`)")
+    async def perf_regressions() -> Response:
+        return _json(dumps(await service.perf.regressions()))
 
     # ------------------------------------------------------------------ dashboard
     page = resources.files("hive_ray._api").joinpath("static/dashboard.html").read_text(encoding="utf-8")

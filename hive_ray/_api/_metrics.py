@@ -10,7 +10,9 @@ Two sources meet in one scrape:
   on the event stream), kept in a private registry so several apps in one
   process never collide;
 - the orchestrator's state, read at scrape time (``pools()`` and
-  ``statistics()``), so queue depths and outcome counters are the real ones.
+  ``statistics()``), so queue depths and outcome counters are the real ones;
+- with tracing on and a saved performance baseline, ``hive_perf_regressions``
+  from the analyzer (see :class:`hive_ray._api._perf.PerfReader`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class _OrchestratorCollector:
     def __init__(self) -> None:
         self.pools: list[dict[str, Any]] = []
         self.statistics: dict[str, Any] | None = None
+        self.regressions: int | None = None
 
     def describe(self) -> list[Any]:
         return []  # the families depend on the snapshot; do not probe at registration
@@ -75,6 +78,12 @@ class _OrchestratorCollector:
         in_memory = GaugeMetricFamily("hive_tasks_in_memory", "Task records the orchestrator holds.")
         in_memory.add_metric([], float((self.statistics or {}).get("tasks_in_memory", 0)))
         yield in_memory
+        if self.regressions is not None:  # only with a saved baseline to compare against
+            regressions = GaugeMetricFamily(
+                "hive_perf_regressions", "Operations whose latency regressed against the saved "
+                "performance baseline (significant and material).")
+            regressions.add_metric([], float(self.regressions))
+            yield regressions
 
 
 class ApiMetrics:
@@ -109,9 +118,11 @@ class ApiMetrics:
     def observe_task(self, pool: str, outcome: str, seconds: float) -> None:
         self.task_duration.labels(pool, outcome).observe(seconds)
 
-    def render(self, pools: list[dict[str, Any]], statistics: dict[str, Any] | None) -> bytes:
-        self._orchestrator.pools, self._orchestrator.statistics = pools, statistics
+    def render(self, pools: list[dict[str, Any]], statistics: dict[str, Any] | None,
+               regressions: int | None = None) -> bytes:
+        collector = self._orchestrator
+        collector.pools, collector.statistics, collector.regressions = pools, statistics, regressions
         try:
             return generate_latest(self.registry)
         finally:
-            self._orchestrator.pools, self._orchestrator.statistics = [], None
+            collector.pools, collector.statistics, collector.regressions = [], None, None

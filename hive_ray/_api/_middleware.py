@@ -76,6 +76,8 @@ class ApiMiddleware:
             span.name = f"{scope['method']} {route}" if route else scope["method"]
             if route:
                 span.attributes["http.route"] = route
+            else:
+                span.attributes.pop("http.route", None)
             finish_http_span(span, status, failure)
 
     async def _measured(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

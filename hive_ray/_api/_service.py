@@ -17,6 +17,7 @@ from typing import Any
 from hive_ray._api._cache import BoundedMap, TtlCache
 from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import ApiMetrics
+from hive_ray._api._perf import PerfReader
 from hive_ray._api._telemetry import TERMINAL, TaskWindow, follow_events
 from hive_ray._errors import IdempotencyConflictError
 from hive_ray._settings import Settings
@@ -41,6 +42,7 @@ class ApiService:
         self.keys = keys
         self.metrics = ApiMetrics()
         self.window = TaskWindow(on_end=self.metrics.observe_task)
+        self.perf = PerfReader(settings, call)
         self._pools_cache: TtlCache[bytes] = TtlCache(settings.api_pool_cache_seconds)
         self._finished: BoundedMap[bytes] = BoundedMap(settings.api_cache_entries)
         self._idempotency: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
@@ -145,13 +147,14 @@ class ApiService:
 
     async def metrics_text(self) -> bytes:
         self.ensure_following()
+        regressions = asyncio.ensure_future(self.perf.regression_count())
         try:
             pools, statistics = await asyncio.wait_for(
                 asyncio.gather(self.call("pools"), self.call("statistics")), READINESS_TIMEOUT_SECONDS)
         except Exception as error:  # noqa: BLE001 - a scrape still reports the replica's own metrics
             logger.warning("metrics: orchestrator unavailable (%s)", type(error).__name__)
             pools, statistics = [], None
-        return self.metrics.render(pools, statistics)
+        return self.metrics.render(pools, statistics, await regressions)
 
     async def overview(self) -> dict[str, Any]:
         """What the dashboard shows: pools, counters, recent failures and the task window."""
