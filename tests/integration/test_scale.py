@@ -62,13 +62,6 @@ class Napper(Agent):
         return os.getpid()
 
 
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_packed_agents_keep_their_own_state_and_mailbox_order(hive, unique_name):
@@ -116,32 +109,19 @@ def test_a_crashed_host_brings_its_agents_back_and_loses_no_task(hive, unique_na
     assert len(events) == 1 and events[0]["cause"] == "process_killed"  # one host failure, one restart
 
 
-def test_idle_agents_are_passivated_and_come_back_with_their_state(hive, unique_name):
+def test_idle_agents_are_passivated_and_come_back_with_their_state(hive, unique_name, wait_until):
     hive.spawn(Setups, count=2, pool=unique_name, placement="packed", agents_per_host=2,
                passivate_after_seconds=0.3)
     first = hive.submit(pool=unique_name, payload=None, affinity_key="k").result(timeout=30)
     assert first["count"] == 1
-    import ray
-
-    host = hive.agents(unique_name)[0]
-
-    def passivated() -> bool:
-        stats = hive.statistics()
-        return stats is not None and _host_health(ray, hive, unique_name)["passivated"] == 2
-
-    assert wait_until(passivated, 10), host
+    assert wait_until(lambda: hive.hosts(unique_name)[0]["passivated"] == 2, 10)
     second = hive.submit(pool=unique_name, payload=None, affinity_key="k").result(timeout=30)
     assert second["count"] == 2  # state saved by on_passivate and restored by on_activate
     assert second["pid"] == first["pid"]  # same host process, re-activated
-    assert _host_health(ray, hive, unique_name)["activations"] >= 3
+    assert hive.hosts(unique_name)[0]["activations"] >= 3
 
 
-def _host_health(ray, hive, pool):
-    [host] = hive.hosts(pool)
-    return host
-
-
-def test_a_pool_scales_up_under_load_and_down_when_idle(isolated_hive):
+def test_a_pool_scales_up_under_load_and_down_when_idle(isolated_hive, wait_until):
     hive = isolated_hive
     hive.spawn(Napper, count=1, pool="auto",
                autoscale={"min_agents": 1, "max_agents": 3, "target_queue_per_agent": 1,

@@ -59,16 +59,9 @@ class Napper(Agent):
         return task.payload
 
 
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
-def test_crash_looping_agent_is_given_up_and_its_pool_reported_degraded(isolated_hive):
+def test_crash_looping_agent_is_given_up_and_its_pool_reported_degraded(isolated_hive, wait_until):
     hive = isolated_hive
     hive.spawn(Suicidal, count=1, pool="loop",
                restart={"max_restarts": 2, "window_seconds": 60, "backoff_initial_seconds": 0.05},
@@ -82,7 +75,7 @@ def test_crash_looping_agent_is_given_up_and_its_pool_reported_degraded(isolated
     assert hive.task(handle.task_id).state == TaskState.QUEUED  # not lost: waiting for an agent
 
 
-def test_a_timed_out_task_on_an_unresponsive_agent_restarts_the_agent(isolated_hive):
+def test_a_timed_out_task_on_an_unresponsive_agent_restarts_the_agent(isolated_hive, wait_until):
     hive = isolated_hive
     hive.spawn(Stubborn, count=1, pool="stubborn")
     [before] = hive.agents("stubborn")
@@ -131,7 +124,7 @@ def test_idempotent_resubmission_returns_the_first_task(isolated_hive):
     assert first.result(timeout=30) == 1
 
 
-def test_overload_fails_fast_with_a_retry_hint(isolated_hive):
+def test_overload_fails_fast_with_a_retry_hint(isolated_hive, wait_until):
     hive = isolated_hive
     hive.spawn(Stubborn, count=1, pool="small", max_queue=5)
     hive.submit(pool="small", payload=3)
