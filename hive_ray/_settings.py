@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     )
     journal_dir: Path | None = Field(
         None,
-        description="Directory of the journal on the head node. None: inside this Ray cluster's "
-        "session directory (survives orchestrator restarts, not a new cluster); set a path "
-        "to keep tasks and pools across cluster restarts too.",
+        description="Directory of the journal on the head node (one orchestrator per directory). "
+        "None: inside this Ray cluster's session directory, per namespace and orchestrator name "
+        "(survives orchestrator restarts, not a new cluster); set a path to keep tasks and pools "
+        "across cluster restarts too.",
     )
     journal_retention_count: int = Field(
         1_000_000, ge=1000, description="Finished tasks kept in the journal, newest first."

@@ -166,11 +166,22 @@ def _uss(pids: list[int]) -> float:
 
 
 def _offered_load(hive: Any, pool: str, seconds: float) -> dict[str, float]:
-    """Send LOAD_RATE tasks/s for ``seconds`` without waiting for answers (open loop)."""
+    """The latency of LOAD_RATE tasks/s, offered for ``seconds`` without waiting (open loop)."""
     template = hive._template(None, {"pool": pool})
+    time.sleep(1.0)  # let the previous point's pool finish stopping
     for i in range(200):  # warm-up: every path is hot before measuring
         hive.run(pool=pool, payload=i)
+    _paced(hive, template, 1.0, [])  # one unmeasured second of the same load
     latencies: list[float] = []
+    pending, elapsed = _paced(hive, template, seconds, latencies)
+    if not latencies:  # no data plane here: the Ray path answers in bulk
+        latencies = [float("nan")]
+    return {"p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
+            "throughput": len(pending) / elapsed}
+
+
+def _paced(hive: Any, template: dict[str, Any], seconds: float, latencies: list[float]) -> tuple[list[Any], float]:
+    """LOAD_RATE tasks/s for ``seconds``, open loop; each answer's latency goes to ``latencies``."""
     pending = []
     interval = 0.01
     per_tick = max(1, int(LOAD_RATE * interval))
@@ -187,11 +198,7 @@ def _offered_load(hive: Any, pool: str, seconds: float) -> dict[str, float]:
         time.sleep(max(0.0, next_tick - time.perf_counter()))
     for future in pending:
         hive._collect(future, timeout=60)
-    elapsed = time.perf_counter() - started
-    if not latencies:  # no data plane here: the Ray path answers in bulk
-        latencies = [float("nan")]
-    return {"p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
-            "throughput": len(pending) / elapsed}
+    return pending, time.perf_counter() - started
 
 
 def _curve_rows(curve: dict[int, dict[str, float]], label: str) -> list[dict[str, Any]]:

@@ -167,7 +167,8 @@ class Orchestrator(TaskViews):
 
         directory = self.settings.journal_dir
         if directory is None:
-            directory = _session_journal_dir()
+            # One journal per orchestrator: several may share a cluster (namespaces, names).
+            directory = _session_journal_dir() / f"{self.settings.namespace}-{self.settings.orchestrator_name}"
         return TaskJournal.open(directory)
 
     async def _make_ray_placement(self) -> Any:
