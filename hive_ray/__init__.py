@@ -45,6 +45,23 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def _find_shipped_agents_in_a_checkout() -> None:
+    # Installed, actors/ is the subpackage hive_ray.actors. Imported straight from a source
+    # checkout (Ray workers put the driver's working directory first on sys.path), the
+    # same name must reach the top-level actors/ directory beside this package.
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if not os.path.isdir(os.path.join(here, "actors")) and os.path.isfile(
+        os.path.join(root, "actors", "__init__.py")
+    ):
+        __path__.append(root)
+
+
+_find_shipped_agents_in_a_checkout()
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
