@@ -31,3 +31,19 @@ def test_import_is_lazy_in_a_fresh_process():
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert output.stdout.strip() == ""
+
+
+def test_a_source_checkout_finds_the_shipped_agents(tmp_path):
+    """Ray workers import from the driver's working directory: from a checkout too,
+    hive_ray.actors must be the top-level actors/ directory."""
+    from pathlib import Path
+
+    root = Path(hive_ray.__file__).resolve().parent.parent
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import hive_ray, hive_ray.actors.echo as echo\n"
+        "print(hive_ray.__file__.startswith(sys.argv[1]), echo.EchoAgent.agent_type)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True,
+                            check=True, cwd=tmp_path)
+    assert output.stdout.split() == ["True", "echo"]
