@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
+import gevent
 from locust import FastHttpUser, constant, constant_pacing, events, task
 
 KEY = os.environ.get("HIVE_BENCH_KEY", "")
@@ -63,25 +65,41 @@ class _Get(FastHttpUser):
         self.client.get("/v1/pools", headers=AUTH, name="GET /v1/pools")
 
 
-class NoopPaced(_Noop):
+class _Paced(FastHttpUser):
+    """One request per second per user, each user at its own phase within the second.
+
+    Without the random start, locust starts every user in the same instant and they stay in
+    step: a burst of 20 simultaneous requests each second instead of 20 requests a second.
+    """
+
+    abstract = True
     wait_time = constant_pacing(1)
+
+    def on_start(self) -> None:
+        gevent.sleep(random.random())
+
+
+class NoopPaced(_Paced):
+    @task
+    def noop(self) -> None:
+        self.client.get("/noop/", name="noop")
 
 
 class NoopFlat(_Noop):
     wait_time = constant(0)
 
 
-class GetPaced(_Get):
-    wait_time = constant_pacing(1)
+class GetPaced(_Paced):
+    @task
+    def pools(self) -> None:
+        self.client.get("/v1/pools", headers=AUTH, name="GET /v1/pools")
 
 
 class GetFlat(_Get):
     wait_time = constant(0)
 
 
-class SubmitWaitPaced(FastHttpUser):
-    wait_time = constant_pacing(1)
-
+class SubmitWaitPaced(_Paced):
     @task
     def submit(self) -> None:
         self.client.post("/v1/tasks?wait=5", json={"pool": POOL, "payload": {"n": 1}}, headers=AUTH,
