@@ -20,13 +20,10 @@ other agents and reports progress::
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Iterable
+from typing import Any, ClassVar
 
 from hive_ray._task import Task
-
-if TYPE_CHECKING:
-    pass
 
 #: The task whose handler is running in this asyncio task or thread.
 current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -190,6 +187,3 @@ class Agent:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.context.agent_id} of pool {self.context.pool!r}>"
 
-
-def capability_set(values: Sequence[str] | frozenset[str] | set[str]) -> frozenset[str]:
-    return frozenset(str(value) for value in values)

@@ -604,12 +604,3 @@ def _unwrap_ray_error(error: BaseException) -> BaseException:
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, HiveError) else error
 
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; for scripts and the CLI."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

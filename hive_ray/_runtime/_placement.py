@@ -187,10 +187,6 @@ class RayPlacement:
         host = self._host_of.get(agent_id)
         return list(host.agents) if host is not None else [agent_id]
 
-    def host_key(self, agent_id: str) -> str | None:
-        host = self._host_of.get(agent_id)
-        return host.key if host is not None else None
-
     async def host_summaries(self, pool: str, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Health answers of every host of ``pool``: pid, active and passivated agents."""
         hosts = [host for host in self._hosts.values() if host.pool == pool and host.agents and host.ready]
@@ -204,12 +200,6 @@ class RayPlacement:
         """``(pool, host key, agent ids)`` of every host: health is checked per host."""
         return [(host.pool, host.key, list(host.agents)) for host in self._hosts.values()
                 if host.agents and host.ready]
-
-    async def health(self, agent_id: str, timeout: float) -> dict[str, Any]:
-        host = self._host_of.get(agent_id)
-        if host is None:
-            raise AgentLost(agent_id, "process_killed", "no host for this agent")
-        return await self.host_health(host.key, timeout)
 
     async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
         host = self._hosts.get(host_key)
