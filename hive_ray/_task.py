@@ -10,6 +10,7 @@
 
 A running task goes back to ``queued`` only when the agent running it died and
 the task is delivered again (at-least-once). Nothing leaves a terminal state.
+The orchestrator checks every change against this table (:func:`check_transition`).
 This module needs no Ray and no pydantic: the orchestrator's hot path uses it.
 """
 

@@ -44,7 +44,7 @@ from hive_ray._runtime._views import TaskViews
 from hive_ray._scheduler import PoolScheduler
 from hive_ray._settings import Settings
 from hive_ray._supervision import RetryPolicy
-from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState
+from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
@@ -219,6 +219,7 @@ class Orchestrator(TaskViews):
                 self._end(entry, TaskState.FAILED, error={
                     "type": "PoolMissing", "message": f"pool {entry.pool!r} no longer exists after a restart"})
                 continue
+            # Rebuilt from the journal, not a transition: whatever had not ended waits again.
             entry.state, entry.agent_id = TaskState.QUEUED, None
             pool.scheduler.requeue(entry, front=False)
             if entry.timeout is not None:
@@ -667,6 +668,7 @@ class Orchestrator(TaskViews):
             # Sampled tasks get queue spans and the context of their batch's dispatch span.
             traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
             for entry in entries:
+                check_transition(entry.state, TaskState.RUNNING)
                 entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
                 entry.attempts += 1
                 pool.queue_waits.append(now - entry.created_at)
@@ -766,6 +768,7 @@ class Orchestrator(TaskViews):
         self._requeue(pool, entry, delay, reason)
 
     def _requeue(self, pool: Pool, entry: TaskEntry, delay: float, reason: str) -> None:
+        check_transition(entry.state, TaskState.QUEUED)
         entry.state, entry.agent_id = TaskState.QUEUED, None
         entry.not_before = time.monotonic() + delay
         pool.scheduler.requeue(entry)
@@ -838,6 +841,7 @@ class Orchestrator(TaskViews):
     # ------------------------------------------------------------------ endings and timers
     def _end(self, entry: TaskEntry, state: TaskState, *, result: Any = None,
              error: dict[str, Any] | None = None, dead_letter: bool = False) -> None:
+        check_transition(entry.state, state)
         entry.state, entry.finished_at = state, time.time()
         entry.result, entry.error = result, error
         pool = self._pools.get(entry.pool)
