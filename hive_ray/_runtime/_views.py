@@ -119,8 +119,7 @@ class TaskViews:
         await self._ensure_started()  # type: ignore[attr-defined]
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            found = [e for e in self._events if e["sequence"] > after
-                     and (task_id is None or e["task_id"] == task_id)][:limit]
+            found = self._events_after(after, task_id, limit)
             last = self._events[-1]["sequence"] if self._events else 0
             remaining = deadline - time.monotonic()
             if found or remaining <= 0:
@@ -132,6 +131,18 @@ class TaskViews:
                 await asyncio.wait_for(self._event_signal.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
+
+    def _events_after(self, after: int, task_id: str | None, limit: int) -> list[dict[str, Any]]:
+        # Every event comes from _emit with the next sequence number, so the buffer holds
+        # a contiguous run: a follower starts at its position instead of scanning it all.
+        events = self._events
+        if not events:
+            return []
+        start = max(0, after - events[0]["sequence"] + 1)
+        newer = itertools.islice(events, start, None)
+        if task_id is None:
+            return list(itertools.islice(newer, limit))
+        return list(itertools.islice((e for e in newer if e["task_id"] == task_id), limit))
 
     # ------------------------------------------------------------------ records
     def _entry(self, task_id: str) -> TaskEntry:

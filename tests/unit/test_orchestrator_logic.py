@@ -238,3 +238,23 @@ def test_scale_down_stops_the_least_busy_agents():
         info = await orchestrator.scale("echo", 2)
         assert info["size"] == 2
     run(scenario())
+
+
+def test_events_resume_after_a_sequence_and_report_what_fell_out_of_the_buffer():
+    async def scenario():
+        orchestrator, _ = make({"event_buffer": 100})
+        await pool(orchestrator)
+        ids = await orchestrator.submit_many({"agent_type": "echo"}, list(range(60)))
+        await orchestrator.wait_many(ids)  # 180 events: queued, running, succeeded each
+        everything = await orchestrator.events(after=0, limit=1000)
+        sequences = [event["sequence"] for event in everything["events"]]
+        assert sequences == list(range(sequences[0], sequences[0] + 100))  # the newest 100, in order
+        assert everything["last_sequence"] == sequences[-1]
+        later = await orchestrator.events(after=sequences[49], limit=10)
+        assert [event["sequence"] for event in later["events"]] == sequences[50:60]
+        assert not later["missed"]
+        assert (await orchestrator.events(after=sequences[0] - 5))["missed"]
+        # All 60 were queued first: the last task's "queued" event already left the buffer.
+        one = await orchestrator.events(after=0, task_id=ids[-1], limit=1000)
+        assert [event["state"] for event in one["events"]] == ["running", "succeeded"]
+    run(scenario())
