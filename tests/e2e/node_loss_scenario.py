@@ -41,7 +41,10 @@ def main() -> None:
         survivor = cluster.add_node(num_cpus=1, resources={"agent_slot": 4})
         cluster.wait_for_nodes()
         handles = [hive.submit(pool="nap", payload=2.0) for _ in range(20)]
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while hive.pool("nap").running == 0:  # remove the node while its agents work
+            assert time.monotonic() < deadline, "the tasks never started"
+            time.sleep(0.05)
         cluster.remove_node(doomed)
         results = [handle.result(timeout=180) for handle in handles]
         after = {agent.agent_id: agent.node_id for agent in hive.agents("nap")}

@@ -32,6 +32,22 @@ class ApiServer:
         return {"Authorization": f"Bearer {self.admin_key if scope == 'admin' else self.read_key}"}
 
 
+def wait_ready(base_url: str, what: str, timeout: float = 60.0) -> None:
+    """Poll ``/readyz`` (it really asks the orchestrator) until it answers 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(base_url + "/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -45,7 +61,6 @@ def api(request: pytest.FixtureRequest, hive: object, hive_settings: dict[str, o
     if server is not None:
         yield server
         return
-    import httpx
 
     from hive_ray._api import ensure_api_key, start_api, stop_api
     from hive_ray._settings import Settings
@@ -57,16 +72,7 @@ def api(request: pytest.FixtureRequest, hive: object, hive_settings: dict[str, o
         "api_max_wait_seconds": 10.0, "api_stream_max_seconds": 15.0,
     })
     urls = start_api(settings)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(urls["http"] + "/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the API did not become ready within 60 s")
-        time.sleep(0.2)
+    wait_ready(urls["http"], "the API")
     server = ApiServer(urls["http"], urls["grpc"], admin_key, READ_KEY)
     request.session._hive_api_server = server  # type: ignore[attr-defined]
     try:

@@ -25,7 +25,7 @@ import pytest
 
 from hive_ray._api import hive_pb2, hive_pb2_grpc
 from hive_ray._span_export import read_span_files
-from tests.integration.test_api_support import READ_KEY, ApiServer, api  # noqa: F401
+from tests.integration.test_api_support import READ_KEY, ApiServer, api, wait_ready  # noqa: F401
 
 pytestmark = pytest.mark.ray
 
@@ -65,16 +65,7 @@ def traced(api: ApiServer, hive_settings: dict[str, object],
         serve.run(build_application(settings, digests), name=TRACED_APP, route_prefix="/traced",
                   blocking=False)
         base_url = api.base_url + "/traced"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base_url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the traced API did not become ready within 60 s")
-            time.sleep(0.2)
+        wait_ready(base_url, "the traced API")
         yield SimpleNamespace(
             base_url=base_url, settings=settings, spans_dir=root / "spans", state_dir=root / "state",
             admin=api.headers("admin"), read=api.headers("read"), api=api,

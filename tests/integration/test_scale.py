@@ -94,11 +94,11 @@ def test_a_failure_inside_a_batch_fails_only_its_own_task(hive, unique_name):
     assert hive.statistics()["pools"][unique_name]["batch_size"] > 1  # short tasks were batched
 
 
-def test_a_crashed_host_brings_its_agents_back_and_loses_no_task(hive, unique_name):
+def test_a_crashed_host_brings_its_agents_back_and_loses_no_task(hive, unique_name, wait_until):
     hive.spawn(Napper, count=10, pool=unique_name, placement="packed", agents_per_host=10)
     [host_pid] = {agent.pid for agent in hive.agents(unique_name)}
     handles = [hive.submit(pool=unique_name, payload=0.5) for _ in range(30)]
-    time.sleep(0.2)
+    assert wait_until(lambda: hive.pool(unique_name).running > 0, 30)  # killed mid-work
     os.kill(host_pid, signal.SIGKILL)
     pids = {handle.result(timeout=120) for handle in handles}
     assert host_pid not in {agent.pid for agent in hive.agents(unique_name)}

@@ -78,6 +78,15 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
+async def settle(predicate: Any, turns: int = 10_000) -> None:
+    """Let the event loop run until ``predicate()`` holds: no clock, no sleep."""
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the orchestrator did not settle")
+
+
 def test_submit_and_wait_returns_the_result():
     async def scenario():
         orchestrator, _ = make()
@@ -134,7 +143,7 @@ def test_cancel_queued_and_running_tasks():
         assert (await orchestrator.cancel(running))["state"] == "cancelled"
         assert placement.cancelled == [running]
         placement.gates["echo-0"].set()
-        await asyncio.sleep(0.01)
+        await settle(lambda: orchestrator._counters["late_results"] == 1)
         assert (await orchestrator.task(running))["state"] == "cancelled"  # its late result is ignored
         assert (await orchestrator.statistics())["counters"]["late_results"] == 1
         assert [ids for _, ids in placement.batches] == [[running]]  # the queued one never ran
@@ -205,7 +214,7 @@ def test_finished_tasks_are_pruned_beyond_the_retention_count():
         await pool(orchestrator)
         ids = await orchestrator.submit_many({"agent_type": "echo"}, list(range(300)))
         await orchestrator.wait_many(ids[-50:])
-        await asyncio.sleep(0.01)
+        await settle(lambda: orchestrator._counters["succeeded"] == 300)
         assert len(orchestrator._tasks) <= 100
         with pytest.raises(TaskNotFoundError):
             await orchestrator.task(ids[0])
