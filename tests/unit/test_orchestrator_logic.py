@@ -6,60 +6,8 @@ from typing import Any
 import pytest
 
 from hive_ray._errors import NoRouteError, OverloadedError, TaskNotFoundError, UnknownPoolError
-from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._orchestrator import Orchestrator
-from hive_ray._task import Outcome
-
-
-class FakePlacement:
-    """Runs batches in-process; a test can make an agent 'die' or block."""
-
-    def __init__(self) -> None:
-        self.active: set[str] = set()
-        self.doomed: set[str] = set()
-        self.gates: dict[str, asyncio.Event] = {}
-        self.cancelled: list[str] = []
-        self.batches: list[tuple[str, list[str]]] = []
-
-    async def activate(self, spec: Any, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
-        self.active.update(agent_ids)
-        return {agent_id: {"node_id": "node-1", "pid": 1000 + len(self.active)} for agent_id in agent_ids}
-
-    async def run_batch(self, agent_id: str, envelopes: list[Any]) -> list[Outcome]:
-        self.batches.append((agent_id, [e.task_id for e in envelopes]))
-        gate = self.gates.get(agent_id)
-        if gate is not None:
-            await gate.wait()
-        if agent_id in self.doomed:
-            self.doomed.discard(agent_id)
-            raise AgentLost(agent_id, "process_killed", "SIGKILL")
-        outcomes = []
-        for envelope in envelopes:
-            if envelope.payload == "boom":
-                outcomes.append(Outcome(task_id=envelope.task_id, status="error",
-                                        error={"type": "ValueError", "message": "boom"}, started_at=1, finished_at=2))
-            else:
-                outcomes.append(Outcome(task_id=envelope.task_id, status="ok", value=envelope.payload,
-                                        started_at=1.0, finished_at=1.0001))
-        return outcomes
-
-    def cancel(self, agent_id: str, task_id: str) -> None:
-        self.cancelled.append(task_id)
-
-    async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
-        return {}
-
-    def health_targets(self) -> list[tuple[str, str, list[str]]]:
-        return []
-
-    def siblings(self, agent_id: str) -> list[str]:
-        return [agent_id]
-
-    async def request_resources(self, bundles: list[dict[str, float]]) -> None:
-        self.requested = bundles
-
-    async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None:
-        self.active.difference_update(agent_ids)
+from tests.unit.fake_placement import FakePlacement
 
 
 def make(settings: dict[str, Any] | None = None) -> tuple[Orchestrator, FakePlacement]:

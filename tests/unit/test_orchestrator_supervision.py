@@ -2,55 +2,12 @@
 
 import asyncio
 import sqlite3
-from typing import Any
 
 import pytest
 
 from hive_ray._errors import JournalError
-from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._orchestrator import Orchestrator
-from hive_ray._task import Outcome
-
-
-class CrashingPlacement:
-    """Agents in ``crashing`` die on every batch; payload 'bad' raises in the handler."""
-
-    def __init__(self) -> None:
-        self.crashing: set[str] = set()
-        self.gate: asyncio.Event | None = None
-        self.activations = 0
-
-    async def activate(self, spec: Any, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
-        self.activations += len(agent_ids)
-        return {agent_id: {"node_id": "n", "pid": 1} for agent_id in agent_ids}
-
-    async def run_batch(self, agent_id: str, envelopes: list[Any]) -> list[Outcome]:
-        if self.gate is not None:
-            await self.gate.wait()
-        if agent_id in self.crashing:
-            raise AgentLost(agent_id, "process_killed", "crash loop")
-        return [Outcome(task_id=e.task_id, status="error" if e.payload == "bad" else "ok",
-                        value=None if e.payload == "bad" else e.payload,
-                        error={"type": "ValueError", "message": "bad"} if e.payload == "bad" else None,
-                        started_at=1.0, finished_at=1.01) for e in envelopes]
-
-    def cancel(self, agent_id: str, task_id: str) -> None:
-        pass
-
-    async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
-        return {}
-
-    def health_targets(self) -> list[tuple[str, str, list[str]]]:
-        return []
-
-    def siblings(self, agent_id: str) -> list[str]:
-        return [agent_id]
-
-    async def request_resources(self, bundles: list[dict[str, float]]) -> None:
-        self.requested = bundles
-
-    async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None:
-        pass
+from tests.unit.fake_placement import FakePlacement
 
 
 def orchestrator(tmp_path, placement, journal=True, **settings):
@@ -70,7 +27,7 @@ async def make_pool(orch, spec=None):
 
 def test_a_crash_looping_agent_stops_being_restarted_and_the_pool_is_degraded(tmp_path):
     async def scenario():
-        placement = CrashingPlacement()
+        placement = FakePlacement()
         orch = orchestrator(tmp_path, placement, journal=False)
         await make_pool(orch)
         placement.crashing.add("p-0")
@@ -95,7 +52,7 @@ def test_a_crash_looping_agent_stops_being_restarted_and_the_pool_is_degraded(tm
 
 def test_handler_errors_are_retried_when_asked_then_dead_lettered_and_resubmittable(tmp_path):
     async def scenario():
-        orch = orchestrator(tmp_path, CrashingPlacement(), journal=False)
+        orch = orchestrator(tmp_path, FakePlacement(), journal=False)
         spec = {**POOL, "retry": {"max_attempts": 3, "retry_exceptions": True,
                                   "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.001}}
         await make_pool(orch, spec)
@@ -113,7 +70,7 @@ def test_handler_errors_are_retried_when_asked_then_dead_lettered_and_resubmitta
 
 def test_never_retry_types_fail_at_once(tmp_path):
     async def scenario():
-        orch = orchestrator(tmp_path, CrashingPlacement(), journal=False)
+        orch = orchestrator(tmp_path, FakePlacement(), journal=False)
         spec = {**POOL, "retry": {"max_attempts": 5, "retry_exceptions": True, "never_retry": ["ValueError"]}}
         await make_pool(orch, spec)
         task_id, answer = await orch.run({"pool": "p"}, "bad")
@@ -123,7 +80,7 @@ def test_never_retry_types_fail_at_once(tmp_path):
 
 def test_a_restarted_orchestrator_recovers_pools_and_unfinished_tasks(tmp_path):
     async def first_life():
-        placement = CrashingPlacement()
+        placement = FakePlacement()
         placement.gate = asyncio.Event()  # nothing finishes: the orchestrator "dies" mid-run
         orch = orchestrator(tmp_path, placement)
         await make_pool(orch, {**POOL, "count": 2})
@@ -139,7 +96,7 @@ def test_a_restarted_orchestrator_recovers_pools_and_unfinished_tasks(tmp_path):
     done, pending = asyncio.run(first_life())
 
     async def second_life():
-        placement = CrashingPlacement()
+        placement = FakePlacement()
         orch = orchestrator(tmp_path, placement)
         health = await orch.health()  # start-up recovers
         assert health["pools"] == 1 and placement.activations == 2
@@ -160,7 +117,7 @@ def test_a_corrupt_journal_stops_start_up_with_a_clear_error(tmp_path):
     (journal_dir / "journal.sqlite3").write_bytes(b"this is not a database" * 100)
 
     async def scenario():
-        orch = orchestrator(tmp_path, CrashingPlacement())
+        orch = orchestrator(tmp_path, FakePlacement())
         with pytest.raises(JournalError, match="journal.sqlite3.*(corrupt|not a readable SQLite)"):
             await orch.health()
     asyncio.run(scenario())
@@ -168,7 +125,7 @@ def test_a_corrupt_journal_stops_start_up_with_a_clear_error(tmp_path):
 
 def test_finished_tasks_are_pruned_from_the_journal(tmp_path):
     async def scenario():
-        orch = orchestrator(tmp_path, CrashingPlacement(), journal_retention_count=1000)
+        orch = orchestrator(tmp_path, FakePlacement(), journal_retention_count=1000)
         await make_pool(orch)
         ids = await orch.submit_many({"pool": "p"}, list(range(1500)))
         await orch.wait_many(ids)
