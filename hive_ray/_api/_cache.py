@@ -51,31 +51,49 @@ class BoundedMap(Generic[V]):
 
 
 class TtlCache(Generic[V]):
-    """Entries that expire ``seconds`` after they were put; ``clear`` drops all of them."""
+    """Entries that expire ``seconds`` after they were put; ``clear`` drops all of them.
 
-    __slots__ = ("_entries", "_clock", "seconds")
+    Refresh ahead: :meth:`lookup` also says when an entry has lived past half its
+    time, so that a busy reader can fetch a fresh copy in the background while
+    it keeps answering from the cache. Without it, every expiry makes one
+    request pay a round trip to the orchestrator: at 20 requests/s and a 1 s
+    lifetime that is one request in twenty, exactly the p95.
+
+    ``generation`` changes on every ``clear``: a fetch that started before a
+    change passes the generation it saw to ``put``, and its (older) value is
+    dropped instead of overwriting the invalidation.
+    """
+
+    __slots__ = ("_entries", "_clock", "generation", "seconds")
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self.generation = 0
         self._clock = clock
         self._entries: dict[str, tuple[float, V]] = {}
 
     def get(self, key: str) -> V | None:
+        return self.lookup(key)[0]
+
+    def lookup(self, key: str) -> tuple[V | None, bool]:
+        """The live value (None when absent or expired), and whether it is due for a refresh."""
         found = self._entries.get(key)
         if found is None:
-            return None
+            return None, False
         expires, value = found
-        if self._clock() >= expires:
+        now = self._clock()
+        if now >= expires:
             del self._entries[key]
-            return None
-        return value
+            return None, False
+        return value, now >= expires - self.seconds / 2
 
-    def put(self, key: str, value: V) -> None:
-        if self.seconds <= 0:
+    def put(self, key: str, value: V, generation: int | None = None) -> None:
+        if self.seconds <= 0 or (generation is not None and generation != self.generation):
             return
         if len(self._entries) > 1000:  # names are user input: bound the map
             self._entries.clear()
         self._entries[key] = (self._clock() + self.seconds, value)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()

@@ -47,6 +47,8 @@ class ApiService:
         self._finished: BoundedMap[bytes] = BoundedMap(settings.api_cache_entries)
         self._idempotency: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
         self._follower: asyncio.Task[None] | None = None
+        self._refreshing: set[str] = set()  # cache keys being fetched ahead of expiry
+        self._background: set[asyncio.Task[None]] = set()  # strong references to those fetches
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_following(self) -> None:
@@ -57,24 +59,40 @@ class ApiService:
     def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
+        for task in list(self._background):
+            task.cancel()
 
     # ------------------------------------------------------------------ pools
     async def pools_json(self) -> tuple[bytes, bool]:
         """All pools as JSON, and whether it came from the cache."""
-        cached = self._pools_cache.get("*")
-        if cached is not None:
-            return cached, True
-        body = dumps(await self.call("pools"))
-        self._pools_cache.put("*", body)
-        return body, False
+        return await self._cached_pools("*", ("pools",))
 
     async def pool_json(self, name: str) -> tuple[bytes, bool]:
-        cached = self._pools_cache.get(name)
+        return await self._cached_pools(name, ("pool", name))
+
+    async def _cached_pools(self, key: str, call: tuple[Any, ...]) -> tuple[bytes, bool]:
+        cached, refresh_due = self._pools_cache.lookup(key)
         if cached is not None:
+            if refresh_due and key not in self._refreshing:
+                self._refreshing.add(key)
+                task = asyncio.get_running_loop().create_task(self._refresh_pools(key, call))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             return cached, True
-        body = dumps(await self.call("pool", name))
-        self._pools_cache.put(name, body)
+        generation = self._pools_cache.generation
+        body = dumps(await self.call(*call))
+        self._pools_cache.put(key, body, generation)
         return body, False
+
+    async def _refresh_pools(self, key: str, call: tuple[Any, ...]) -> None:
+        """Fetch a cached pool answer again before it expires (see ``TtlCache``)."""
+        generation = self._pools_cache.generation
+        try:
+            self._pools_cache.put(key, dumps(await self.call(*call)), generation)
+        except Exception as error:  # noqa: BLE001 - the entry just expires; the next read fetches
+            logger.debug("refreshing the cached %r failed: %s", key, error)
+        finally:
+            self._refreshing.discard(key)
 
     async def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)

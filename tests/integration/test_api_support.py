@@ -134,6 +134,59 @@ def test_ttl_cache_expires_and_clears() -> None:
     assert cache.get("k") is None
 
 
+def test_ttl_cache_asks_for_a_refresh_past_half_life_and_drops_fetches_older_than_a_clear() -> None:
+    from hive_ray._api._cache import TtlCache
+
+    now = [0.0]
+    cache: TtlCache[str] = TtlCache(1.0, clock=lambda: now[0])
+    cache.put("k", "v")
+    assert cache.lookup("k") == ("v", False)
+    now[0] = 0.6
+    assert cache.lookup("k") == ("v", True)
+    seen = cache.generation
+    cache.clear()  # a pool changed while a fetch was under way
+    cache.put("k", "from before the change", seen)
+    assert cache.lookup("k") == (None, False)
+    cache.put("k", "fresh", cache.generation)
+    assert cache.get("k") == "fresh"
+
+
+def test_pool_reads_are_refreshed_in_the_background_before_they_expire() -> None:
+    import asyncio
+
+    from hive_ray._api._cache import TtlCache
+    from hive_ray._api._keys import KeyRing
+    from hive_ray._api._service import ApiService
+    from hive_ray._settings import Settings
+
+    async def scenario() -> None:
+        calls: list[str] = []
+        release = asyncio.Event()
+
+        async def call(method: str, *args: object) -> list[int]:
+            calls.append(method)
+            if len(calls) > 1:
+                await release.wait()
+            return [len(calls)]
+
+        service = ApiService(Settings(), call, KeyRing({}))
+        now = [0.0]
+        service._pools_cache = TtlCache(1.0, clock=lambda: now[0])
+        assert await service.pools_json() == (b"[1]", False)
+        now[0] = 0.7  # past half its life: answered from the cache, one fetch starts
+        assert await service.pools_json() == (b"[1]", True)
+        assert await service.pools_json() == (b"[1]", True)
+        await asyncio.sleep(0)
+        assert calls == ["pools", "pools"]  # one refresh, not one per request
+        release.set()
+        await asyncio.sleep(0.01)
+        now[0] = 1.2  # the first answer's expiry: the refreshed one is served, no wait
+        assert await service.pools_json() == (b"[2]", True)
+        service.close()
+
+    asyncio.run(scenario())
+
+
 def test_bounded_map_forgets_least_recently_used() -> None:
     from hive_ray._api._cache import BoundedMap
 
