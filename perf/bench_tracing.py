@@ -1,40 +1,44 @@
 """What tracing costs: echo-task throughput with tracing off, at 100% and at the default sampling.
 
-Two private orchestrators run side by side in one Ray: one with tracing off, one
-with tracing on (its hosts trace, and the analyzer it owns takes every span).
-Three clients drive them in alternating rounds, so that machine noise hits
-every configuration alike:
+Three private orchestrators run side by side in one Ray, each with its own
+agent hosts, so that no configuration runs on processes another one warmed,
+filled or left a backlog in:
 
 - ``off``: tracing off everywhere (the reference);
+- ``default``: tracing on at the default sampling (``tracing_sample_ratio``,
+  1%), with the analyzer it owns, as ``hive up`` deploys it: unsampled calls
+  carry no context, so the traced system does no per-task work for them;
 - ``100pct``: every call sampled: a root span per ``map`` call, a queue span and a
-  handle span per task, a dispatch span per batch, all fed to the analyzer;
-- ``default``: the default sampling (``tracing_sample_ratio``, 1%): unsampled calls
-  carry no context, so the traced system does no per-task work for them.
+  handle span per task, a dispatch span per batch, all fed to its analyzer.
 
 A round runs one phase of each configuration: several ``hive.map`` calls of
 echo tasks over 8 agents (each call is one root decision). Rounds go through
-all six orders of the three phases, and every phase is followed by a pause of
-which lasts until the analyzer has taken every span of the phase: otherwise
-the phase after a 100% phase inherits the analyzer's backlog (with a merely
-rotated order that is always the same phase, and it reads as a 30% loss). The
-wall-clock rate of a 100% phase therefore leaves out the ingestion of its last
-second of spans; its CPU figure below includes it.
+all six orders of the three phases, after one warm-up round that is not
+counted, and every phase is followed by a pause that lasts until the 100%
+analyzer has taken every span: otherwise the phase after a 100% phase pays for
+the tail of its ingestion (the pause is the same after every phase, so the CPU
+figures below stay comparable).
 
 Shared machines are noisy (the rate of one configuration can swing by 20%
 between rounds as other work comes and goes), so each configuration is
 compared with tracing off *in the same round*, and the figure is the median of
-those per-round ratios.
+those per-round ratios over many short rounds.
 
 Wall-clock rates on a shared machine swing with other work, so the run also
 counts CPU time: the user + system seconds of every process of a configuration
-(this driver, its orchestrator and agent hosts, and for the traced ones the
+(this driver, its orchestrator and agent hosts, and for the traced ones their
 analyzer), over each phase and the pause after it, so the trailing ingestion is
-charged too. ``traced_cpu_ratio@...`` is tracing-off CPU per task over traced
-CPU per task: the throughput ratio a CPU-bound machine would see.
+charged too. Each process's idle rate (Ray's own heartbeats, the analyzer's
+profile every 10 s), measured in an idle window before the rounds, is
+subtracted: it is a fixed cost per process, not per task, and the pauses (three
+to five times as long as a phase) would otherwise charge it several times over.
+The idle rates are reported with the rows (``idle_cpu_percent``).
+``traced_cpu_ratio@...`` is tracing-off net CPU per task over traced net CPU
+per task: the throughput ratio a CPU-bound machine would see.
 
 Rows: ``traced_throughput_ratio@100pct`` (goal >= 0.7) and
 ``traced_throughput_ratio@default`` (goal >= 0.95), with the median rates as
-value and baseline; plus the spans the analyzer received and dropped at 100%,
+value and baseline; plus the spans the 100% analyzer received and dropped,
 which shows that the traced path really ran.
 """
 
@@ -56,41 +60,39 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     from hive_ray import Hive, Settings
 
-    calls_per_round, tasks_per_call = (16, 1000) if quick else (40, 1000)
-    rounds = 6 if quick else 12
+    calls_per_round, tasks_per_call = (8, 1000) if quick else (16, 1000)
+    rounds = 12 if quick else 24  # whole passes through the six orders
     settle_seconds = 1.2  # a little more than one span shipment (tracing_flush_seconds)
     state = tempfile.mkdtemp(prefix="hive-bench-tracing-")
     owns_ray = not ray.is_initialized()
     if owns_ray:
         ray.init(address="local", namespace="hive", include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
-    base = {"state_dir": state, "journal_dir": f"{state}/journal-off"}
-    traced = {"state_dir": state, "journal_dir": f"{state}/journal-on", "tracing": True,
-              "orchestrator_name": "bench-tracing-on", "analyzer_name": "bench-tracing-analyzer"}
+
+    def settings(name: str, **extra: Any) -> dict[str, Any]:
+        return {"state_dir": state, "journal_dir": f"{state}/journal-{name}",
+                "orchestrator_name": f"bench-tracing-{name}", "analyzer_name": f"bench-analyzer-{name}",
+                **extra}
+
     clients = {
-        "off": Hive.connect(settings={**base, "orchestrator_name": "bench-tracing-off"}),
-        "100pct": Hive.connect(settings={**traced, "tracing_sample_ratio": 1.0}),
-        "default": Hive.connect(settings=traced),  # the default tracing_sample_ratio
+        "off": Hive.connect(settings=settings("off")),
+        "100pct": Hive.connect(settings=settings("100pct", tracing=True, tracing_sample_ratio=1.0)),
+        "default": Hive.connect(settings=settings("default", tracing=True)),  # default sample ratio
     }
     default_ratio = Settings().tracing_sample_ratio
     rows: list[dict[str, Any]] = []
     try:
-        pool_spec = {"pool": "bench-echo", "placement": "packed", "agents_per_host": 4}
-        clients["off"].spawn("echo", count=8, **pool_spec)
-        clients["100pct"].spawn("echo", count=8, **pool_spec)
-        for client in clients.values():  # warm every path
-            client.map(None, list(range(tasks_per_call)), pool="bench-echo", progress=False)
-        analyzer = clients["100pct"]._call("analyzer")
-        time.sleep(2.0)
-        ray.get(analyzer.reset.remote())
+        for client in clients.values():
+            client.spawn("echo", count=8, pool="bench-echo", placement="packed", agents_per_host=4)
+        analyzers = {name: clients[name]._call("analyzer") for name in ("100pct", "default")}
         processes = {name: _processes(client) for name, client in clients.items()}
-        analyzer_pid = ray.get(analyzer.statistics.remote())["pid"]
-        processes["100pct"].append(analyzer_pid)
-        processes["default"].append(analyzer_pid)
+        for name, analyzer in analyzers.items():
+            processes[name].append(ray.get(analyzer.statistics.remote())["pid"])
         rates: dict[str, list[float]] = {name: [] for name in clients}
         cpu_per_task: dict[str, list[float]] = {name: [] for name in clients}
         orders = list(itertools.permutations(clients))
-        for number in range(rounds):
+        idle: dict[str, float] = {}  # measured after the warm-up round
+        for number in range(-1, rounds):  # round -1 warms every path and is not counted
             for name in orders[number % len(orders)]:
                 client = clients[name]
                 cpu_before = _cpu_seconds(processes[name])
@@ -99,12 +101,19 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     results = client.map(None, list(range(tasks_per_call)), pool="bench-echo",
                                          progress=False)
                     assert results[-1] == tasks_per_call - 1
-                rates[name].append(calls_per_round * tasks_per_call / (time.perf_counter() - started))
-                _settle(ray, analyzer, settle_seconds)
-                cpu_per_task[name].append((_cpu_seconds(processes[name]) - cpu_before)
-                                          / (calls_per_round * tasks_per_call))
+                rate = calls_per_round * tasks_per_call / (time.perf_counter() - started)
+                _settle(ray, analyzers["100pct"], settle_seconds)
+                if number < 0:
+                    continue
+                rates[name].append(rate)
+                charged = time.perf_counter() - started  # the phase and the pause after it
+                net = _cpu_seconds(processes[name]) - cpu_before - idle[name] * charged
+                cpu_per_task[name].append(net / (calls_per_round * tasks_per_call))
+            if number < 0:
+                ray.get(analyzers["100pct"].reset.remote())  # count only the measured rounds' spans
+                idle = _idle_rates(processes, 5.0 if quick else 10.0)
         time.sleep(3.0)  # let the last spans reach the analyzer
-        received = ray.get(analyzer.statistics.remote())
+        received = ray.get(analyzers["100pct"].statistics.remote())
     finally:
         for client in clients.values():
             try:
@@ -131,7 +140,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for name, goal in (("100pct", "ratio >= 0.7"), ("default", "ratio >= 0.95")):
         off_cpu, traced_cpu = statistics.median(cpu_per_task["off"]), statistics.median(cpu_per_task[name])
         rows.append(row(f"traced_cpu_ratio@{name}", traced_cpu * 1e6, "µs CPU/task",
-                        "tracing off", off_cpu * 1e6))
+                        "tracing off", off_cpu * 1e6,
+                        idle_cpu_percent={"off": round(idle["off"] * 100, 2),
+                                          name: round(idle[name] * 100, 2)}))
         rows[-1]["ratio"] = round(off_cpu / traced_cpu, 4)
         rows[-1]["goal"] = goal
     rows.append(row("analyzer_spans_received@100pct", received["spans_received"], "spans",
@@ -143,8 +154,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def _settle(ray: Any, analyzer: Any, interval: float) -> None:
     """Wait until the analyzer's span count stops moving: the phase's spans are all in.
 
-    The 100% and default phases share the traced processes, so without this the
-    default phase after a 100% one would be charged the tail of its ingestion.
+    Without this, the phase after a 100% one would run beside (and be slowed by)
+    the tail of its ingestion.
     """
     last = -1
     deadline = time.monotonic() + 30
@@ -154,6 +165,13 @@ def _settle(ray: Any, analyzer: Any, interval: float) -> None:
         if received == last:
             return
         last = received
+
+
+def _idle_rates(processes: dict[str, list[int]], seconds: float) -> dict[str, float]:
+    """CPU seconds per second each configuration's processes use while nothing runs."""
+    before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
+    time.sleep(seconds)
+    return {name: max(0.0, (_cpu_seconds(pids) - before[name]) / seconds) for name, pids in processes.items()}
 
 
 def _processes(client: Any) -> list[int]:
