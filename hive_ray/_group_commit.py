@@ -1,18 +1,27 @@
 """Group commit: many ``await durable()`` callers share each SQLite commit.
 
 Commits run in a worker thread, so the orchestrator's event loop keeps
-accepting (and buffering) tasks while the previous batch is written.
+accepting (and buffering) tasks while the previous batch is written. With
+``checkpoint_seconds`` the committer also checkpoints the journal's log (see
+`Journal.checkpoint`) in another worker thread, at most that often, and
+nobody waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Iterable
 
 from hive_ray._errors import JournalError
 from hive_ray._journal import Journal, JournalEntry
+
+logger = logging.getLogger("hive_ray.journal")
+
+#: Log pages left after a checkpoint that suggest it cannot keep up (about 40 MB).
+_LAGGING_CHECKPOINT_PAGES = 10_000
 
 
 class GroupCommitter:
@@ -30,10 +39,13 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, journal: Journal, *, interval_seconds: float = 0.002, max_batch: int = 2_000
+        self, journal: Journal, *, interval_seconds: float = 0.002, max_batch: int = 2_000,
+        checkpoint_seconds: float | None = None,
     ) -> None:
         if interval_seconds < 0:
             raise ValueError(f"interval_seconds must be >= 0, got {interval_seconds!r}")
+        if checkpoint_seconds is not None and checkpoint_seconds <= 0:
+            raise ValueError(f"checkpoint_seconds must be > 0 or None, got {checkpoint_seconds!r}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self._journal = journal
@@ -45,6 +57,9 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._failures_in_a_row = 0
+        self._checkpoint_seconds = checkpoint_seconds
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpointed_at = 0.0
 
     def put(self, entry: JournalEntry) -> None:
         """Buffer ``entry`` in the journal and wake the committer if the batch is full."""
@@ -86,6 +101,8 @@ class GroupCommitter:
         self._full.set()
         if self._task is not None:
             await self._task
+        if self._checkpoint is not None:
+            await self._checkpoint
         if self._journal.pending_count or self._waiters:
             await self._commit_once(raise_errors=True)
 
@@ -141,6 +158,28 @@ class GroupCommitter:
             future = waiters.popleft()[1]
             if not future.done():
                 future.set_result(None)
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        if self._checkpoint_seconds is None or self._closing:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checkpointed_at < self._checkpoint_seconds:
+            return
+        self._checkpointed_at = loop.time()
+        self._checkpoint = loop.create_task(self._run_checkpoint())
+
+    async def _run_checkpoint(self) -> None:
+        try:
+            left = await asyncio.to_thread(self._journal.checkpoint)
+        except Exception as error:  # noqa: BLE001 - the log grows until a later one succeeds
+            logger.warning("%s", error)
+            return
+        if left > _LAGGING_CHECKPOINT_PAGES:
+            logger.warning("the task journal's write-ahead log keeps %d pages after a checkpoint; "
+                           "something holds a long read on %s", left, self._journal.path)
 
     def _fail_waiters(self, covered: int, error: BaseException) -> None:
         waiters = self._waiters

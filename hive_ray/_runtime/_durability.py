@@ -64,14 +64,14 @@ class TaskJournal:
         self._journal = journal
         # Commit as soon as there is work: batches form by themselves while a
         # commit is in flight, so an idle system adds one commit of latency.
-        self._committer = GroupCommitter(journal, interval_seconds=0.0)
+        self._committer = GroupCommitter(journal, interval_seconds=0.0, checkpoint_seconds=1.0)
         self._dirty: dict[str, TaskEntry] = {}
         self._flush_scheduled = False
 
     @classmethod
     def open(cls, directory: str | Path) -> TaskJournal:
         """Open the journal in ``directory``; raises JournalError with the fix if it cannot."""
-        return cls(Journal.open(directory))
+        return cls(Journal.open(directory, background_checkpoints=True))
 
     @property
     def path(self) -> Path:
@@ -132,6 +132,7 @@ class TaskJournal:
         return self._journal.prune(max_age_seconds=max_age_seconds, max_finished=max_finished, now=time.time())
 
     def statistics(self) -> dict[str, Any]:
+        """Counts and sizes; it reads the table, so call it from a worker thread."""
         stats = self._journal.statistics()
         return {name: getattr(stats, name) for name in stats.__dataclass_fields__}
 

@@ -17,6 +17,7 @@ The class runs without Ray in unit tests: give it a fake ``placement``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import logging
@@ -134,6 +135,9 @@ class Orchestrator(TaskViews):
         self._tracer: Any = None  # hive_ray._tracing.Tracer when settings.tracing is on
         self._analyzer: Any = None
         self._last_demand: list[dict[str, float]] | None = None
+        from hive_ray._gc_pauses import GcPauses
+
+        self._gc_pauses = GcPauses().install()
 
     # ------------------------------------------------------------------ start-up
     async def _ensure_started(self) -> None:
@@ -159,6 +163,11 @@ class Orchestrator(TaskViews):
             await self._recover()
             self._spawn_background(self._prune_loop())
         self._recovery_seconds = time.monotonic() - began
+        # What exists now (Ray's and our modules, the journal, recovered pools) lives as
+        # long as the process: keep it out of the collector's full passes, which otherwise
+        # walk it all and stop every task for tens of milliseconds (measured: 38 ms over
+        # 94,000 objects on a 2-core machine), a spike in the latency tail each time.
+        gc.freeze()
 
     def _open_journal(self) -> Any:
         if not self.settings.journal:
@@ -1005,9 +1014,11 @@ class Orchestrator(TaskViews):
                              "batch_size": p.scheduler.batch_size(), "restarts": p.supervisor.total_restarts,
                              "state": p.state}
                       for name, p in self._pools.items()},
-            "journal": self._journal.statistics() if self._journal is not None else None,
+            # Counting a large journal takes a while: off the event loop, beside the writer.
+            "journal": await asyncio.to_thread(self._journal.statistics) if self._journal is not None else None,
             "journal_path": str(self._journal.path) if self._journal is not None else None,
             "recovery_seconds": self._recovery_seconds,
+            "gc": self._gc_pauses.statistics(),
             "pid": os.getpid(),
         }
 

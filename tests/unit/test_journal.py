@@ -275,6 +275,55 @@ def test_group_commit_serves_many_waiters_with_few_commits(journal: Journal) -> 
     assert 1 <= statistics.commits < 1_000 / 10
 
 
+def _file_pages(path: Path) -> int:
+    return path.stat().st_size // 4096
+
+
+def test_background_checkpoints_keep_commits_from_copying_the_log(tmp_path: Path) -> None:
+    body = b"x" * 3000  # about one 4 KiB page per entry
+    with Journal.open(tmp_path, background_checkpoints=True) as journal:
+        for batch in range(3):
+            journal.put_many(make_entry(f"t{batch}-{i}", body=body) for i in range(600))
+            journal.commit()
+        wal = Path(f"{journal.path}-wal")
+        # Past SQLite's 1,000-page autocheckpoint, yet the data is still only in the log.
+        assert _file_pages(wal) > 1_500 and _file_pages(journal.path) < 100
+        assert journal.checkpoint() == 0  # everything copied
+        assert _file_pages(journal.path) > 1_500
+        assert journal.statistics().checkpoints == 1 and journal.statistics().entries == 1_800
+    with Journal.open(tmp_path) as reopened:
+        assert reopened.statistics().entries == 1_800
+
+
+def test_default_journal_checkpoints_inside_commits(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        for batch in range(3):
+            journal.put_many(make_entry(f"t{batch}-{i}", body=b"x" * 3000) for i in range(600))
+            journal.commit()
+        assert _file_pages(journal.path) > 1_000
+
+
+def test_group_committer_checkpoints_in_the_background(tmp_path: Path) -> None:
+    with Journal.open(tmp_path, background_checkpoints=True) as journal:
+        async def main() -> None:
+            committer = GroupCommitter(journal, interval_seconds=0.0, checkpoint_seconds=0.001)
+            for batch in range(500):  # until two checkpoints ran (a loaded machine is slow)
+                committer.put_many(make_entry(f"t{batch}-{i}") for i in range(100))
+                await committer.durable()
+                await asyncio.sleep(0.002)  # past checkpoint_seconds
+                if journal.statistics().checkpoints >= 2:
+                    break
+            await committer.close()  # waits for a checkpoint under way
+
+        asyncio.run(main())
+        assert journal.statistics().checkpoints >= 2
+
+
+def test_checkpoint_interval_must_be_positive(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="checkpoint_seconds must be > 0 or None, got 0"):
+        GroupCommitter(journal, checkpoint_seconds=0)
+
+
 def test_durable_sees_committed_data_from_another_connection(journal: Journal) -> None:
     async def main() -> None:
         committer = GroupCommitter(journal)
