@@ -42,4 +42,4 @@ class GcPauses:
 
     def statistics(self) -> dict[str, float]:
         return {"full_collections": self.count, "pause_total_ms": round(self.total_seconds * 1000, 2),
-                "pause_max_ms": round(self.max_seconds * 1000, 2), "tracked_objects": len(gc.get_objects())}
+                "pause_max_ms": round(self.max_seconds * 1000, 2), "frozen_objects": gc.get_freeze_count()}

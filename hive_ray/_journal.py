@@ -392,44 +392,61 @@ class Journal:
 
     # ------------------------------------------------------------ upkeep
 
-    def prune(self, *, max_age_seconds: float | None, max_finished: int | None, now: float) -> int:
+    def prune(self, *, max_age_seconds: float | None, max_finished: int | None, now: float,
+              chunk: int = 500) -> int:
         """Delete committed finished entries and return how many were deleted.
 
+        Ages and order are by creation time, which the table indexes together
+        with ``finished``: finding what to delete reads the index on the second
+        connection, and the deletion runs in transactions of ``chunk`` rows, so
+        commits go on in between (one statement over a large journal held them
+        up for hundreds of milliseconds).
+
         Args:
-            max_age_seconds: delete finished entries last updated more than
-                this long before ``now``; None keeps them regardless of age.
-            max_finished: keep only this many of the most recently updated
-                finished entries; None keeps them regardless of count.
-            now: the current wall-clock time, in the units of ``updated_at``.
+            max_age_seconds: delete finished entries created more than this
+                long before ``now``; None keeps them regardless of age.
+            max_finished: keep only this many most recently created
+                finished entries (ties in the order they were first
+                written); None keeps them regardless of count.
+            now: the current wall-clock time, in the units of ``created_at``.
+            chunk: rows deleted per transaction.
         """
         if max_age_seconds is not None and max_age_seconds < 0:
             raise ValueError(f"prune max_age_seconds must be >= 0 or None, got {max_age_seconds!r}")
         if max_finished is not None and max_finished < 0:
             raise ValueError(f"prune max_finished must be >= 0 or None, got {max_finished!r}")
-        with self._connection_lock:
-            connection = self._require_open()
-            deleted = 0
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                if max_age_seconds is not None:
-                    cursor = connection.execute(
-                        "DELETE FROM tasks WHERE finished = 1 AND updated_at < ?",
-                        (now - max_age_seconds,),
-                    )
-                    deleted += cursor.rowcount
-                if max_finished is not None:
-                    cursor = connection.execute(
-                        "DELETE FROM tasks WHERE finished = 1 AND task_id NOT IN ("
-                        "SELECT task_id FROM tasks WHERE finished = 1 "
-                        "ORDER BY updated_at DESC, task_id DESC LIMIT ?)",
-                        (max_finished,),
-                    )
-                    deleted += cursor.rowcount
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            return deleted
+        # Entries go by (created_at, rowid): the index on (finished, created_at) ends with
+        # the rowid, which breaks ties in insertion order, so no sort is needed.
+        cutoff = None if max_age_seconds is None else (now - max_age_seconds, 0)
+        if max_finished is not None:
+            if max_finished == 0:
+                cutoff = (float("inf"), 0)
+            else:
+                with self._side_lock:
+                    row = self._side_connection().execute(
+                        "SELECT created_at, rowid FROM tasks WHERE finished = 1 "
+                        "ORDER BY created_at DESC, rowid DESC LIMIT 1 OFFSET ?", (max_finished - 1,)).fetchone()
+                if row is not None:  # the oldest entry kept
+                    cutoff = tuple(row) if cutoff is None else max(cutoff, tuple(row))
+        if cutoff is None:
+            return 0
+        deleted = 0
+        while True:
+            with self._connection_lock:
+                connection = self._require_open()
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    count = connection.execute(
+                        "DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks "
+                        "WHERE finished = 1 AND (created_at, rowid) < (?, ?) LIMIT ?)",
+                        (*cutoff, chunk)).rowcount
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            deleted += count
+            if count < chunk:
+                return deleted
 
     # ------------------------------------------------------------ pools
     def put_pool(self, name: str, spec: bytes) -> None:

@@ -45,10 +45,10 @@ class Settings(BaseSettings):
         "across cluster restarts too.",
     )
     journal_retention_count: int = Field(
-        1_000_000, ge=1000, description="Finished tasks kept in the journal, newest first."
+        1_000_000, ge=1000, description="Finished tasks kept in the journal, the most recently created."
     )
     journal_retention_seconds: float = Field(
-        7 * 24 * 3600.0, gt=0, description="Finished tasks older than this leave the journal."
+        7 * 24 * 3600.0, gt=0, description="Finished tasks created longer ago than this leave the journal."
     )
 
     # -- orchestrator ---------------------------------------------------------

@@ -11,7 +11,14 @@ Every figure is measured in this run, beside its baseline:
 - the curve: the same open-loop load (a fixed rate of echo tasks spread over
   every agent, round robin) on N packed agents (up to 1,000 per host), ``latency_p50_ms@N``, ``latency_p99_ms@N``,
   ``throughput_tasks_per_s@N``, and ``degradation_pct@N``: how much worse the
-  p99 is than with 50 agents. The same for dedicated agents, with their spawn
+  p99 is than with 50 agents. Every size is spawned first, then measured in
+  many short interleaved rounds (each size's latencies pooled over them), so
+  that whatever else the machine does falls on every size alike. This process
+  is the load generator: its own full GC passes (50-80 ms in a process that
+  imported Ray) would land in the measured latencies, so its heap is frozen and
+  its collector paused during each measured window (the system under test
+  keeps its collectors). ``degradation_pct@N`` carries ``ci95_pct``, a 95%
+  interval from resampling whole rounds. The same for dedicated agents, with their spawn
   time and memory per agent, so the cost of not packing is visible.
 - ``orchestrator_rss_growth_mb``: the orchestrator's RSS after 100,000 more
   tasks, once its bounded buffers are full, against its RSS before.
@@ -19,6 +26,7 @@ Every figure is measured in this run, beside its baseline:
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -54,7 +62,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         ray.get([actor.echo.remote(0) for actor in actors])
         hive.map(None, list(range(2000)), pool="throughput", progress=False)
         hive_rates, pool_rates = [], []
-        for _ in range(1 if quick else 3):
+        for _ in range(3):  # best of three each, alternating
             started = time.perf_counter()
             assert hive.map(None, list(range(tasks)), pool="throughput", progress=False)[-1] == tasks - 1
             hive_rates.append(tasks / (time.perf_counter() - started))
@@ -95,22 +103,28 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         hive.stop("packed-1")
 
         # -- the curve, packed -------------------------------------------------------------
-        # Every size is spawned first and measured in interleaved rounds (the median of
-        # the rounds is reported), so machine noise hits every point alike.
         sizes = [50, 100, 250, 1000] if quick else [50, 100, 250, 500, 1000, 5000]
-        seconds, rounds = (3.0, 3) if quick else (8.0, 5)
+        seconds, rounds = (2.5, 12) if quick else (4.0, 12)
         for size in sizes:
             # Light agents: up to 1,000 per host, so the curve shows what the number of
             # agents costs (more host processes on 2 cores would cost on their own).
             hive.spawn("echo", count=size, pool=f"curve-{size}", placement="packed", agents_per_host=1000,
                        policy="round_robin")
             hive.map(None, list(range(2 * size)), pool=f"curve-{size}", progress=False)  # every agent warm
-        samples: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
-        for _ in range(rounds):
-            for size in sizes:
-                samples[size].append(_offered_load(hive, f"curve-{size}", seconds))
-        curve = {size: {key: sorted(point[key] for point in points)[len(points) // 2]
-                        for key in ("p50", "p99", "throughput")} for size, points in samples.items()}
+        gc.freeze()  # the load generator's long-lived heap: out of its collector's way
+        windows: dict[int, list[list[float]]] = {size: [] for size in sizes}  # latencies per round
+        rates: dict[int, list[float]] = {size: [] for size in sizes}
+        for number in range(rounds):
+            for size in (sizes if number % 2 == 0 else sizes[::-1]):  # alternate the order
+                measured = _measured_window(hive, f"curve-{size}", seconds)
+                windows[size].append(measured["latencies"])
+                rates[size].append(measured["throughput"])
+        curve = {}
+        for size in sizes:
+            pooled = [latency for window in windows[size] for latency in window]
+            curve[size] = {"p50": percentile(pooled, 0.5) * 1000, "p99": percentile(pooled, 0.99) * 1000,
+                           "throughput": sorted(rates[size])[len(rates[size]) // 2], "samples": len(pooled),
+                           "p99_ratio_ci95": _p99_ratio_interval(windows[size], windows[sizes[0]])}
         for size in sizes:
             hive.stop(f"curve-{size}")
         rows.extend(_curve_rows(curve, "packed agents"))
@@ -123,9 +137,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             started = time.perf_counter()
             hive.spawn("echo", count=size, pool=name, policy="round_robin")
             spawned = time.perf_counter() - started
-            dedicated[size] = _offered_load(hive, name, seconds)
-            dedicated[size]["spawn"] = spawned
-            dedicated[size]["uss_mib"] = _uss([a.pid for a in hive.agents(name)]) / size / 2**20
+            for i in range(200):  # every path warm
+                hive.run(pool=name, payload=i)
+            pooled = [latency for _ in range(2) for latency in _measured_window(hive, name, seconds)["latencies"]]
+            dedicated[size] = {"p99": percentile(pooled, 0.99) * 1000, "spawn": spawned,
+                               "uss_mib": _uss([a.pid for a in hive.agents(name)]) / size / 2**20}
             hive.stop(name)
         base = dedicated[dedicated_sizes[0]]
         for size, point in dedicated.items():
@@ -144,13 +160,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         for start in range(0, warm, 20_000):
             hive.map(None, list(range(min(20_000, warm - start))), pool="memory", progress=False)
         before = orchestrator.memory_info().rss
-        total = 100_000 if not quick else 60_000
+        total = 100_000
         for _ in range(total // 20_000):
             hive.map(None, list(range(20_000)), pool="memory", progress=False)
         after = orchestrator.memory_info().rss
-        rows.append(row("orchestrator_rss_growth_mb" + ("" if not quick else "@60000"),
-                        (after - before) / 2**20, "MB", "orchestrator RSS before (MB)", before / 2**20,
-                        goal="<= 20 MB over 100,000 tasks"))
+        rows.append(row("orchestrator_rss_growth_mb", (after - before) / 2**20, "MB",
+                        "orchestrator RSS before (MB)", before / 2**20,
+                        goal="<= 20 MB over 100,000 tasks", tasks=total))
     return rows
 
 
@@ -174,18 +190,41 @@ def _uss(pids: list[int]) -> float:
     return float(total)
 
 
-def _offered_load(hive: Any, pool: str, seconds: float) -> dict[str, float]:
-    """The latency of LOAD_RATE tasks/s, offered for ``seconds`` without waiting (open loop)."""
+def _p99_ratio_interval(windows: list[list[float]], base_windows: list[list[float]],
+                        resamples: int = 200) -> list[float]:
+    """A 95% interval for p99(windows) / p99(base_windows), by resampling whole rounds.
+
+    Rounds, not single tasks, are resampled (the same rounds for both sizes, which
+    ran side by side): a stall delays many neighbouring tasks together, so single
+    tasks are not independent samples and would give too narrow an interval.
+    """
+    import random
+
+    rng = random.Random(0)
+    rounds = len(windows)
+    ratios = []
+    for _ in range(resamples):
+        chosen = [rng.randrange(rounds) for _ in range(rounds)]
+        sample = [latency for index in chosen for latency in windows[index]]
+        base = [latency for index in chosen for latency in base_windows[index]]
+        ratios.append(percentile(sample, 0.99) / percentile(base, 0.99))
+    ratios.sort()
+    return [round(ratios[int(0.025 * resamples)], 3), round(ratios[int(0.975 * resamples) - 1], 3)]
+
+
+def _measured_window(hive: Any, pool: str, seconds: float) -> dict[str, Any]:
+    """LOAD_RATE tasks/s offered for ``seconds`` without waiting (open loop), after an
+    unmeasured lead-in of the same load; every task's latency, and the rate achieved."""
     template = hive._template(None, {"pool": pool})
-    for i in range(200):  # warm-up: every path is hot before measuring
-        hive.run(pool=pool, payload=i)
-    _paced(hive, template, 1.0, [])  # one unmeasured second of the same load
+    _paced(hive, template, 0.3, [])
     latencies: list[float] = []
-    pending, elapsed = _paced(hive, template, seconds, latencies)
-    if not latencies:  # no data plane here: the Ray path answers in bulk
-        latencies = [float("nan")]
-    return {"p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
-            "throughput": len(pending) / elapsed}
+    gc.collect()
+    gc.disable()  # this process generates the load; its pauses are not the system's
+    try:
+        pending, elapsed = _paced(hive, template, seconds, latencies)
+    finally:
+        gc.enable()
+    return {"latencies": latencies or [float("nan")], "throughput": len(pending) / elapsed}
 
 
 def _paced(hive: Any, template: dict[str, Any], seconds: float, latencies: list[float]) -> tuple[list[Any], float]:
@@ -219,6 +258,8 @@ def _curve_rows(curve: dict[int, dict[str, float]], label: str) -> list[dict[str
         rows.append(row(f"latency_p99_ms@{size}", point["p99"], "ms", baseline, base["p99"]))
         rows.append(row(f"throughput_tasks_per_s@{size}", point["throughput"], "tasks/s", baseline,
                         base["throughput"]))
+        interval = point.get("p99_ratio_ci95")
         rows.append(row(f"degradation_pct@{size}", (point["p99"] / base["p99"] - 1) * 100, "%",
-                        goal="<= 10 at 1000" if size == 1000 else ""))
+                        goal="<= 10 at 1000" if size == 1000 else "", samples=point.get("samples"),
+                        ci95_pct=None if interval is None else [round((r - 1) * 100, 1) for r in interval]))
     return rows

@@ -27,6 +27,7 @@ from hive_ray._registry import materialize
 from hive_ray._results import unwrap
 from hive_ray._runtime._channel import serve_host
 from hive_ray._task import Envelope, Outcome, Task
+from hive_ray._gc_pauses import GcPauses
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
 logger = logging.getLogger("hive_ray.host")
@@ -94,6 +95,7 @@ class AgentHost:
         self._activations = 0
         self._tracer: Any = None  # hive_ray._tracing.Tracer when the orchestrator traces
         self._tracing_asked = False
+        self._gc_pauses = GcPauses().install()
 
     # -- lifecycle --------------------------------------------------------------
     async def activate(self, agent_ids: list[str],
@@ -331,7 +333,7 @@ class AgentHost:
         """Answered on its own concurrency group, so busy agents cannot starve it."""
         return {"pid": os.getpid(), "active": len(self._residents), "passivated": len(self._passivated),
                 "activations": self._activations, "handled": self._handled,
-                "uptime_seconds": time.time() - self._started_at}
+                "uptime_seconds": time.time() - self._started_at, "gc": self._gc_pauses.statistics()}
 
     # -- services given to agents -------------------------------------------------
     async def _delegate(self, template: dict[str, Any], payloads: list[Any]) -> list[Any]:

@@ -134,9 +134,9 @@ def test_query_filters_and_pages(journal: Journal) -> None:
 def test_prune_by_age(journal: Journal) -> None:
     journal.put_many(
         [
-            make_entry("old", finished=True, updated_at=10.0),
-            make_entry("recent", finished=True, updated_at=95.0),
-            make_entry("old-but-running", updated_at=1.0),
+            make_entry("old", finished=True, created_at=10.0),
+            make_entry("recent", finished=True, created_at=95.0),
+            make_entry("old-but-running", created_at=1.0),
         ]
     )
     journal.commit()
@@ -147,13 +147,24 @@ def test_prune_by_age(journal: Journal) -> None:
 
 
 def test_prune_by_count_keeps_newest_finished(journal: Journal) -> None:
-    journal.put_many(make_entry(f"f{i}", finished=True, updated_at=float(i)) for i in range(10))
+    journal.put_many(make_entry(f"f{i}", finished=True, created_at=float(i)) for i in range(10))
     journal.put(make_entry("running"))
     journal.commit()
-    assert journal.prune(max_age_seconds=None, max_finished=3, now=100.0) == 7
+    assert journal.prune(max_age_seconds=None, max_finished=3, now=100.0, chunk=2) == 7
     remaining = {entry.task_id for entry in journal.query(limit=100)}
     assert remaining == {"f7", "f8", "f9", "running"}
     assert journal.prune(max_age_seconds=None, max_finished=None, now=100.0) == 0
+    assert journal.prune(max_age_seconds=None, max_finished=0, now=100.0) == 3
+    assert {entry.task_id for entry in journal.query(limit=100)} == {"running"}
+
+
+def test_prune_by_count_breaks_ties_in_creation_time_by_insertion_order(journal: Journal) -> None:
+    journal.put(make_entry("older", finished=True, created_at=1.0))
+    journal.commit()
+    journal.put_many(make_entry(f"batch{i}", finished=True, created_at=5.0) for i in range(4))
+    journal.commit()
+    assert journal.prune(max_age_seconds=None, max_finished=2, now=100.0) == 3
+    assert {entry.task_id for entry in journal.query(limit=100)} == {"batch2", "batch3"}
 
 
 def test_statistics_snapshot(journal: Journal) -> None:
