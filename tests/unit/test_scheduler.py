@@ -72,6 +72,27 @@ def test_short_tasks_are_batched_and_long_ones_are_not():
     assert scheduler.batch_size() == 1
 
 
+def test_batch_size_moves_in_powers_of_two_and_ignores_wobbles():
+    scheduler = PoolScheduler("p", max_batch=64, target_batch_seconds=0.002)
+    scheduler.add_agent("a")
+    scheduler.observe_handle_seconds(0.002 / 40)  # ideal 40
+    assert scheduler.batch_size() == 32
+    for handle in (0.002 / 60, 0.002 / 20, 0.002 / 50, 0.002 / 17):  # the ideal wobbles by 3x
+        for _ in range(30):
+            scheduler.observe_handle_seconds(handle)
+        assert scheduler.batch_size() == 32
+    for _ in range(60):
+        scheduler.observe_handle_seconds(0.002 / 10)  # ideal 10: below half of 32
+    assert scheduler.batch_size() == 8
+    for _ in range(60):
+        scheduler.observe_handle_seconds(0.002 / 300)  # capped by max_batch
+    assert scheduler.batch_size() == 64
+    for _ in range(60):
+        scheduler.observe_handle_seconds(0.0015)  # longer than half the target: no batching
+    assert scheduler.batch_size() == 1
+    assert scheduler.agent("a").slots == 1
+
+
 def test_affinity_pins_a_key_to_one_agent_and_others_do_not_wait_behind_it():
     scheduler = PoolScheduler("p")
     scheduler.add_agent("a")
