@@ -23,11 +23,11 @@ from typing import Any
 import ray
 
 from hive_ray._agent import Agent, AgentContext, current_task_id
+from hive_ray._gc_pauses import GcPauses
 from hive_ray._registry import materialize
 from hive_ray._results import unwrap
 from hive_ray._runtime._channel import serve_host
 from hive_ray._task import Envelope, Outcome, Task
-from hive_ray._gc_pauses import GcPauses
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
 logger = logging.getLogger("hive_ray.host")
