@@ -65,7 +65,11 @@ class PoolScheduler:
         self.target_batch_seconds = target_batch_seconds
         self._clock = clock
         self._queue: PriorityTaskQueue[TaskEntry] = PriorityTaskQueue()
+        # Tasks parked behind their affinity agent, by agent; only non-empty queues are kept,
+        # and _parked counts their tasks, so that neither a submission (which checks the
+        # queue bound) nor a dispatch walks every agent that ever had parked work.
         self._affinity_queues: dict[str, PriorityTaskQueue[TaskEntry]] = {}
+        self._parked = 0
         self._bindings: OrderedDict[str, str] = OrderedDict()
         self._agents: dict[str, AgentSlots] = {}
         self._free = FreeAgents()
@@ -86,6 +90,7 @@ class PoolScheduler:
         self._free.remove_agent(agent_id)
         pinned = self._affinity_queues.pop(agent_id, None)
         if pinned is not None:
+            self._parked -= len(pinned)
             while len(pinned):
                 entry, sequence = pinned.pop()
                 entry.parked_on = None
@@ -108,9 +113,7 @@ class PoolScheduler:
 
     # -- tasks ----------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._queue) + sum(len(q) for q in self._affinity_queues.values()) + len(
-            self._delayed
-        )
+        return len(self._queue) + self._parked + len(self._delayed)
 
     def enqueue(self, entry: TaskEntry) -> None:
         """Queue a newly accepted task, or raise :class:`OverloadedError` when full."""
@@ -143,9 +146,14 @@ class PoolScheduler:
         if not entry.queued:
             return False
         if entry.parked_on is not None:
-            pinned = self._affinity_queues.get(entry.parked_on)
-            entry.parked_on = None
-            return pinned.discard(entry) if pinned is not None else False
+            agent_id, entry.parked_on = entry.parked_on, None
+            pinned = self._affinity_queues.get(agent_id)
+            if pinned is None or not pinned.discard(entry):
+                return False
+            self._parked -= 1
+            if not len(pinned):
+                del self._affinity_queues[agent_id]
+            return True
         return self._queue.discard(entry)
 
     def release(self, agent_id: str, count: int = 1) -> None:
@@ -198,18 +206,22 @@ class PoolScheduler:
         queue = self._queue
         pinned_queues = self._affinity_queues
         while len(free):
-            source = queue
+            source, source_agent = queue, None
             best = queue.peek_key()
             if pinned_queues:
                 for agent_id, pinned in pinned_queues.items():
-                    if len(pinned) and self._agents[agent_id].free > 0:
+                    if self._agents[agent_id].free > 0:
                         key = pinned.peek_key()
                         if key is not None and (best is None or key < best):
-                            best, source = key, pinned
+                            best, source, source_agent = key, pinned, agent_id
             if best is None:
                 break
             entry, sequence = source.pop()
             entry.parked_on = None
+            if source_agent is not None:
+                self._parked -= 1
+                if not len(source):
+                    del pinned_queues[source_agent]
             target = self._target_for(entry, free, sequence)
             if target is None:
                 continue  # parked on its affinity agent's queue
@@ -241,6 +253,7 @@ class PoolScheduler:
                 return owner
             pinned = self._affinity_queues.setdefault(owner.agent_id, PriorityTaskQueue())
             pinned.push(entry, sequence=sequence)
+            self._parked += 1
             entry.parked_on = owner.agent_id
             return None
         chosen = self.policy.choose(free, key)

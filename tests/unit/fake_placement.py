@@ -27,10 +27,14 @@ class FakePlacement:
         self.cancelled: list[str] = []
         self.batches: list[tuple[str, list[str]]] = []
         self.requested: list[dict[str, float]] | None = None
+        self.report_hosts = False  # health_targets lists one host per agent when set
+        self.pool_of: dict[str, str] = {}
+        self.health_pings: list[tuple[float, str]] = []  # (loop time, host key)
 
     async def activate(self, spec: Any, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
         self.active.update(agent_ids)
         self.activations += len(agent_ids)
+        self.pool_of.update((agent_id, spec.pool) for agent_id in agent_ids)
         return {agent_id: {"node_id": "node-1", "pid": 1000 + len(self.active)} for agent_id in agent_ids}
 
     async def run_batch(self, agent_id: str, envelopes: list[Any]) -> list[Outcome]:
@@ -57,10 +61,13 @@ class FakePlacement:
         self.cancelled.append(task_id)
 
     async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
+        self.health_pings.append((asyncio.get_running_loop().time(), host_key))
         return {}
 
     def health_targets(self) -> list[tuple[str, str, list[str]]]:
-        return []
+        if not self.report_hosts:
+            return []
+        return [(self.pool_of[agent_id], f"host-{agent_id}", [agent_id]) for agent_id in sorted(self.active)]
 
     def siblings(self, agent_id: str) -> list[str]:
         return [agent_id]

@@ -1,6 +1,7 @@
 """Supervision, retries, dead letters and journal recovery, against a fake placement."""
 
 import asyncio
+import itertools
 import sqlite3
 
 import pytest
@@ -134,4 +135,21 @@ def test_finished_tasks_are_pruned_from_the_journal(tmp_path):
         assert removed == 500
         count = sqlite3.connect(orch._journal.path).execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
         assert count == 1000
+    asyncio.run(scenario())
+
+
+def test_health_pings_are_spread_over_the_interval_not_sent_in_one_burst(tmp_path):
+    async def scenario():
+        placement = FakePlacement()
+        placement.report_hosts = True
+        orch = orchestrator(tmp_path, placement, journal=False, health_check_interval_seconds=0.4)
+        await make_pool(orch, {**POOL, "count": 4})
+        for _ in range(500):  # two rounds of four hosts
+            await asyncio.sleep(0.01)
+            if len(placement.health_pings) >= 8:
+                break
+        times = [at for at, _ in placement.health_pings[:8]]
+        # asyncio.sleep never returns early: each ping waits a quarter of the interval.
+        assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= 0.09
+        assert sorted(key for _, key in placement.health_pings[:4]) == [f"host-p-{i}" for i in range(4)]
     asyncio.run(scenario())

@@ -105,8 +105,10 @@ def test_affinity_pins_a_key_to_one_agent_and_others_do_not_wait_behind_it():
     scheduler.enqueue(entry("free"))
     # k2 must wait for its owner; 'free' goes to the other agent meanwhile.
     assert flat(scheduler.assign()) == {other: ["free"]}
+    assert len(scheduler) == 1  # k2, parked behind its owner
     scheduler.release(owner)
     assert flat(scheduler.assign()) == {owner: ["k2"]}
+    assert len(scheduler) == 0 and scheduler._affinity_queues == {}  # no empty queue kept
 
 
 def test_cancelled_pinned_task_is_not_dispatched():
@@ -117,7 +119,9 @@ def test_cancelled_pinned_task_is_not_dispatched():
     pinned = entry("k2", affinity="x")
     scheduler.enqueue(pinned)
     assert scheduler.assign() == []
+    assert len(scheduler) == 1
     assert scheduler.discard(pinned)
+    assert not scheduler.discard(pinned)
     scheduler.release("a")
     assert scheduler.assign() == []
     assert len(scheduler) == 0
@@ -131,8 +135,10 @@ def test_removed_agent_gives_back_its_pinned_tasks():
     scheduler.enqueue(entry("k2", affinity="x"))
     scheduler.assign()
     scheduler.remove_agent("a")
+    assert len(scheduler) == 1
     scheduler.add_agent("b")
     assert flat(scheduler.assign()) == {"b": ["k2"]}
+    assert len(scheduler) == 0
 
 
 def test_full_queue_fails_fast_with_a_retry_hint():
