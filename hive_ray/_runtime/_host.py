@@ -11,7 +11,6 @@ group so that no handler can starve them.
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import ray
 
 from hive_ray._agent import Agent, AgentContext, current_task_id
-from hive_ray._gc_pauses import GcPauses
+from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import materialize
 from hive_ray._results import unwrap
 from hive_ray._runtime._channel import serve_host
@@ -95,7 +94,7 @@ class AgentHost:
         self._activations = 0
         self._tracer: Any = None  # hive_ray._tracing.Tracer when the orchestrator traces
         self._tracing_asked = False
-        self._gc_pauses = GcPauses().install()
+        self._gc_pauses = gc_pauses()
 
     # -- lifecycle --------------------------------------------------------------
     async def activate(self, agent_ids: list[str],
@@ -126,7 +125,7 @@ class AgentHost:
         # The agents just built live as long as the host: keep them out of the garbage
         # collector's full passes, whose pauses otherwise grow with the number of agents
         # and show up in the tail latency of a host with a thousand of them.
-        gc.freeze()
+        freeze_long_lived()
         return self.where()
 
     async def _create(self, agent_id: str) -> _Resident:

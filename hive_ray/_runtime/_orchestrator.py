@@ -17,7 +17,6 @@ The class runs without Ray in unit tests: give it a fake ``placement``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import heapq
 import itertools
 import logging
@@ -37,6 +36,7 @@ from hive_ray._errors import (
     TaskNotFoundError,
     UnknownPoolError,
 )
+from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import AgentTypeInfo, describe
 from hive_ray._results import PENDING
 from hive_ray._runtime._contracts import AgentLost, PoolPlacementSpec
@@ -97,21 +97,6 @@ class Pool:
         return "degraded" if self.supervisor.degraded else "ok"
 
 
-def _freeze_long_lived() -> None:
-    """Keep what exists now out of the garbage collector's full passes.
-
-    Called after start-up and after agents are activated: Ray's and our modules,
-    the journal, and the records of every agent live about as long as the
-    process, yet a full pass walks them all and stops every task meanwhile
-    (measured on 2 cores: 38 ms over 94,000 objects after start-up, 55 ms with
-    6,900 agents), a spike in the latency tail each time. A young-generation
-    pass first, so that fresh cyclic garbage is collected rather than frozen;
-    frozen objects are still freed by reference counting when they are dropped.
-    """
-    gc.collect(1)
-    gc.freeze()
-
-
 class Orchestrator(TaskViews):
     """Owns pools of agents and every task's record; see the module docstring."""
 
@@ -150,9 +135,7 @@ class Orchestrator(TaskViews):
         self._tracer: Any = None  # hive_ray._tracing.Tracer when settings.tracing is on
         self._analyzer: Any = None
         self._last_demand: list[dict[str, float]] | None = None
-        from hive_ray._gc_pauses import GcPauses
-
-        self._gc_pauses = GcPauses().install()
+        self._gc_pauses = gc_pauses()
 
     # ------------------------------------------------------------------ start-up
     async def _ensure_started(self) -> None:
@@ -178,7 +161,7 @@ class Orchestrator(TaskViews):
             await self._recover()
             self._spawn_background(self._prune_loop())
         self._recovery_seconds = time.monotonic() - began
-        _freeze_long_lived()
+        freeze_long_lived()
 
     def _open_journal(self) -> Any:
         if not self.settings.journal:
@@ -429,7 +412,7 @@ class Orchestrator(TaskViews):
             ) from None
         for agent_id in agent_ids:
             self._mark_ready(pool, agent_id, where.get(agent_id, {}))
-        _freeze_long_lived()
+        freeze_long_lived()
         self._pump(pool)
 
     def _demand(self) -> list[dict[str, float]]:
@@ -840,7 +823,7 @@ class Orchestrator(TaskViews):
         for record in failed:
             record.restarts += 1
             self._mark_ready(pool, record.agent_id, where.get(record.agent_id, {}))
-        _freeze_long_lived()
+        freeze_long_lived()
         self._pump(pool)
 
     async def _health_loop(self) -> None:
