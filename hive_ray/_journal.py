@@ -422,10 +422,9 @@ class Journal:
             if max_finished == 0:
                 cutoff = (float("inf"), 0)
             else:
-                with self._side_lock:
-                    row = self._side_connection().execute(
-                        "SELECT created_at, rowid FROM tasks WHERE finished = 1 "
-                        "ORDER BY created_at DESC, rowid DESC LIMIT 1 OFFSET ?", (max_finished - 1,)).fetchone()
+                row = self._side_row("SELECT created_at, rowid FROM tasks WHERE finished = 1 "
+                                     "ORDER BY created_at DESC, rowid DESC LIMIT 1 OFFSET ?",
+                                     (max_finished - 1,))
                 if row is not None:  # the oldest entry kept
                     cutoff = tuple(row) if cutoff is None else max(cutoff, tuple(row))
         if cutoff is None:
@@ -477,26 +476,26 @@ class Journal:
             JournalError: the journal is closed or SQLite refused.
         """
         started = time.perf_counter()
-        try:
-            with self._side_lock:
-                busy, log_pages, copied = self._side_connection().execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as error:
-            raise JournalError(
-                f"could not checkpoint the task journal {str(self._path)!r}: {error}; "
-                f"check free disk space and permissions",
-                path=str(self._path),
-            ) from error
+        _busy, log_pages, copied = self._side_row("PRAGMA wal_checkpoint(PASSIVE)", doing="checkpoint")
         self._last_checkpoint_seconds = time.perf_counter() - started
         self._checkpoints += 1
         return max(0, log_pages - copied)
 
-    def _side_connection(self) -> sqlite3.Connection:
-        self._require_open()
-        if self._side is None:
-            self._side = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None,
-                                         timeout=30.0)
-        return self._side
+    def _side_row(self, sql: str, parameters: tuple = (), *, doing: str = "read") -> tuple | None:
+        """One row from the second connection, which never waits for the writer's lock."""
+        with self._side_lock:
+            try:
+                if self._side is None:
+                    self._require_open()
+                    self._side = sqlite3.connect(self._path, check_same_thread=False,
+                                                 isolation_level=None, timeout=30.0)
+                return self._side.execute(sql, parameters).fetchone()
+            except sqlite3.Error as error:
+                raise JournalError(
+                    f"could not {doing} the task journal {str(self._path)!r}: {error}; "
+                    f"check free disk space and permissions",
+                    path=str(self._path),
+                ) from error
 
     def statistics(self) -> JournalStatistics:
         """Return a snapshot of sizes and counters.
@@ -504,13 +503,8 @@ class Journal:
         It counts the tasks table on the second connection, so a large journal
         does not hold up commits meanwhile (call it from a worker thread).
         """
-        with self._side_lock:
-            try:
-                entries, unfinished = self._side_connection().execute(
-                    "SELECT COUNT(*), COALESCE(SUM(finished = 0), 0) FROM tasks").fetchone()
-            except sqlite3.Error as error:
-                raise JournalError(f"could not read the task journal {str(self._path)!r}: {error}",
-                                   path=str(self._path)) from error
+        entries, unfinished = self._side_row(
+            "SELECT COUNT(*), COALESCE(SUM(finished = 0), 0) FROM tasks")
         file_bytes = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
