@@ -472,6 +472,24 @@ async def host_tracer(orchestrator: Any) -> Tracer | None:
 
 
 # ---------------------------------------------------------------------- the client's root spans
+class _RootScope:
+    """For one client call: its root span is current, records what the call raised, and ends."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> None:
+        self.token = _client_span.set(self.span)
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        if error is not None:
+            self.span.record_exception(error)
+        _client_span.reset(self.token)
+        self.span.end()
+
+
 def traced_call(operation: str) -> Callable[[Any], Any]:
     """Decorate a :class:`hive_ray.Hive` method: its call is a trace's root span when sampled.
 
@@ -487,15 +505,8 @@ def traced_call(operation: str) -> Callable[[Any], Any]:
                 span = _client_root(self.settings, operation)
                 if span is None:
                     return await method(self, *args, **kwargs)
-                token = _client_span.set(span)
-                try:
+                with _RootScope(span):
                     return await method(self, *args, **kwargs)
-                except BaseException as error:
-                    span.record_exception(error)
-                    raise
-                finally:
-                    _client_span.reset(token)
-                    span.end()
 
             return traced_async
 
@@ -504,15 +515,8 @@ def traced_call(operation: str) -> Callable[[Any], Any]:
             span = _client_root(self.settings, operation)
             if span is None:
                 return method(self, *args, **kwargs)
-            token = _client_span.set(span)
-            try:
+            with _RootScope(span):
                 return method(self, *args, **kwargs)
-            except BaseException as error:
-                span.record_exception(error)
-                raise
-            finally:
-                _client_span.reset(token)
-                span.end()
 
         return traced
 
