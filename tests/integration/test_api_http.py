@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -269,17 +269,15 @@ def test_pool_reads_are_cached_and_invalidated_by_changes(admin_client: httpx.Cl
     assert unique_name not in [p["name"] for p in admin_client.get("/v1/pools").json()]
 
 
-def test_only_finished_tasks_are_served_from_the_cache(admin_client: httpx.Client, unique_name: str) -> None:
+def test_only_finished_tasks_are_served_from_the_cache(admin_client: httpx.Client, unique_name: str,
+                                                       wait_until: Callable[..., bool]) -> None:
     admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})
     task_id = admin_client.post("/v1/tasks", json={"pool": unique_name, "payload": {"seconds": 0.5}}).json()["task_id"]
     running = [admin_client.get(f"/v1/tasks/{task_id}") for _ in range(2)]
     assert [r.headers["x-cache"] for r in running] == ["miss", "miss"]
     assert running[-1].json()["state"] in ("queued", "running")
     admin_client.post("/v1/tasks", params={"wait": 5}, json={"pool": unique_name, "payload": {"seconds": 0}})
-    deadline = time.monotonic() + 10
-    while admin_client.get(f"/v1/tasks/{task_id}").json()["state"] != "succeeded":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert wait_until(lambda: admin_client.get(f"/v1/tasks/{task_id}").json()["state"] == "succeeded", 10)
     cached = admin_client.get(f"/v1/tasks/{task_id}")
     assert cached.headers["x-cache"] == "hit" and cached.json()["state"] == "succeeded"
     admin_client.delete(f"/v1/pools/{unique_name}")

@@ -176,10 +176,10 @@ def test_pool_reads_are_refreshed_in_the_background_before_they_expire() -> None
         now[0] = 0.7  # past half its life: answered from the cache, one fetch starts
         assert await service.pools_json() == (b"[1]", True)
         assert await service.pools_json() == (b"[1]", True)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the refresh task starts and calls
         assert calls == ["pools", "pools"]  # one refresh, not one per request
         release.set()
-        await asyncio.sleep(0.01)
+        await asyncio.gather(*service._background)  # the refresh has stored its answer
         now[0] = 1.2  # the first answer's expiry: the refreshed one is served, no wait
         assert await service.pools_json() == (b"[2]", True)
         service.close()
