@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import HiveConnectionError, HiveError
+from hive_ray._operations import DATA_PLANE_OPERATIONS, RETRYABLE_OPERATIONS
 from hive_ray._results import unwrap
 from hive_ray._tracing import inject_client_context, traced_call
 
@@ -38,14 +39,10 @@ logger = logging.getLogger("hive_ray.client")
 #: File in the state directory where ``hive up`` records the cluster it started.
 CLUSTER_FILE = "cluster.json"
 
-#: Calls that go over the data plane when it is open (the rest are Ray calls).
-_CHANNEL_METHODS = frozenset({"run", "run_many", "submit", "submit_many", "wait", "wait_many", "task", "tasks",
-                              "cancel", "events", "health", "statistics", "pools", "pool",
-                              "dead_letters", "resubmit", "hosts", "restart_events"})
-#: Calls that are safe to send again after the stream broke.
-_RETRYABLE_METHODS = frozenset({"wait", "wait_many", "task", "tasks", "events", "health",
-                                "statistics", "pools", "pool", "dead_letters", "restart_events",
-                                "hosts"})
+#: Calls that go over the data plane when it is open (the rest are Ray calls), and calls
+#: that are safe to send again after the stream broke: see hive_ray/_operations.py.
+_CHANNEL_METHODS = DATA_PLANE_OPERATIONS
+_RETRYABLE_METHODS = RETRYABLE_OPERATIONS
 
 
 #: How long reads keep retrying while the orchestrator restarts.

@@ -1,7 +1,9 @@
-"""The orchestrator's read side: waiting for results, task records, events, dead letters.
+"""The task store: every task's record, its ending, retention, waiters, events and dead letters.
 
-A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`, kept apart
-so that the write side (accepting, dispatching, supervising) reads on its own.
+A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. Records
+live in ``_tasks`` until retention drops them (finished ones are then read
+from the journal); :meth:`TaskStore._end` is the one place a task ends: it
+counts, journals, emits the event and wakes whoever waits for the answer.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import TaskNotFoundError
 from hive_ray._results import PENDING
-from hive_ray._task import TaskEntry, TaskState
+from hive_ray._task import TaskEntry, TaskState, check_transition
 
 if TYPE_CHECKING:
     from hive_ray._runtime._durability import TaskJournal
+    from hive_ray._settings import Settings
+
+#: Dead-lettered task ids remembered in memory (the records themselves follow retention).
+DEAD_LETTER_LIMIT = 10_000
 
 #: How long a ``wait(expected=True)`` for a not-yet-known task id waits for its submit.
 EARLY_WAIT_GRACE_SECONDS = 30.0
 
 
-class TaskViews:
-    """Waiting, queries and event streams over the orchestrator's task records."""
+class TaskStore:
+    """Task records, endings, retention, waiting, queries and event streams."""
 
     _tasks: dict[str, TaskEntry]
     _waiters: dict[str, list[asyncio.Future[Any]]]
@@ -33,6 +39,52 @@ class TaskViews:
     _event_signal: asyncio.Event | None
     _dead_letters: OrderedDict[str, None]
     _journal: TaskJournal | None
+    _finished: OrderedDict[str, None]
+    _idempotency: dict[tuple[str, str], str]
+    _counters: dict[str, int]
+    _pools: dict[str, Any]
+    settings: Settings
+
+    # ------------------------------------------------------------------ endings
+    def _end(self, entry: TaskEntry, state: TaskState, *, result: Any = None,
+             error: dict[str, Any] | None = None, dead_letter: bool = False) -> None:
+        check_transition(entry.state, state)
+        entry.state, entry.finished_at = state, time.time()
+        entry.result, entry.error = result, error
+        pool = self._pools.get(entry.pool)
+        if pool is not None:
+            if state == TaskState.SUCCEEDED:
+                pool.succeeded += 1
+            elif state == TaskState.FAILED:
+                pool.failed += 1
+        self._counters[state.value] += 1
+        if dead_letter:
+            self._counters["dead_lettered"] += 1
+            self._dead_letters[entry.task_id] = None
+            if len(self._dead_letters) > DEAD_LETTER_LIMIT:
+                self._dead_letters.popitem(last=False)
+            entry.metadata = {**entry.metadata, "dead_letter": "true"}
+        if self._journal is not None:
+            self._journal.record(entry)
+        self._emit(entry, state.value)
+        self._resolve_waiters(entry)
+        self._retain(entry.task_id)
+
+    def _retain(self, task_id: str) -> None:
+        finished = self._finished
+        finished[task_id] = None
+        limit = self.settings.finished_retention_count
+        horizon = time.time() - self.settings.finished_retention_seconds
+        while finished:
+            oldest_id = next(iter(finished))
+            oldest = self._tasks.get(oldest_id)
+            if len(finished) > limit or oldest is None or (oldest.finished_at or 0) < horizon:
+                finished.popitem(last=False)
+                gone = self._tasks.pop(oldest_id, None)
+                if gone is not None and gone.idempotency_key is not None:
+                    self._idempotency.pop((gone.pool, gone.idempotency_key), None)
+            else:
+                break
 
     # ------------------------------------------------------------------ waiting
     async def wait(self, task_id: str, timeout: float | None = None,

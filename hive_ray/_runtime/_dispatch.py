@@ -1,0 +1,386 @@
+"""Accepting tasks and dispatching them to agents; timeouts and cancellation.
+
+A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. A task is
+routed to a pool (:meth:`Dispatch._route`), checked against the pool's queue
+bound, recorded in the task store and the journal (:meth:`Dispatch._accept`),
+then handed to agents in batches by :meth:`Dispatch._pump`. Outcomes come back
+through :meth:`Dispatch._dispatch` and are settled exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from hive_ray._errors import ConfigurationError, HiveError, NoRouteError
+from hive_ray._results import PENDING
+from hive_ray._runtime._contracts import AgentLost
+from hive_ray._settings import Settings
+from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition
+
+if TYPE_CHECKING:
+    from hive_ray._runtime._pools import Pool
+
+logger = logging.getLogger("hive_ray.orchestrator")
+
+
+class Dispatch:
+    """Accept, route, dispatch and settle tasks."""
+
+    # State this part reads or writes, owned as documented in _orchestrator.py.
+    settings: Settings
+    _placement: Any
+    _journal: Any
+    _pools: dict[str, Pool]
+    _tasks: dict[str, TaskEntry]
+    _rng: random.Random
+    _counters: dict[str, int]
+    _wakeup: asyncio.Event | None
+    _tracer: Any
+    _deadlines: list[tuple[float, int, str]]
+    _deadline_sequence: itertools.count
+    _waiters: dict[str, list[asyncio.Future[Any]]]
+    _idempotency: dict[tuple[str, str], str]
+    _dead_letters: OrderedDict[str, None]
+
+    async def run(self, template: dict[str, Any], payload: Any = None, timeout: float | None = None,
+                  task_id: str | None = None) -> tuple[str, tuple[str, Any, Any]]:
+        """Accept one task and answer once it ended: one call instead of submit + wait.
+
+        Returns ``(task_id, (state, result, error))``; the state is ``pending`` if
+        ``timeout`` ran out first (the task keeps running).
+        """
+        ids, answers = await self.run_many(template, [payload], timeout, [task_id] if task_id else None)
+        return ids[0], answers[0]
+
+    async def run_many(self, template: dict[str, Any], payloads: list[Any], timeout: float | None = None,
+                       task_ids: list[str] | None = None) -> tuple[list[str], list[tuple[str, Any, Any]]]:
+        """Accept a batch and answer once every task in it ended: what ``map`` sends per chunk.
+
+        The waits are registered as the tasks are accepted, so no answer is ever
+        looked up after the task has left the in-memory retention.
+        """
+        await self._ensure_started()
+        ids, fresh = self._accept_or_fail(template, payloads, task_ids)
+        # Wait registration happens before anything can yield, so that no task can end
+        # (and leave the in-memory retention) before its waiter exists.
+        loop = asyncio.get_running_loop()
+        futures = []
+        for task_id in ids:
+            entry = self._tasks.get(task_id)
+            if entry is not None and entry.state.terminal:
+                future = loop.create_future()
+                future.set_result((entry.state.value, entry.result, entry.error))
+            else:
+                future = loop.create_future()
+                self._waiters.setdefault(task_id, []).append(future)
+            futures.append(future)
+        if fresh and self._journal is not None:
+            await self._journal.durable()
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*futures), timeout) if timeout else await asyncio.gather(*futures)
+        except asyncio.TimeoutError:
+            done = [f.result() if f.done() and not f.cancelled() else (PENDING, None, None) for f in futures]
+        finally:
+            for task_id, future in zip(ids, futures, strict=True):
+                waiters = self._waiters.get(task_id)
+                if waiters is not None and future in waiters:
+                    waiters.remove(future)
+                    if not waiters:
+                        del self._waiters[task_id]
+        return ids, list(done)
+
+    async def submit(self, template: dict[str, Any], payload: Any = None,
+                     task_id: str | None = None) -> dict[str, Any]:
+        """Accept one task; returns ``{"task_id", "state", "pool"}``."""
+        [task_id] = await self.submit_many(template, [payload], [task_id] if task_id else None)
+        entry = self._tasks.get(task_id) or self._entry(task_id)
+        return {"task_id": task_id, "state": entry.state.value, "pool": entry.pool}
+
+    async def submit_many(self, template: dict[str, Any], payloads: list[Any],
+                          task_ids: list[str] | None = None) -> list[str]:
+        """Accept tasks that share everything but their payload; durable when this returns."""
+        await self._ensure_started()
+        ids, fresh = self._accept_or_fail(template, payloads, task_ids)
+        if fresh and self._journal is not None:
+            await self._journal.durable()
+        return ids
+
+    def _accept_or_fail(self, template: dict[str, Any], payloads: list[Any],
+                        task_ids: list[str] | None) -> tuple[list[str], bool]:
+        try:
+            return self._accept(template, payloads, task_ids)
+        except HiveError as error:
+            for task_id in task_ids or ():
+                for waiter in self._waiters.pop(task_id, ()):
+                    if not waiter.done():
+                        waiter.set_exception(error)
+            raise
+
+    def _accept(self, template: dict[str, Any], payloads: list[Any],
+                task_ids: list[str] | None) -> tuple[list[str], bool]:
+        pool = self._route(template)
+        key = template.get("idempotency_key")
+        if key is not None and len(payloads) == 1:
+            existing = self._idempotency.get((pool.name, key))
+            if existing is None and self._journal is not None:
+                existing = self._journal.find_idempotent(pool.name, key)
+            if existing is not None:
+                return [existing], False
+        pool.scheduler.check_room(len(payloads))
+        now = time.time()
+        ids = task_ids or [uuid.uuid4().hex for _ in payloads]
+        if len(ids) != len(payloads):
+            raise ConfigurationError("submit_many needs one task id per payload when ids are given")
+        priority = int(template.get("priority") or 0)
+        timeout = template.get("timeout")
+        metadata = dict(template.get("metadata") or {})
+        max_attempts = template.get("max_attempts") or pool.retry.max_attempts
+        affinity = template.get("affinity_key")
+        trace_context = template.get("trace_context")
+        agent_type = pool.spec["agent_type"]
+        tasks, enqueue, journal = self._tasks, pool.scheduler.enqueue, self._journal
+        for task_id, payload in zip(ids, payloads, strict=True):
+            if task_id in tasks:
+                raise ConfigurationError(f"task id {task_id!r} is already in use; let hive-ray choose ids")
+            entry = TaskEntry(task_id=task_id, pool=pool.name, agent_type=agent_type, payload=payload,
+                              priority=priority, timeout=timeout, affinity_key=affinity,
+                              idempotency_key=key, metadata=metadata, max_attempts=max_attempts,
+                              trace_context=trace_context, created_at=now)
+            tasks[task_id] = entry
+            enqueue(entry)
+            if journal is not None:
+                journal.record(entry)
+            if timeout is not None:
+                heapq.heappush(self._deadlines, (now + timeout, next(self._deadline_sequence), task_id))
+            self._emit(entry, "queued")
+        if key is not None:
+            self._idempotency[(pool.name, key)] = ids[0]
+        if timeout is not None and self._wakeup is not None:
+            self._wakeup.set()
+        self._counters["submitted"] += len(ids)
+        self._signal_events()
+        # Dispatch right after this call has answered, not before.
+        asyncio.get_running_loop().call_soon(self._pump, pool)
+        return ids, True
+
+    def _route(self, template: dict[str, Any]) -> Pool:
+        if template.get("pool"):
+            return self._pool(template["pool"])
+        agent_type, capability = template.get("agent_type"), template.get("capability")
+        if agent_type:
+            candidates = [p for p in self._pools.values() if p.spec["agent_type"] == agent_type]
+            if not candidates:
+                running = sorted({p.spec["agent_type"] for p in self._pools.values()})
+                raise NoRouteError(
+                    f"no pool runs agent type {agent_type!r}; running types: {', '.join(running) or '(none)'}. "
+                    f"Spawn one first: hive.spawn({agent_type!r}) or `hive spawn {agent_type}`."
+                )
+        elif capability:
+            candidates = [p for p in self._pools.values() if capability in p.info.capabilities]
+            if not candidates:
+                offered = sorted({c for p in self._pools.values() for c in p.info.capabilities})
+                raise NoRouteError(
+                    f"no pool offers capability {capability!r}; offered: {', '.join(offered) or '(none)'}"
+                )
+        else:
+            raise ConfigurationError("a task needs one of agent_type, capability or pool")
+        if len(candidates) == 1:
+            return candidates[0]
+        # Several pools qualify: the one with the least work per agent.
+        return min(candidates, key=lambda p: (len(p.scheduler) + p.scheduler.statistics().inflight)
+                   / max(1, len(p.agents)))
+
+    async def resubmit(self, task_id: str) -> dict[str, Any]:
+        """Submit a dead-lettered (or any ended) task again, as a new task."""
+        entry = self._entry(task_id)
+        template = {"pool": entry.pool, "priority": entry.priority, "timeout": entry.timeout,
+                    "affinity_key": entry.affinity_key, "max_attempts": entry.max_attempts,
+                    "metadata": {**entry.metadata, "resubmitted_from": task_id}}
+        accepted = await self.submit(template, entry.payload)
+        self._dead_letters.pop(task_id, None)
+        return accepted
+
+    def _pump(self, pool: Pool) -> None:
+        if self._pools.get(pool.name) is not pool:
+            return
+        for agent_id, entries in pool.scheduler.assign():
+            record = pool.agents.get(agent_id)
+            now = time.time()
+            envelopes = []
+            # Sampled tasks get queue spans and the context of their batch's dispatch span.
+            traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
+            for entry in entries:
+                check_transition(entry.state, TaskState.RUNNING)
+                entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
+                entry.attempts += 1
+                pool.queue_waits.append(now - entry.created_at)
+                if record is not None:
+                    record.inflight.add(entry.task_id)
+                envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
+                                          attempt=entry.attempts, deadline=entry.deadline(),
+                                          metadata=entry.metadata,
+                                          trace_context=entry.trace_context if traced is None
+                                          else traced.get(id(entry.trace_context))))
+                self._emit(entry, "running", agent_id=agent_id)
+            self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes))
+        next_retry = pool.scheduler.next_retry_at()
+        if next_retry is not None and self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _dispatch(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
+                        envelopes: list[Envelope]) -> None:
+        try:
+            outcomes = await self._placement.run_batch(agent_id, envelopes)
+        except AgentLost as lost:
+            if self._tracer is not None:
+                self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
+            self._release_batch(pool, agent_id, entries)
+            for entry in entries:
+                if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
+                    self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
+            await self._on_host_failed(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. a result that cannot be pickled
+            logger.exception("batch on %s failed", agent_id)
+            outcomes = [Outcome(task_id=e.task_id, status="error",
+                                error={"type": type(error).__name__, "message": str(error)[:2000]})
+                        for e in envelopes]
+        if self._tracer is not None:
+            self._tracer.end_dispatch(envelopes)
+        record = pool.agents.get(agent_id)
+        by_id = {entry.task_id: entry for entry in entries}
+        for outcome in outcomes:
+            entry = by_id.get(outcome.task_id)
+            if entry is None:
+                continue
+            if record is not None:
+                record.inflight.discard(entry.task_id)
+                record.tasks_done += 1
+            if outcome.finished_at:
+                pool.scheduler.observe_handle_seconds(max(0.0, outcome.finished_at - outcome.started_at))
+            if entry.state != TaskState.RUNNING or entry.agent_id != agent_id:
+                # It already ended (cancelled, timed out) or was delivered again elsewhere.
+                self._counters["late_results"] += 1
+                if outcome.status == "ok" and entry.state == TaskState.SUCCEEDED:
+                    self._counters["duplicate_executions"] += 1
+                continue
+            self._settle(pool, entry, outcome)
+        pool.scheduler.release(agent_id, len(entries))
+        self._signal_events()
+        self._pump(pool)
+
+    def _settle(self, pool: Pool, entry: TaskEntry, outcome: Outcome) -> None:
+        if outcome.status == "ok":
+            self._end(entry, TaskState.SUCCEEDED, result=outcome.value)
+        elif outcome.status == "cancelled":
+            self._end(entry, TaskState.CANCELLED)
+        elif outcome.status == "timed_out":
+            self._end(entry, TaskState.TIMED_OUT, error=outcome.error)
+        elif outcome.status == "lost":
+            self._redeliver(pool, entry, "agent not active on its host")
+        else:
+            error = outcome.error or {}
+            retry_exceptions = pool.spec["retry"]["retry_exceptions"]
+            decision = pool.retry.decide(entry.attempts, str(error.get("type", "")), self._rng)
+            if retry_exceptions and decision.retry and entry.attempts < (entry.max_attempts or 1):
+                entry.error = error
+                self._counters["retried"] += 1
+                self._requeue(pool, entry, decision.delay_seconds, f"retry after {error.get('type')}")
+            else:
+                self._end(entry, TaskState.FAILED, error=error,
+                          dead_letter=retry_exceptions and entry.attempts >= (entry.max_attempts or 1))
+
+    def _release_batch(self, pool: Pool, agent_id: str, entries: list[TaskEntry]) -> None:
+        record = pool.agents.get(agent_id)
+        for entry in entries:
+            if record is not None:
+                record.inflight.discard(entry.task_id)
+        pool.scheduler.release(agent_id, len(entries))
+
+    def _redeliver(self, pool: Pool, entry: TaskEntry, reason: str, *, count_attempt: bool = True) -> None:
+        """A running task's agent went away: queue it again, or dead-letter it."""
+        if not count_attempt:
+            entry.attempts = max(0, entry.attempts - 1)
+        if entry.attempts >= (entry.max_attempts or 1):
+            self._end(entry, TaskState.FAILED, dead_letter=True, error={
+                "type": "AgentLost", "message": f"{reason}; gave up after {entry.attempts} attempt(s)"})
+            return
+        self._counters["redelivered"] += 1
+        delay = pool.retry.decide(entry.attempts, "AgentLost", self._rng).delay_seconds
+        self._requeue(pool, entry, delay, reason)
+
+    def _requeue(self, pool: Pool, entry: TaskEntry, delay: float, reason: str) -> None:
+        check_transition(entry.state, TaskState.QUEUED)
+        entry.state, entry.agent_id = TaskState.QUEUED, None
+        entry.not_before = time.monotonic() + delay
+        pool.scheduler.requeue(entry)
+        self._emit(entry, "queued", message=reason)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel a queued or running task; a task that already ended is left as it is."""
+        await self._ensure_started()
+        entry = self._entry(task_id)
+        if entry.state == TaskState.QUEUED:
+            pool = self._pools.get(entry.pool)
+            if pool is not None:
+                pool.scheduler.discard(entry)
+            self._end(entry, TaskState.CANCELLED)
+        elif entry.state == TaskState.RUNNING:
+            if entry.agent_id is not None:
+                self._placement.cancel(entry.agent_id, task_id)
+            self._end(entry, TaskState.CANCELLED)
+        self._signal_events()
+        return self._record(entry)
+
+    async def _timer_loop(self) -> None:
+        """Ends tasks past their timeout and wakes pools whose retries are due."""
+        assert self._wakeup is not None
+        while True:
+            now = time.time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, _, task_id = heapq.heappop(self._deadlines)
+                entry = self._tasks.get(task_id)
+                if entry is not None and not entry.state.terminal:
+                    self._time_out(entry)
+            retry_times = []
+            for pool in self._pools.values():
+                due = pool.scheduler.next_retry_at()
+                if due is not None:
+                    if due <= time.monotonic():
+                        self._pump(pool)
+                    else:
+                        retry_times.append(due - time.monotonic())
+            delay = min([self._deadlines[0][0] - time.time()] if self._deadlines else [3600.0])
+            delay = min([delay, *retry_times])
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), max(0.001, delay))
+            except asyncio.TimeoutError:
+                pass
+
+    def _time_out(self, entry: TaskEntry) -> None:
+        pool = self._pools.get(entry.pool)
+        agent_id = entry.agent_id if entry.state == TaskState.RUNNING else None
+        if entry.state == TaskState.QUEUED and pool is not None:
+            pool.scheduler.discard(entry)
+        elif agent_id is not None:
+            self._placement.cancel(agent_id, entry.task_id)
+        self._end(entry, TaskState.TIMED_OUT, error={
+            "type": "TaskTimeoutError",
+            "message": f"the task did not finish within its timeout of {entry.timeout} s"})
+        self._signal_events()
+        if agent_id is not None and pool is not None:
+            self._spawn_background(self._check_unresponsive(pool, agent_id, entry.task_id))
+
+
+__all__ = ["Dispatch"]

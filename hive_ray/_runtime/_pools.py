@@ -1,0 +1,375 @@
+"""Pools of agents and their sizes: create, scale, stop, autoscale, and what a pool reports.
+
+A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. A pool
+(:class:`Pool`) owns its scheduler (queue and routing), its supervisor (restart
+decisions) and the records of its agents; this part starts and stops agents
+through placement and keeps the cluster autoscaler told of the total demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hive_ray._autoscale import AutoscalePolicy, PoolAutoscaler
+from hive_ray._errors import ConfigurationError, HiveError, UnknownPoolError
+from hive_ray._gc_pauses import freeze_long_lived
+from hive_ray._registry import AgentTypeInfo, describe
+from hive_ray._runtime._contracts import PoolPlacementSpec
+from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
+from hive_ray._scheduler import PoolScheduler
+from hive_ray._settings import Settings
+from hive_ray._supervision import RetryPolicy
+from hive_ray._task import TaskEntry, TaskState
+
+logger = logging.getLogger("hive_ray.orchestrator")
+
+
+@dataclass(slots=True, kw_only=True)
+class AgentRecord:
+    agent_id: str
+    pool: str
+    state: str = "starting"  # starting | ready | restarting | stopping | failed
+    node_id: str | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    host: str | None = None
+    tasks_done: int = 0
+    restarts: int = 0
+    inflight: set[str] = field(default_factory=set)
+
+
+
+@dataclass(slots=True, kw_only=True)
+class Pool:
+    spec: dict[str, Any]
+    info: AgentTypeInfo
+    scheduler: PoolScheduler
+    supervisor: PoolSupervisor
+    retry: RetryPolicy
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    counter: itertools.count = field(default_factory=itertools.count)
+    succeeded: int = 0
+    failed: int = 0
+    autoscaler: PoolAutoscaler | None = None
+    queue_waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    growing: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def queue_wait_p95(self) -> float | None:
+        if not self.queue_waits:
+            return None
+        ordered = sorted(self.queue_waits)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+    @property
+    def state(self) -> str:
+        return "degraded" if self.supervisor.degraded else "ok"
+
+
+
+class PoolManager:
+    """Pools: creating, sizing, autoscaling and describing them."""
+
+    # State this part reads or writes, owned as documented in _orchestrator.py.
+    settings: Settings
+    _placement: Any
+    _journal: Any
+    _pools: dict[str, Pool]
+    _tasks: dict[str, TaskEntry]
+    _rng: random.Random
+    _counters: dict[str, int]
+    _wakeup: asyncio.Event | None
+    _tracer: Any
+
+    async def create_pool(self, spec: dict[str, Any], reference: str | bytes | None = None,
+                          capabilities: list[str] | None = None, concurrency: int | None = None,
+                          _recovering: bool = False) -> dict[str, Any]:
+        """Create a pool (or add ``count`` agents to an existing one) and wait until ready."""
+        if not _recovering:
+            await self._ensure_started()
+        from hive_ray._models import PoolSpec
+
+        try:
+            validated = PoolSpec(**spec).model_dump()
+        except ValueError as error:
+            raise ConfigurationError(f"invalid pool spec: {error}") from None
+        name = validated["name"]
+        pool = self._pools.get(name)
+        if pool is not None:
+            if pool.spec["agent_type"] != validated["agent_type"]:
+                raise ConfigurationError(
+                    f"pool {name!r} already runs agent type {pool.spec['agent_type']!r}, not "
+                    f"{validated['agent_type']!r}; choose another pool name"
+                )
+            return await self.scale(name, self._live_count(pool) + validated["count"])
+        if reference is None:
+            info = describe(validated["agent_type"])  # raises UnknownAgentTypeError
+        else:
+            info = AgentTypeInfo(name=validated["agent_type"], capabilities=frozenset(capabilities or ()),
+                                 concurrency=concurrency or 1, reference=reference)
+        retry = validated["retry"]
+        pool = Pool(
+            spec=validated, info=info,
+            scheduler=PoolScheduler(name, policy=validated["policy"], max_queue=validated["max_queue"],
+                                    max_batch=self.settings.max_batch,
+                                    target_batch_seconds=self.settings.target_batch_seconds),
+            supervisor=PoolSupervisor(name, restart_policy_from(validated["restart"]), rng=self._rng),
+            retry=RetryPolicy(max_attempts=retry["max_attempts"],
+                              backoff_initial_seconds=retry["backoff_initial_seconds"],
+                              backoff_max_seconds=retry["backoff_max_seconds"],
+                              multiplier=retry["multiplier"], jitter=retry["jitter"],
+                              never_retry=tuple(retry["never_retry"])),
+        )
+        if validated["autoscale"] is not None:
+            pool.autoscaler = PoolAutoscaler(AutoscalePolicy(**validated["autoscale"]))
+            validated["count"] = max(validated["autoscale"]["min_agents"],
+                                     min(validated["autoscale"]["max_agents"], validated["count"]))
+        self._pools[name] = pool
+        self._journal_pool(pool)
+        try:
+            await self._grow(pool, validated["count"])
+        except BaseException:
+            if not pool.agents:
+                self._pools.pop(name, None)
+                if self._journal is not None:
+                    self._journal.forget_pool(name)
+            raise
+        return self._pool_info(pool)
+
+    def _journal_pool(self, pool: Pool) -> None:
+        if self._journal is not None:
+            self._journal.record_pool(pool.name, {
+                "spec": dict(pool.spec), "reference": pool.info.reference,
+                "capabilities": sorted(pool.info.capabilities), "concurrency": pool.info.concurrency})
+
+    @staticmethod
+    def _live_count(pool: Pool) -> int:
+        return sum(1 for a in pool.agents.values() if a.state != "stopping")
+
+    async def scale(self, name: str, count: int) -> dict[str, Any]:
+        """Grow or shrink a pool to ``count`` agents. Busy agents finish their tasks first."""
+        await self._ensure_started()
+        pool = self._pool(name)
+        if count < 0:
+            raise ConfigurationError(f"cannot scale pool {name!r} to {count} agents; use 0 or more")
+        pool.spec["count"] = count
+        self._journal_pool(pool)
+        pool.supervisor.reset()  # an operator's decision clears a degraded state
+        for record in [a for a in pool.agents.values() if a.state == "failed"]:
+            pool.agents.pop(record.agent_id)
+        current = [a for a in pool.agents.values() if a.state != "stopping"]
+        if count > len(current):
+            await self._grow(pool, count)
+        elif count < len(current):
+            leaving = sorted(current, key=lambda a: len(a.inflight))[: len(current) - count]
+            await self._stop_agents(pool, [a.agent_id for a in leaving])
+            await self._request_resources()
+        return self._pool_info(pool)
+
+    async def stop_pool(self, name: str) -> dict[str, Any]:
+        """Stop every agent of a pool and remove it; its unfinished tasks are cancelled."""
+        await self._ensure_started()
+        pool = self._pool(name)
+        for starting in list(pool.growing):
+            starting.cancel()  # agents the cluster could not place yet: give up on them
+        for entry in [e for e in self._tasks.values() if e.pool == name and not e.state.terminal]:
+            pool.scheduler.discard(entry)
+            self._end(entry, TaskState.CANCELLED, error={
+                "type": "PoolStopped", "message": f"pool {name!r} was stopped before the task ended"})
+        await self._stop_agents(pool, list(pool.agents), wait_seconds=0)
+        info = self._pool_info(pool)
+        del self._pools[name]
+        if self._journal is not None:
+            self._journal.forget_pool(name)
+        await self._request_resources()
+        self._signal_events()
+        return info
+
+    async def pools(self) -> list[dict[str, Any]]:
+        await self._ensure_started()
+        return [self._pool_info(pool) for pool in self._pools.values()]
+
+    async def pool(self, name: str) -> dict[str, Any]:
+        await self._ensure_started()
+        return self._pool_info(self._pool(name))
+
+    def _pool(self, name: str) -> Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            raise UnknownPoolError(pool=name, known=self._pools)
+        return pool
+
+    async def _grow(self, pool: Pool, target: int, *, wait: bool = True) -> None:
+        """Start agents up to ``target``. Waits for them up to ``spawn_wait_seconds``.
+
+        Agents the cluster cannot place yet stay ``starting`` (their demand goes
+        to the autoscaler) and become ready in the background once placed.
+        """
+        missing = target - self._live_count(pool)
+        if missing <= 0:
+            return
+        agent_ids = [f"{pool.name}-{next(pool.counter)}" for _ in range(missing)]
+        for agent_id in agent_ids:
+            pool.agents[agent_id] = AgentRecord(agent_id=agent_id, pool=pool.name)
+        self._spawn_background(self._request_resources())
+        starting = asyncio.ensure_future(self._activate(pool, agent_ids))
+        pool.growing.add(starting)
+        starting.add_done_callback(pool.growing.discard)
+        if not wait:
+            return
+        done, _ = await asyncio.wait({starting}, timeout=self.settings.spawn_wait_seconds)
+        if done:
+            starting.result()  # raises the activation's error, if any
+
+    async def _activate(self, pool: Pool, agent_ids: list[str]) -> None:
+        try:
+            where = await self._placement.activate(self._placement_spec(pool), agent_ids)
+        except asyncio.CancelledError:
+            for agent_id in agent_ids:
+                pool.agents.pop(agent_id, None)
+            raise
+        except Exception as error:
+            for agent_id in agent_ids:
+                pool.agents.pop(agent_id, None)
+            logger.error("could not start agents for pool %s: %s", pool.name, error)
+            if isinstance(error, HiveError):
+                raise
+            raise ConfigurationError(
+                f"could not start agents for pool {pool.name!r}: {type(error).__name__}: {error}"
+            ) from None
+        for agent_id in agent_ids:
+            self._mark_ready(pool, agent_id, where.get(agent_id, {}))
+        freeze_long_lived()
+        self._pump(pool)
+
+    def _demand(self) -> list[dict[str, float]]:
+        """Resource bundles for every pool at its desired size (for the autoscaler)."""
+        bundles = []
+        for pool in self._pools.values():
+            spec = pool.spec
+            per_host = spec["agents_per_host"] if spec["placement"] == "packed" else 1
+            bundle = {"CPU": spec["num_cpus"] * per_host, "GPU": spec["num_gpus"] * per_host,
+                      **{name: amount * per_host for name, amount in spec["resources"].items()}}
+            bundle = {name: amount for name, amount in bundle.items() if amount > 0}
+            if bundle:
+                bundles.extend([bundle] * -(-spec["count"] // per_host))
+        return bundles
+
+    async def _request_resources(self) -> None:
+        demand = self._demand()
+        if demand == self._last_demand:
+            return
+        self._last_demand = demand
+        try:
+            await self._placement.request_resources(demand)
+        except Exception as error:  # noqa: BLE001 - a cluster without an autoscaler is fine
+            logger.info("resource request not delivered: %s", error)
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.autoscale_interval_seconds)
+            for pool in list(self._pools.values()):
+                if pool.autoscaler is None or pool.growing:
+                    continue
+                stats = pool.scheduler.statistics()
+                agents = self._live_count(pool)
+                wanted = pool.autoscaler.observe(queued=stats.queued, running=stats.inflight, agents=agents,
+                                                 queue_wait_p95=pool.queue_wait_p95())
+                if wanted is not None and wanted != agents:
+                    logger.info("autoscaling pool %s from %d to %d agents", pool.name, agents, wanted)
+                    self._emit(None, "pool_scaled", pool=pool.name, message=f"{agents} -> {wanted} agents")
+                    self._spawn_background(self._autoscale_to(pool, wanted))
+
+    async def _autoscale_to(self, pool: Pool, count: int) -> None:
+        pool.spec["count"] = count
+        self._journal_pool(pool)
+        current = [a for a in pool.agents.values() if a.state != "stopping"]
+        if count > len(current):
+            await self._grow(pool, count, wait=False)
+        else:
+            leaving = sorted(current, key=lambda a: len(a.inflight))[: len(current) - count]
+            await self._stop_agents(pool, [a.agent_id for a in leaving])
+            await self._request_resources()
+
+    def _mark_ready(self, pool: Pool, agent_id: str, where: dict[str, Any]) -> None:
+        record = pool.agents.get(agent_id)
+        if record is None:
+            return
+        record.state, record.started_at = "ready", time.time()
+        record.node_id, record.pid, record.host = where.get("node_id"), where.get("pid"), where.get("host")
+        pool.scheduler.add_agent(agent_id, concurrency=pool.info.concurrency)
+
+    async def _stop_agents(self, pool: Pool, agent_ids: list[str], wait_seconds: float = 30) -> None:
+        for agent_id in agent_ids:
+            record = pool.agents.get(agent_id)
+            if record is not None:
+                record.state = "stopping"
+                pool.scheduler.set_accepting(agent_id, False)
+        deadline = time.monotonic() + wait_seconds  # let running tasks finish, within reason
+        while time.monotonic() < deadline and any(
+                pool.agents[a].inflight for a in agent_ids if a in pool.agents):
+            await asyncio.sleep(0.05)
+        await self._placement.deactivate(agent_ids)
+        for agent_id in agent_ids:
+            record = pool.agents.pop(agent_id, None)
+            pool.scheduler.remove_agent(agent_id)
+            for task_id in list(record.inflight) if record is not None else ():
+                entry = self._tasks.get(task_id)
+                if entry is not None and entry.state == TaskState.RUNNING:
+                    self._redeliver(pool, entry, "its agent was stopped", count_attempt=False)
+        self._pump(pool)
+
+    def _placement_spec(self, pool: Pool) -> PoolPlacementSpec:
+        spec = pool.spec
+        return PoolPlacementSpec(
+            pool=pool.name, agent_type=spec["agent_type"], reference=pool.info.reference,
+            num_cpus=spec["num_cpus"], num_gpus=spec["num_gpus"], memory=spec["memory"],
+            resources=spec["resources"],
+            agents_per_host=spec["agents_per_host"] if spec["placement"] == "packed" else 1,
+            passivate_after_seconds=spec["passivate_after_seconds"],
+        )
+
+    def _pool_info(self, pool: Pool) -> dict[str, Any]:
+        stats = pool.scheduler.statistics()
+        agents = [{
+            "agent_id": a.agent_id, "pool": pool.name, "agent_type": pool.spec["agent_type"],
+            "state": a.state, "node_id": a.node_id, "pid": a.pid, "host": a.host, "inflight": len(a.inflight),
+            "tasks_done": a.tasks_done, "restarts": a.restarts, "started_at": a.started_at,
+        } for a in pool.agents.values()]
+        return {
+            "name": pool.name, "agent_type": pool.spec["agent_type"],
+            "capabilities": sorted(pool.info.capabilities),
+            "size": sum(1 for a in pool.agents.values() if a.state == "ready"),
+            "starting": sum(1 for a in pool.agents.values() if a.state == "starting"),
+            "queue_wait_p95": pool.queue_wait_p95(),
+            "desired": pool.spec["count"], "state": pool.state, "policy": pool.spec["policy"],
+            "placement": pool.spec["placement"], "queued": stats.queued, "running": stats.inflight,
+            "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
+            "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
+            "recent_restarts": pool.supervisor.recent(20),
+            "dead_letters": sum(1 for t in self._dead_letters if (e := self._tasks.get(t)) and e.pool == pool.name),
+        }
+
+    async def hosts(self, pool: str) -> list[dict[str, Any]]:
+        """Each host actor of ``pool`` with its pid and its active and passivated agents."""
+        await self._ensure_started()
+        self._pool(pool)
+        return await self._placement.host_summaries(pool)
+
+    async def restart_events(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        pools = [self._pool(pool)] if pool else list(self._pools.values())
+        events = [event for p in pools for event in p.supervisor.recent(limit)]
+        return sorted(events, key=lambda event: event["at"])[-limit:]
+
+
+__all__ = ["AgentRecord", "Pool", "PoolManager"]
