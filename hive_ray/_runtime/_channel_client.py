@@ -44,6 +44,19 @@ class CallTimedOut(TimeoutError):
     """The orchestrator did not answer a data-plane call within the caller's timeout."""
 
 
+class PendingCall(Future):  # type: ignore[type-arg]
+    """The future reply of one call; :meth:`wait` gives up at a timeout and forgets the call."""
+
+    def __init__(self, client: ChannelClient, number: int, method: str) -> None:
+        super().__init__()
+        self.client = client
+        self.number = number
+        self.method = method
+
+    def wait(self, timeout: float | None = None) -> Any:
+        return self.client.result(self, timeout)
+
+
 class ChannelClient:
     """A driver's authenticated stream to the orchestrator (see the module docstring)."""
 
@@ -53,23 +66,22 @@ class ChannelClient:
         self._socket = _dial(endpoint, name, self._limits)
         self._state_lock = threading.Lock()  # guards closed and _pending
         self._send_lock = threading.Lock()
-        self._pending: dict[int, Future[Any]] = {}
+        self._pending: dict[int, PendingCall] = {}
         self._numbers = itertools.count()
         self.closed = False
         self.close_reason = ""
         self._reader = threading.Thread(target=self._read_loop, name="hive-channel", daemon=True)
         self._reader.start()
 
-    def call_async(self, method: str, *args: Any) -> Future[Any]:
-        """Send a call; returns a :class:`concurrent.futures.Future` of its reply."""
-        future: Future[Any] = Future()
+    def call_async(self, method: str, *args: Any) -> PendingCall:
+        """Send a call; returns its future reply (a :class:`concurrent.futures.Future`)."""
         with self._state_lock:
+            number = next(self._numbers)
+            future = PendingCall(self, number, method)
             if self.closed:
                 future.set_exception(ChannelClosed(
                     f"the stream to the orchestrator is closed ({self.close_reason})"))
                 return future
-            number = next(self._numbers)
-            future.call_number = number  # type: ignore[attr-defined]  (for result()'s clean-up)
             self._pending[number] = future
         frame = encode(Kind.CALL, number, (method, args))
         try:
@@ -79,11 +91,11 @@ class ChannelClient:
             self._fail(f"send failed: {type(error).__name__}: {error}")
         return future
 
-    def result(self, future: Future[Any], timeout: float | None = None, method: str = "call") -> Any:
+    def result(self, future: PendingCall, timeout: float | None = None) -> Any:
         """Wait for a reply, at most ``timeout`` seconds (None: as long as the stream lives).
 
         Raises:
-            CallTimedOut: no reply in time (a late one is dropped).
+            CallTimedOut: no reply in time (the call is forgotten; a late reply is dropped).
             ChannelClosed: the stream failed; :class:`FrameError` if this call's own
                 reply could not be read.
         """
@@ -92,15 +104,19 @@ class ChannelClient:
         except TimeoutError:
             if future.done():
                 raise  # the reply itself was a TimeoutError raised by the orchestrator
-            with self._state_lock:
-                self._pending.pop(getattr(future, "call_number", -1), None)
-            future.cancel()
+            self.forget(future)
             raise CallTimedOut(
-                f"the orchestrator did not answer {method}() within {timeout:.1f} s"
+                f"the orchestrator did not answer {future.method}() within {timeout:.1f} s"
             ) from None
 
+    def forget(self, future: PendingCall) -> None:
+        """Stop waiting for a call's reply (its caller gave up)."""
+        with self._state_lock:
+            self._pending.pop(future.number, None)
+        future.cancel()
+
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.result(self.call_async(method, *args), timeout, method)
+        return self.result(self.call_async(method, *args), timeout)
 
     def _receive_exactly(self, size: int) -> bytes:
         buffer = bytearray(size)
@@ -193,4 +209,4 @@ def _dial(endpoint: Endpoint, name: str, limits: ChannelLimits) -> socket.socket
     return sock
 
 
-__all__ = ["CallTimedOut", "ChannelClient"]
+__all__ = ["CallTimedOut", "ChannelClient", "PendingCall"]
