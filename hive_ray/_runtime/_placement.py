@@ -218,7 +218,9 @@ class RayPlacement:
         if self._data_plane is None:
             return {"transport": "ray", "reason": "the data plane is off (data_plane: false)"}
         status = self._data_plane.status(host.key)
-        if status["transport"] == "ray" and host.link.get("transport") == "ray":
+        if status["transport"] == "stream":
+            status["dialled"] = host.link.get("address")  # as the host itself reported it
+        elif host.link.get("transport") == "ray":
             status["reason"] = host.link.get("reason", status.get("reason"))
         return status
 
