@@ -144,6 +144,8 @@ def _ray_environment(directory, name, ca_name="ca"):
 def ray_certificates(tmp_path):
     ca_key, ca_name = _write_certificate(tmp_path, "ca", ca=True)
     _write_certificate(tmp_path, "node", issuer_key=ca_key, issuer_name=ca_name)
+    chain = tmp_path / "node.crt"  # served as a chain: the node's certificate, then the CA's
+    chain.write_bytes(chain.read_bytes() + (tmp_path / "ca.crt").read_bytes())
     _write_certificate(tmp_path, "stranger")  # self-signed: not from Ray's CA
     return tmp_path
 
