@@ -407,6 +407,27 @@ class Dispatch:
         """Cancel a queued or running task; a task that already ended is left as it is."""
         await self._ensure_started()
         entry = self._entry(task_id)
+        self._cancel_entry(entry)
+        self._signal_events()
+        return self._record(entry)
+
+    async def cancel_many(self, task_ids: list[str]) -> int:
+        """Cancel every task of ``task_ids`` that has not ended (unknown ids are skipped).
+
+        What a client sends when it gives up on a ``map`` half-way (an error, Ctrl-C),
+        so that no task it no longer waits for keeps running. Returns how many it cancelled.
+        """
+        await self._ensure_started()
+        cancelled = 0
+        for task_id in task_ids:
+            entry = self._tasks.get(task_id)
+            if entry is not None and not entry.state.terminal:
+                self._cancel_entry(entry)
+                cancelled += 1
+        self._signal_events()
+        return cancelled
+
+    def _cancel_entry(self, entry: TaskEntry) -> None:
         if entry.state == TaskState.QUEUED:
             pool = self._pools.get(entry.pool)
             if pool is not None:
@@ -414,10 +435,16 @@ class Dispatch:
             self._end(entry, TaskState.CANCELLED)
         elif entry.state == TaskState.RUNNING:
             if entry.agent_id is not None:
-                self._placement.cancel(entry.agent_id, task_id)
+                self._placement.cancel(entry.agent_id, entry.task_id)
             self._end(entry, TaskState.CANCELLED)
-        self._signal_events()
-        return self._record(entry)
+
+    async def admission(self, template: dict[str, Any]) -> dict[str, Any]:
+        """Where ``template``'s tasks would go and how much that pool admits: for ``map``'s window."""
+        await self._ensure_started()
+        pool = self._route(template)
+        stats = pool.scheduler.statistics()
+        return {"pool": pool.name, "max_queue": pool.scheduler.max_queue, "backlog": pool.scheduler.backlog(),
+                "concurrency": pool.info.concurrency * max(1, stats.agents)}
 
     async def _timer_loop(self) -> None:
         """Ends tasks past their timeout and wakes pools whose retries are due."""
