@@ -320,6 +320,8 @@ class Dispatch:
             if self._tracer is not None:
                 self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
             self._release_batch(pool, agent_id, entries)
+            if self._pools.get(pool.name) is not pool:
+                return  # the pool was stopped (or the orchestrator is shutting down): nothing to redo
             for entry in entries:
                 if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
                     self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
