@@ -61,3 +61,7 @@ class Placement(Protocol):
     async def request_resources(self, bundles: list[dict[str, float]]) -> None:
         """Tell the cluster autoscaler the total demand (replaces the previous request)."""
         ...
+
+    async def cluster_memory_bytes(self) -> float | None:
+        """The memory the cluster reports, for the host-process budget (None: unknown)."""
+        ...

@@ -152,9 +152,16 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
 
     async def shutdown(self) -> None:
         """Stop every pool's agents (used by ``hive down`` and ``Hive.close``); keeps the journal."""
-        for name in list(self._pools):
-            pool = self._pools.pop(name)
-            await self._placement.deactivate(list(pool.agents))
+        pools = list(self._pools.values())
+        self._pools.clear()  # from here on, a host that goes away is not restarted
+        for pool in pools:
+            for starting in list(pool.growing):
+                starting.cancel()
+            for record in pool.agents.values():
+                record.state = "stopping"
+        # Running tasks stay unfinished in the journal: the next start runs them again.
+        await asyncio.gather(*(self._placement.deactivate(list(pool.agents)) for pool in pools),
+                             return_exceptions=True)
         if self._journal is not None:
             await self._journal.durable()
         if self._tracer is not None:

@@ -279,3 +279,8 @@ class RayPlacement:
         from ray.autoscaler.sdk import request_resources
 
         await asyncio.to_thread(request_resources, bundles=bundles)
+
+    async def cluster_memory_bytes(self) -> float | None:
+        """The memory Ray reports for the whole cluster (its ``memory`` resource)."""
+        resources = await asyncio.to_thread(ray.cluster_resources)
+        return float(resources["memory"]) if resources.get("memory") else None

@@ -12,14 +12,22 @@ from hive_ray._runtime._channel_client import ChannelClient
 from hive_ray._settings import Settings
 from tests.unit.data_plane.peers import MISSING_MODULE_REPLY, endpoint_of, start_server
 
+CANCELLED: list[str] = []
+
 
 @pytest.fixture
 def silent_hive(loop, tmp_path):
     """A client whose data plane reaches an orchestrator that accepts calls and never answers."""
 
     async def never(method, args):
+        if method == "admission":  # map asks first; answered, so that map's own waits are tested
+            return {"pool": "p", "max_queue": 1000, "backlog": 0, "concurrency": 1}
+        if method == "cancel_many":
+            CANCELLED.extend(args[0])
+            return len(args[0])
         await asyncio.Event().wait()
 
+    CANCELLED.clear()
     _, listener = start_server(loop, handler=never)
     hive = Hive(None, Settings(state_dir=tmp_path, client_timeout_margin_seconds=0.2), owns_ray=False)
     hive._channel = ChannelClient(endpoint_of(listener))
@@ -40,6 +48,7 @@ def test_run_events_and_map_give_up_too(silent_hive):
         silent_hive.events(after=0, timeout=0.1)
     with pytest.raises(HiveConnectionError, match=r"run_many\(\)"):
         silent_hive.map(None, [1, 2, 3], pool="p", chunk_size=2, progress=False, timeout=0.1)
+    assert len(CANCELLED) == 3  # what the map gave up on is cancelled, not left running
 
 
 def test_async_calls_give_up_too(silent_hive):
