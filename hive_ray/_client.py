@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -116,6 +117,7 @@ class Hive:
         self._owns_ray = owns_ray
         self._closed = False
         self._channel: Any = None
+        self._reopening = False
 
     # ------------------------------------------------------------------ connecting
     @classmethod
@@ -267,8 +269,8 @@ class Hive:
                 raise self._no_answer(method, timeout) from None
             except FrameError as error:
                 # This call's answer (or the stream) was unreadable here: sending it again
-                # would fail the same way, so it fails now; later calls open a new stream.
-                self._channel = None
+                # would fail the same way, so it fails now; later calls get a new stream.
+                self._reopen_channel()
                 raise HiveConnectionError(f"{method}() failed on the data plane: {error}") from None
             except ChannelClosed as closed:
                 self._channel = None  # the orchestrator restarted or went away
@@ -297,13 +299,28 @@ class Hive:
         )
 
     def _reopen_channel(self) -> None:
-        if self._channel is not None and not self._channel.closed:
+        """Open a new stream on a thread of its own; calls use Ray until it is open.
+
+        Opening waits for the orchestrator (its endpoint, then the handshake), which may
+        take longer than the timeout of the call that found the stream broken.
+        """
+        if self._closed or self._reopening or (self._channel is not None and not self._channel.closed):
             return
         self._channel = None
-        try:
-            self._open_channel()
-        except Exception:  # noqa: BLE001 - not back yet; Ray calls queue until it is
-            pass
+        self._reopening = True
+
+        def reopen() -> None:
+            try:
+                self._open_channel()
+            except Exception:  # noqa: BLE001 - not back yet; the next broken call tries again
+                pass
+            finally:
+                self._reopening = False
+            if self._closed and self._channel is not None:
+                self._channel.close()  # closed meanwhile: leave nothing open
+                self._channel = None
+
+        threading.Thread(target=reopen, name="hive-reopen-channel", daemon=True).start()
 
     # ------------------------------------------------------------------ pools
     def spawn(self, agent: str | type[Agent], count: int = 1, *, pool: str | None = None,

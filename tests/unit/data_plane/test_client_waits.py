@@ -65,9 +65,10 @@ def test_an_unreadable_reply_fails_the_call_at_once_and_is_not_retried(loop, tmp
         return MISSING_MODULE_REPLY()
 
     _, listener = start_server(loop, handler=handler)
-    hive = Hive(None, Settings(state_dir=tmp_path), owns_ray=False)
+    # data_plane off on this side: no new stream is asked for (that would be a Ray call).
+    hive = Hive(None, Settings(state_dir=tmp_path, data_plane=False), owns_ray=False)
     hive._channel = ChannelClient(endpoint_of(listener))
     with pytest.raises(HiveConnectionError, match=r"task\(\) failed on the data plane: .*could not be unpickled"):
         hive._call("task", "task-1")  # a read: retried on a broken stream, but not on this
-    assert hive._channel is None  # the next call opens a new stream or uses Ray
+    assert hive._channel is None  # later calls use Ray until a new stream is open
     hive.close()

@@ -48,6 +48,8 @@ def test_peers_on_the_orchestrators_node_get_loopback_and_others_a_tls_listener_
     assert [listener["tls"] for listener in plane.statistics()["listeners"]] == [False]  # loopback only
     local = loop.run(plane.endpoint_for("head-node"))
     assert (local.host, local.tls) == ("127.0.0.1", "off")
+    assert loop.run(plane.endpoint_for(None)) == local  # a peer that does not say where it runs
+    assert len(plane.statistics()["listeners"]) == 1
     remote = loop.run(plane.endpoint_for("worker-node"))
     assert remote.tls == "pinned" and len(remote.fingerprint) == 64 and remote.port != local.port
     assert loop.run(plane.endpoint_for("another-worker")) == remote  # one listener for all other nodes
