@@ -1,11 +1,17 @@
 """A driver's end of the data plane: blocking, thread-safe calls to the orchestrator.
 
-The stream lives on a private event loop in a thread of its own: every byte
-(TLS included) is read and written by that one thread, so no two threads ever
-use the socket or its TLS state at once, and no thread can read from a socket
-number that another one closed and the system reused. Callers, on any thread
-(or a notebook's event loop, through :func:`asyncio.wrap_future`), get a
-:class:`concurrent.futures.Future` per call.
+Callers, on any thread (or a notebook's event loop, through
+:func:`asyncio.wrap_future`), get a :class:`concurrent.futures.Future` per
+call. How the bytes move depends on the stream:
+
+* **plain (loopback)**: callers write to the socket themselves, under a lock,
+  and one reader thread reads; only that thread ever closes the socket (under
+  the same lock), so no thread can touch a socket number that was closed and
+  reused by another connection. This is the fast path: one thread hop per
+  reply, none per call (measured with ``perf/bench_transport.py``).
+* **TLS**: the stream lives on a private event loop in a thread of its own,
+  so one thread does every TLS read and write (a TLS connection's state must
+  not be used by two threads at once).
 
 Nothing waits forever: any failure of the stream (a closed socket, a frame
 over the limit, a reply that cannot be unpickled here, an orchestrator that
@@ -19,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
+import struct
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -36,7 +44,7 @@ from hive_ray._runtime._frames import (
     encode,
     parse_header,
 )
-from hive_ray._runtime._handshake import ROLE_CLIENT
+from hive_ray._runtime._handshake import ROLE_CLIENT, prove_to_server_blocking
 
 logger = logging.getLogger("hive_ray.channel")
 
@@ -69,88 +77,10 @@ class ChannelClient:
         self._numbers = itertools.count()
         self.closed = False
         self.close_reason = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name="hive-channel", daemon=True)
-        self._thread.start()
-        opening = asyncio.run_coroutine_threadsafe(self._open(name), self._loop)
-        try:
-            # Each step inside is bounded; this bound only guards against a stuck loop.
-            opening.result(self._limits.connect_timeout + self._limits.handshake_timeout + 5)
-        except BaseException:
-            opening.cancel()
-            self._stop_loop()
-            raise
+        stream = _SocketStream if endpoint.tls == "off" else _LoopStream
+        self._stream = stream(self, endpoint, name, self._limits)
+        self.tls_version = self._stream.tls_version
 
-    # -- the loop thread -------------------------------------------------------------
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            pending = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
-            for task in pending:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self._loop.close()
-
-    async def _open(self, name: str) -> None:
-        self._stream, writer = await open_stream(self.endpoint, ROLE_CLIENT, name, self._limits)
-        ssl_object = writer.get_extra_info("ssl_object")
-        self.tls_version: str | None = None if ssl_object is None else ssl_object.version()
-        self._frames = FrameWriter(writer, peer=f"the orchestrator at {self.endpoint.address}",
-                                   limits=self._limits, on_stalled=lambda reason: self._fail(reason))
-        self._draining: asyncio.Task[None] | None = None
-        self._reading = asyncio.ensure_future(self._read_loop())
-
-    async def _read_loop(self) -> None:
-        reader = self._stream
-        try:
-            while True:
-                length, kind, number = parse_header(await reader.readexactly(HEADER.size),
-                                                    self._limits.max_frame_bytes)
-                body = await reader.readexactly(length)
-                if kind not in (Kind.REPLY, Kind.REPLY_ERROR):
-                    raise FrameError(f"a {kind.name} frame from the orchestrator", number=number)
-                value = decode(kind, number, body)
-                with self._state_lock:
-                    future = self._pending.pop(number, None)
-                if future is None or future.done():
-                    continue  # its caller gave up waiting
-                if kind == Kind.REPLY:
-                    future.set_result(value)
-                elif isinstance(value, BaseException):
-                    future.set_exception(value)
-                else:
-                    future.set_exception(RuntimeError(str(value)))
-        except asyncio.CancelledError:
-            self._fail("closed by the client")
-            raise
-        except FrameError as error:
-            self._fail(str(error), culprit=error)
-        except asyncio.IncompleteReadError:
-            self._fail("the orchestrator closed the stream")
-        except Exception as error:  # noqa: BLE001 - whatever it is, the stream is over and says why
-            self._fail(f"{type(error).__name__}: {error}")
-
-    def _send(self, frame: bytes) -> None:
-        """On the loop: queue a frame; above the high-water mark, watch the peer drain it."""
-        try:
-            self._frames.send_nowait(frame)
-        except ChannelClosed as closed:
-            self._fail(str(closed))
-            return
-        if self._draining is None and self._frames.queued_bytes() > self._limits.write_high_water:
-            self._draining = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            await self._frames.drain()  # a peer that does not read in time is dropped
-        except ChannelClosed as closed:
-            self._fail(str(closed))
-        finally:
-            self._draining = None
-
-    # -- any thread --------------------------------------------------------------------
     def call_async(self, method: str, *args: Any) -> PendingCall:
         """Send a call; returns its future reply (a :class:`concurrent.futures.Future`)."""
         with self._state_lock:
@@ -166,10 +96,7 @@ class ChannelClient:
         except BaseException:
             self.forget(future)  # arguments that cannot be pickled: this call only
             raise
-        try:
-            self._loop.call_soon_threadsafe(self._send, frame)
-        except RuntimeError:
-            pass  # the stream closed meanwhile, and that failed this call too
+        self._stream.send(frame)
         return future
 
     def result(self, future: PendingCall, timeout: float | None = None) -> Any:
@@ -199,6 +126,22 @@ class ChannelClient:
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         return self.result(self.call_async(method, *args), timeout)
 
+    def _on_frame(self, kind: Kind, number: int, body: bytes) -> None:
+        """A frame from the orchestrator (on the stream's thread); raises FrameError if bad."""
+        if kind not in (Kind.REPLY, Kind.REPLY_ERROR):
+            raise FrameError(f"a {kind.name} frame from the orchestrator", number=number)
+        value = decode(kind, number, body)
+        with self._state_lock:
+            future = self._pending.pop(number, None)
+        if future is None or future.done():
+            return  # its caller gave up waiting
+        if kind == Kind.REPLY:
+            future.set_result(value)
+        elif isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_exception(RuntimeError(str(value)))
+
     def _fail(self, reason: str, culprit: FrameError | None = None) -> None:
         with self._state_lock:
             if self.closed:
@@ -215,15 +158,186 @@ class ChannelClient:
                 future.set_exception(culprit)
             else:
                 future.set_exception(ChannelClosed(f"the stream to the orchestrator closed: {reason}"))
-        self._stop_loop()
+        self._stream.close()
 
-    def _stop_loop(self) -> None:
-        """Close the stream and end the loop thread (from any thread, the loop's own included)."""
+    def close(self) -> None:
+        self._fail("closed by the client")
+        self._stream.join()
+
+
+class _SocketStream:
+    """A plain stream: callers send under a lock, one thread reads and, at the end, closes."""
+
+    def __init__(self, client: ChannelClient, endpoint: Endpoint, name: str, limits: ChannelLimits) -> None:
+        self._client = client
+        self._limits = limits
+        self.tls_version: str | None = None
+        self._send_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._socket: socket.socket | None = _dial_plain(endpoint, name, limits)
+        self._thread = threading.Thread(target=self._read_loop, name="hive-channel", daemon=True)
+        self._thread.start()
+
+    def send(self, frame: bytes) -> None:
+        try:
+            with self._send_lock:
+                sock = self._socket
+                if sock is None:
+                    raise ConnectionError("the stream is closed")
+                sock.sendall(frame)
+        except OSError as error:  # includes the send timeout: the orchestrator stopped reading
+            self._client._fail(f"send failed: {type(error).__name__}: {error}")
+
+    def _receive(self, size: int) -> bytes:
+        sock = self._socket
+        assert sock is not None
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        while received < size:
+            count = sock.recv_into(view[received:], size - received)
+            if count == 0:
+                raise ConnectionError("the orchestrator closed the stream")
+            received += count
+        return bytes(buffer)
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                length, kind, number = parse_header(self._receive(HEADER.size), self._limits.max_frame_bytes)
+                self._client._on_frame(kind, number, self._receive(length))
+        except FrameError as error:
+            self._client._fail(str(error), culprit=error)
+        except Exception as error:  # noqa: BLE001 - whatever it is, the stream is over and says why
+            self._client._fail(str(error) or type(error).__name__)
+        finally:
+            # Only this thread releases the socket, and only while no caller is mid-send:
+            # nobody can then use its number after the system gave it to another socket.
+            with self._send_lock, self._close_lock:
+                sock, self._socket = self._socket, None
+                if sock is not None:
+                    sock.close()
+
+    def close(self) -> None:
+        """From any thread: wake the reader (and any blocked sender); the reader closes."""
+        with self._close_lock:
+            if self._socket is not None:
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def join(self) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+
+def _dial_plain(endpoint: Endpoint, name: str, limits: ChannelLimits) -> socket.socket:
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=limits.connect_timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(limits.handshake_timeout)  # bounds every step of the handshake
+        prove_to_server_blocking(sock, token=endpoint.token, role=ROLE_CLIENT, name=name, certificate=b"")
+        sock.settimeout(None)
+        # A send that cannot progress for this long (the orchestrator stopped reading) fails
+        # with an OSError instead of blocking the calling thread forever.
+        seconds = int(limits.write_timeout)
+        micros = int((limits.write_timeout - seconds) * 1e6)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _LoopStream:
+    """A TLS stream on a private event loop: one thread does every TLS read and write."""
+
+    def __init__(self, client: ChannelClient, endpoint: Endpoint, name: str, limits: ChannelLimits) -> None:
+        self._client = client
+        self._limits = limits
+        self.tls_version: str | None = None
+        self._frames: FrameWriter | None = None
+        self._draining: asyncio.Task[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="hive-channel", daemon=True)
+        self._thread.start()
+        opening = asyncio.run_coroutine_threadsafe(self._open(endpoint, name), self._loop)
+        try:
+            # Each step inside is bounded; this bound only guards against a stuck loop.
+            opening.result(limits.connect_timeout + limits.handshake_timeout + 5)
+        except BaseException:
+            opening.cancel()
+            self.close()
+            raise
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            pending = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    async def _open(self, endpoint: Endpoint, name: str) -> None:
+        reader, writer = await open_stream(endpoint, ROLE_CLIENT, name, self._limits)
+        ssl_object = writer.get_extra_info("ssl_object")
+        self.tls_version = None if ssl_object is None else ssl_object.version()
+        self._frames = FrameWriter(writer, peer=f"the orchestrator at {endpoint.address}",
+                                   limits=self._limits, on_stalled=lambda reason: self._client._fail(reason))
+        asyncio.ensure_future(self._read_loop(reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                length, kind, number = parse_header(await reader.readexactly(HEADER.size),
+                                                    self._limits.max_frame_bytes)
+                self._client._on_frame(kind, number, await reader.readexactly(length))
+        except asyncio.CancelledError:
+            self._client._fail("closed by the client")
+            raise
+        except FrameError as error:
+            self._client._fail(str(error), culprit=error)
+        except asyncio.IncompleteReadError:
+            self._client._fail("the orchestrator closed the stream")
+        except Exception as error:  # noqa: BLE001 - whatever it is, the stream is over and says why
+            self._client._fail(f"{type(error).__name__}: {error}")
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._send, frame)
+        except RuntimeError:
+            pass  # the loop ended: the stream closed, and that failed this call too
+
+    def _send(self, frame: bytes) -> None:
+        """On the loop: queue a frame; above the high-water mark, watch the peer drain it."""
+        assert self._frames is not None
+        try:
+            self._frames.send_nowait(frame)
+        except ChannelClosed as closed:
+            self._client._fail(str(closed))
+            return
+        if self._draining is None and self._frames.queued_bytes() > self._limits.write_high_water:
+            self._draining = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        assert self._frames is not None
+        try:
+            await self._frames.drain()  # a peer that does not read in time is dropped
+        except ChannelClosed as closed:
+            self._client._fail(str(closed))
+        finally:
+            self._draining = None
+
+    def close(self) -> None:
+        """From any thread: close the stream and end the loop's thread."""
 
         def stop() -> None:
-            frames = getattr(self, "_frames", None)
-            if frames is not None:
-                frames.close()
+            if self._frames is not None:
+                self._frames.close()
             self._loop.stop()
 
         try:
@@ -231,8 +345,7 @@ class ChannelClient:
         except RuntimeError:
             pass  # the loop is closed already
 
-    def close(self) -> None:
-        self._fail("closed by the client")
+    def join(self) -> None:
         if threading.current_thread() is not self._thread:
             self._thread.join(5)
 
