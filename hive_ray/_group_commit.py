@@ -73,10 +73,6 @@ class GroupCommitter:
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpointed_at = 0.0
 
-    @property
-    def journal(self) -> Journal:
-        return self._journal
-
     def put(self, entry: JournalEntry, *, accept: bool = False) -> None:
         """Buffer ``entry`` in the journal (see `Journal.put`) and wake the committer."""
         self._journal.put(entry, accept=accept)
@@ -159,6 +155,7 @@ class GroupCommitter:
             raise
 
     async def _commit_once(self, *, raise_errors: bool) -> None:
+        covered = self._journal.put_sequence  # waiters registered so far
         try:
             await asyncio.to_thread(self._journal.commit)
         except Exception as error:  # noqa: BLE001 - every waiter of the batch learns why
@@ -169,9 +166,9 @@ class GroupCommitter:
             if not self._failures_in_a_row:
                 logger.error("%s", error)
             self._failures_in_a_row += 1
-            # Exactly the waiters whose writes were in the failed batch (it may hold
-            # writes put after this call began, up to when the commit took the buffer).
-            self._fail_waiters(self._journal.attempted_sequence, error)
+            # Every waiter registered so far, and those whose writes joined the failed
+            # batch after this call began (up to when the commit took the buffer).
+            self._fail_waiters(max(covered, self._journal.attempted_sequence), error)
             if raise_errors:
                 raise error from None
             return

@@ -229,18 +229,16 @@ class Journal(JournalReads):
 
     def put_many(self, entries: Iterable[JournalEntry], *, accept: bool = False) -> None:
         """Buffer upserts of several entries, in order (see `put`)."""
-        self._require_writable()
+        self._require_open()
         with self._buffer_lock:
             pending = self._pending
-            count = 0
             for entry in entries:
                 pending.put(entry, accept=accept)
-                count += 1
-            self._put_sequence += count
+                self._put_sequence += 1
 
     def forget_dead_letter(self, task_id: str) -> None:
         """Buffer clearing ``task_id``'s dead-letter flag (it was resubmitted); the row stays."""
-        self._require_writable()
+        self._require_open()
         with self._buffer_lock:
             self._pending.clear_dead_letter(task_id)
             self._put_sequence += 1
@@ -271,7 +269,7 @@ class Journal(JournalReads):
         self._put_other("put_host", key, None)
 
     def _put_other(self, method: str, key: str, value: Any) -> None:
-        self._require_writable()
+        self._require_open()
         with self._buffer_lock:  # the buffer is swapped by commits: look its method up inside
             getattr(self._pending, method)(key, value)
             self._put_sequence += 1
@@ -470,10 +468,6 @@ class Journal(JournalReads):
                 path=str(self._path), reason="closed",
             )
         return self._connection
-
-    def _require_writable(self) -> None:
-        if self._closed:
-            self._require_open()
 
     def _read(self, sql: str, parameters: tuple = ()) -> list[tuple]:
         """Rows from the reader connection, which sees the last commit and never waits for the next."""

@@ -147,6 +147,25 @@ def test_a_waiter_whose_writes_joined_a_batch_after_the_commit_started_gets_its_
     assert _committed_ids(journal) == set()
 
 
+def test_a_committer_that_stopped_fails_its_waiters_and_the_next_durable_starts_it_again(
+        journal: Journal) -> None:
+    async def main() -> None:
+        committer = GroupCommitter(journal, interval_seconds=60.0)
+        committer.put(make_entry("a"))
+        await asyncio.wait_for(committer.durable(), 10)  # the first commit is immediate
+        committer.put(make_entry("b"))
+        waiter = asyncio.ensure_future(committer.durable())
+        await asyncio.sleep(0)  # the committer now waits out its 60 s interval
+        committer._task.cancel()  # as when something kills it
+        with pytest.raises(JournalError, match="stopped .*the next durable\\(\\) starts it again"):
+            await asyncio.wait_for(waiter, 10)
+        await asyncio.wait_for(committer.durable(), 10)
+        await committer.close()
+
+    asyncio.run(main())
+    assert _committed_ids(journal) == {"a", "b"}
+
+
 # ---------------------------------------------------------------- other causes
 
 
