@@ -169,7 +169,7 @@ class Journal(JournalReads):
             raise ValueError(f"journal durability must be 'normal' or 'full', got {durability!r}")
         folder = Path(directory).expanduser()
         path = folder / filename
-        prepare_directory(folder, path)
+        prepare_directory(folder)
         lock = JournalLock.acquire(path, lock_timeout_seconds)
         try:
             create_private_files(path)

@@ -150,23 +150,20 @@ def _read_holder(descriptor: int) -> str:
     return "an unknown process"
 
 
-def prepare_directory(folder: Path, path: Path) -> None:
+def prepare_directory(folder: Path) -> None:
     """Create ``folder`` with mode 0700, or make sure an existing one is private and writable.
 
     Raises:
-        JournalError: the directory cannot be created or written (reason
-            ``directory``), or it is shared with other files and readable by
-            others (reason ``directory``).
+        JournalError: the directory cannot be created, written or made
+            private (reason ``directory``; see the module docstring).
     """
     try:
         folder.mkdir(mode=_PRIVATE_DIRECTORY, parents=True, exist_ok=True)
         mode = stat.S_IMODE(folder.stat().st_mode)
     except OSError as error:
-        raise JournalError(
-            f"cannot create the task journal directory {str(folder)!r}: {error}; "
-            f"{_WRITABLE_DIRECTORY_FIX}",
-            path=str(folder), reason="directory",
-        ) from error
+        raise _directory_error(
+            folder, f"cannot create the task journal directory {str(folder)!r}: {error}; "
+            f"{_WRITABLE_DIRECTORY_FIX}") from error
     if mode != _PRIVATE_DIRECTORY:
         _make_private(folder, mode)
     try:
@@ -175,32 +172,30 @@ def prepare_directory(folder: Path, path: Path) -> None:
         with tempfile.TemporaryFile(dir=folder, prefix=".hive-journal-probe-"):
             pass
     except OSError as error:
-        raise JournalError(
-            f"cannot write the task journal directory {str(folder)!r}: {error}; "
-            f"{_WRITABLE_DIRECTORY_FIX}",
-            path=str(folder), reason="directory",
-        ) from error
+        raise _directory_error(
+            folder, f"cannot write the task journal directory {str(folder)!r}: {error}; "
+            f"{_WRITABLE_DIRECTORY_FIX}") from error
+
+
+def _directory_error(folder: Path, message: str) -> JournalError:
+    return JournalError(message, path=str(folder), reason="directory")
 
 
 def _make_private(folder: Path, mode: int) -> None:
     if mode & stat.S_ISVTX:
-        raise JournalError(
-            f"the task journal directory {str(folder)!r} is a shared directory (mode {mode:04o}, "
+        raise _directory_error(
+            folder, f"the task journal directory {str(folder)!r} is a shared directory (mode {mode:04o}, "
             f"sticky: others may create files in it, such as a write-ahead log the orchestrator "
             f"would replay); point journal_dir (HIVE_JOURNAL_DIR) at a directory of its own, such "
-            f"as {str(folder / 'hive-journal')!r}",
-            path=str(folder), reason="directory",
-        )
+            f"as {str(folder / 'hive-journal')!r}")
     try:
         folder.chmod(_PRIVATE_DIRECTORY)
     except PermissionError as error:
         if mode & stat.S_IWOTH:
-            raise JournalError(
-                f"the task journal directory {str(folder)!r} can be written by any user (mode "
+            raise _directory_error(
+                folder, f"the task journal directory {str(folder)!r} can be written by any user (mode "
                 f"{mode:04o}) and is not ours to change ({error}); run chmod 700 "
-                f"{str(folder)!r} as its owner, or {_WRITABLE_DIRECTORY_FIX}",
-                path=str(folder), reason="directory",
-            ) from error
+                f"{str(folder)!r} as its owner, or {_WRITABLE_DIRECTORY_FIX}") from error
         # The root of a mounted volume, owned by root and shared with our group
         # (Kubernetes' fsGroup): the files in it are 0600 all the same.
         logger.warning("the task journal directory %s has mode %04o and is not ours to change; "
@@ -208,12 +203,10 @@ def _make_private(folder: Path, mode: int) -> None:
                        "HIVE_JOURNAL_DIR at a subdirectory", folder, mode)
         return
     except OSError as error:
-        raise JournalError(
-            f"cannot make the task journal directory {str(folder)!r} private (mode {mode:04o}, "
+        raise _directory_error(
+            folder, f"cannot make the task journal directory {str(folder)!r} private (mode {mode:04o}, "
             f"needs 0700): {error}; run chmod 700 {str(folder)!r} as its owner or "
-            f"{_WRITABLE_DIRECTORY_FIX}",
-            path=str(folder), reason="directory",
-        ) from error
+            f"{_WRITABLE_DIRECTORY_FIX}") from error
     if mode & 0o077:
         logger.warning("the task journal directory %s was open to other users (mode %04o); "
                        "it is now 0700", folder, mode)

@@ -14,8 +14,8 @@ How the orchestrator uses it:
 * **Restart**: `unfinished` gives back every task that had not ended,
   `pools` every declared pool, `hosts` every host actor recorded with
   `record_host` (to re-adopt), and `dead_letters` the tasks that failed for
-  good (a task is a dead letter when its metadata says ``dead_letter: "true"``
-  as the orchestrator marks it; `forget_dead_letter` after a resubmit).
+  good (``record(entry, dead_letter=True)`` with the ending that sends a task
+  there; `forget_dead_letter` after a resubmit).
 * **Past memory**: `get` and `find_idempotent` answer from the journal once a
   task has left the orchestrator's memory.
 
@@ -75,11 +75,6 @@ def decode_entry(body: bytes) -> TaskEntry:
     return TaskEntry(**fields)
 
 
-def is_dead_letter(entry: TaskEntry) -> bool:
-    """The orchestrator marks a task that failed for good with ``metadata["dead_letter"] = "true"``."""
-    return entry.metadata.get("dead_letter") == "true"
-
-
 class TaskJournal:
     """Tasks, dead letters, pools and hosts, durably. Build it with :meth:`open`."""
 
@@ -90,6 +85,7 @@ class TaskJournal:
         self._committer = GroupCommitter(journal, interval_seconds=0.0, checkpoint_seconds=1.0,
                                          failure_backoff_seconds=failure_backoff_seconds)
         self._dirty: dict[str, TaskEntry] = {}
+        self._dead_dirty: set[str] = set()  # of _dirty: endings that are dead letters
         self._flush_scheduled = False
 
     @classmethod
@@ -140,14 +136,20 @@ class TaskJournal:
         self._committer.put_many(rows, accept=True)
         await self._committer.durable()
 
-    def record(self, entry: TaskEntry) -> None:
+    def record(self, entry: TaskEntry, *, dead_letter: bool = False) -> None:
         """Note that the entry changed; it is encoded once per event-loop turn and committed
         in the next group commit. A task accepted and finished in the same turn costs one row.
 
+        ``dead_letter=True`` with the ending that sends the task to the dead
+        letters (not from its metadata: a resubmitted task inherits that).
         Record only tasks already accepted (`accept_many`): a change is retried
         until a commit succeeds, so recovery would run a task whose accept failed.
         """
         self._dirty[entry.task_id] = entry
+        if dead_letter:
+            self._dead_dirty.add(entry.task_id)
+        else:
+            self._dead_dirty.discard(entry.task_id)
         if not self._flush_scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -158,24 +160,25 @@ class TaskJournal:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, {}
+        dead, self._dead_dirty = self._dead_dirty, set()
         if not dirty:
             return
         now = time.time()
         rows = []
         for entry in dirty.values():
             try:
-                rows.append(self._row(entry, now))
+                rows.append(self._row(entry, now, dead_letter=entry.task_id in dead))
             except Exception:  # noqa: BLE001 - one bad result must not cost the others
                 logger.exception("task %s could not be written to the task journal; its last "
                                  "change is lost there", entry.task_id)
         self._committer.put_many(rows)
 
     @staticmethod
-    def _row(entry: TaskEntry, now: float) -> JournalEntry:
+    def _row(entry: TaskEntry, now: float, *, dead_letter: bool = False) -> JournalEntry:
         return JournalEntry(task_id=entry.task_id, pool=entry.pool, state=entry.state.value,
                             idempotency_key=entry.idempotency_key, created_at=entry.created_at,
                             updated_at=now, finished=entry.state.terminal, body=encode_entry(entry),
-                            dead_letter=entry.state.terminal and is_dead_letter(entry))
+                            dead_letter=dead_letter)
 
     async def durable(self) -> None:
         """Return once everything recorded so far is committed.

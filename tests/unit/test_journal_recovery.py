@@ -25,11 +25,9 @@ def task(task_id: str, *, pool: str = "p", key: str | None = None, created_at: f
                      idempotency_key=key, created_at=created_at)
 
 
-def end(entry: TaskEntry, state: TaskState, *, result: object = None, error: dict | None = None,
-        dead_letter: bool = False) -> TaskEntry:
+def end(entry: TaskEntry, state: TaskState, *, result: object = None,
+        error: dict | None = None) -> TaskEntry:
     entry.state, entry.result, entry.error = state, result, error
-    if dead_letter:
-        entry.metadata = {**entry.metadata, "dead_letter": "true"}
     return entry
 
 
@@ -191,10 +189,15 @@ def test_dead_letters_hosts_and_pools_come_back_after_a_restart(tmp_path: Path) 
         journal = TaskJournal.open(tmp_path)
         first, second, fine = task("first"), task("second", pool="q"), task("fine")
         await journal.accept_many([first, second, fine])
-        journal.record(end(first, TaskState.FAILED, error={"type": "Crash"}, dead_letter=True))
+        journal.record(end(first, TaskState.FAILED, error={"type": "Crash"}), dead_letter=True)
         journal.record(end(fine, TaskState.SUCCEEDED, result=1))
         await journal.durable()  # the later ending is written later
-        journal.record(end(second, TaskState.FAILED, error={"type": "Crash"}, dead_letter=True))
+        journal.record(end(second, TaskState.FAILED, error={"type": "Crash"}), dead_letter=True)
+        # A resubmitted task inherits its original's metadata; only the explicit flag counts.
+        again = task("again")
+        again.metadata = {"dead_letter": "true", "resubmitted_from": "first"}
+        await journal.accept_many([again])
+        journal.record(end(again, TaskState.SUCCEEDED, result=2))
         assert [e.task_id for e in journal.dead_letters()] == ["second", "first"]
         journal.record_pool("p", {"spec": {"name": "p"}, "reference": "m:C"})
         journal.record_host("host-p-0", {"pool": "p", "agent_ids": ["p-0"]})
