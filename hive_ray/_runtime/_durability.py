@@ -28,7 +28,7 @@ import asyncio
 import logging
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +107,27 @@ class TaskJournal:
 
     # ------------------------------------------------------------ tasks
 
-    async def accept_many(self, entries: Sequence[TaskEntry]) -> None:
-        """Write new tasks and return once they are committed: queue or dispatch them only then.
+    def accept_many(self, entries: Sequence[TaskEntry]) -> Awaitable[None]:
+        """Write new tasks; the returned awaitable finishes once they are committed.
 
-        Concurrent calls share one commit. Changes recorded earlier are
-        written in the same commit or before.
+        Queue or dispatch the tasks only after awaiting it. The entries are
+        encoded and buffered by this call itself, before anything is awaited
+        (so ``asyncio.ensure_future(journal.accept_many(entries))`` loses no
+        time), and concurrent accepts share one commit. Changes recorded
+        earlier are written in the same commit or before.
 
-        Cancelling the caller does not withdraw the entries (they commit
-        anyway): run the accept and the queueing as one shielded unit.
+        Cancelling the awaiting caller does not withdraw the entries: the
+        commit goes on and decides their fate (shield it, as for a commit).
 
         Raises:
-            JournalError: the commit failed (e.g. ``reason == "full"``). None of
-                these entries was written, and none ever will be: do not run them.
+            JournalError: (from the awaitable) the commit failed, e.g. with
+                ``reason == "full"``: none of these entries was written and
+                none ever will be, so do not run them (and do not `record`
+                them). Raised by the call itself, ``reason == "unencodable"``,
+                when an entry's payload does not pickle; nothing was buffered.
         """
         if not entries:
-            return
+            return _nothing()
         self._flush()
         now = time.time()
         rows = []
@@ -134,7 +140,7 @@ class TaskJournal:
                     f"{str(self.path)!r}: its payload does not pickle ({error!r}); send a payload "
                     f"that pickles", path=str(self.path), reason="unencodable") from error
         self._committer.put_many(rows, accept=True)
-        await self._committer.durable()
+        return self._committer.durable()
 
     def record(self, entry: TaskEntry, *, dead_letter: bool = False) -> None:
         """Note that the entry changed; it is encoded once per event-loop turn and committed
@@ -316,3 +322,7 @@ class TaskJournal:
             await self._committer.close()
         finally:
             self._journal.close()
+
+
+async def _nothing() -> None:
+    """What `TaskJournal.accept_many` returns for no entries: nothing to wait for."""

@@ -131,9 +131,22 @@ def test_accept_many_commits_before_returning_and_concurrent_accepts_share_commi
             assert other.execute("SELECT COUNT(*) FROM tasks").fetchone() == (600,)
         assert journal.statistics()["commits"] < 100
         await journal.accept_many([])
+        # The call itself buffers (a scheduling delay before the await loses nothing) ...
+        pending = journal.accept_many([task("early", key="k-early")])
+        assert journal.find_idempotent("p", "k-early").task_id == "early"
+        await pending
+        # ... and refuses, at once and buffering nothing, a payload that does not pickle.
+        with pytest.raises(JournalError, match="task 'bad' cannot be written to the task journal") as caught:
+            journal.accept_many([task("fine"), task("bad", payload=Unpicklable())])
+        assert caught.value.reason == "unencodable" and journal.get("fine") is None
         await journal.close()
 
     asyncio.run(main())
+
+
+class Unpicklable:
+    def __reduce__(self) -> tuple:
+        raise RuntimeError("this object stays in memory")
 
 
 def test_a_failed_accept_raises_and_recovery_never_runs_it(tmp_path: Path) -> None:
