@@ -130,7 +130,8 @@ class JournalError(HiveError):
     ``corrupt``, ``locked`` (another process uses the journal), ``io`` (the
     disk failed), ``closed``, ``unreadable`` (a record this hive-ray cannot
     decode), ``directory`` (the journal directory cannot be used), ``schema``
-    (not a hive-ray journal, or another version) or ``other``. ``path`` is
+    (not a hive-ray journal, or another version), ``unencodable`` (a payload
+    that does not pickle), ``internal`` (a bug) or ``other``. ``path`` is
     the journal's file or directory.
     """
 

@@ -56,6 +56,7 @@ _DIAGNOSIS = {
           "network file system)",
     "memory": "SQLite ran out of memory",
     "closed": "the journal was closed",
+    "internal": "hive-ray asked SQLite for something it cannot do (a bug in hive-ray)",
     "other": "SQLite refused",
 }
 
@@ -84,6 +85,8 @@ def fix_for(reason: str, path: Path) -> str:
         return "give the head node more memory"
     if reason == "closed":
         return "open it again with Journal.open"
+    if reason == "internal":
+        return "please report it with this message; the journal itself is unharmed"
     return f"check free disk space and the permissions of {str(directory)!r}"
 
 
@@ -95,6 +98,8 @@ def reason_of(error: BaseException) -> str:
             return _REASON_BY_CODE.get(code & 0xFF, "other")
         if "closed database" in str(error):
             return "closed"
+        if isinstance(error, (sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+            return "internal"  # raised by Python's sqlite3 module, not by the disk
         return "other"
     if isinstance(error, OSError) and error.errno is not None:
         return _REASON_BY_ERRNO.get(error.errno, "other")

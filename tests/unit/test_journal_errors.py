@@ -357,3 +357,8 @@ def test_os_errors_are_classified_by_what_an_operator_must_do() -> None:
     assert reason_of(OSError(errno.EIO, "Input/output error")) == "io"
     assert reason_of(real_sqlite_error()) == "read_only"
     assert reason_of(ValueError("no")) == "other"
+    connection = sqlite3.connect(":memory:")
+    with pytest.raises((sqlite3.ProgrammingError, sqlite3.InterfaceError)) as misuse:  # a bug, not the disk
+        connection.execute("SELECT ?", (object(),))
+    connection.close()
+    assert reason_of(misuse.value) == "internal"
