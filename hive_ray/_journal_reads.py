@@ -67,10 +67,12 @@ class JournalReads:
 
     def unfinished(self) -> list[JournalEntry]:
         """Return unfinished entries, oldest first: the work to recover on restart."""
+        # The buffer before the disk: a batch committed in between is then seen in one or
+        # the other (the other way round, it could slip between the two and be missed).
+        overlay, _cleared = self._overlay()
         rows = self._read(
             f"SELECT {COLUMNS} FROM tasks WHERE finished = 0 ORDER BY created_at, task_id")
         entries = [entry_from_row(row) for row in rows]
-        overlay, _cleared = self._overlay()
         if not overlay:
             return entries
         merged = {entry.task_id: entry for entry in entries}
@@ -88,7 +90,7 @@ class JournalReads:
         """
         if limit < 0:
             raise ValueError(f"dead_letters limit must be >= 0, got {limit!r}")
-        overlay, cleared = self._overlay()
+        overlay, cleared = self._overlay()  # before the disk, as in `unfinished`
         where = "dead_letter = 1" + (" AND pool = ?" if pool is not None else "")
         rows = self._read(
             f"SELECT {COLUMNS} FROM tasks WHERE {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?",
@@ -130,13 +132,14 @@ class JournalReads:
 
     def pools(self) -> dict[str, bytes]:
         """Every recorded pool's spec, by name, in creation order (buffered changes included)."""
-        pools = dict(self._read("SELECT name, spec FROM pools ORDER BY rowid"))
-        return _apply(pools, self._buffered_writes("pools"))
+        buffered = self._buffered_writes("pools")  # before the disk, as in `unfinished`
+        return _apply(dict(self._read("SELECT name, spec FROM pools ORDER BY rowid")), buffered)
 
     def hosts(self) -> dict[str, dict[str, Any]]:
         """Every recorded host, by key, in the order first recorded (buffered changes included)."""
-        hosts = dict(self._read("SELECT key, record FROM hosts ORDER BY rowid"))
-        return {key: json.loads(text) for key, text in _apply(hosts, self._buffered_writes("hosts")).items()}
+        buffered = self._buffered_writes("hosts")  # before the disk, as in `unfinished`
+        hosts = _apply(dict(self._read("SELECT key, record FROM hosts ORDER BY rowid")), buffered)
+        return {key: json.loads(text) for key, text in hosts.items()}
 
     def _buffered(self, task_id: str) -> JournalEntry | None:
         """The newest buffered version of a task; call with the buffer lock held."""
@@ -164,8 +167,10 @@ class JournalReads:
         return overlay, cleared
 
     def _buffered_writes(self, table: str) -> list[dict[str, Any]]:
+        """Copies of the buffered pool or host writes, older layer first."""
         with self._buffer_lock:
-            return [getattr(layer, table) for layer in (self._inflight, self._pending) if layer is not None]
+            return [dict(getattr(layer, table)) for layer in (self._inflight, self._pending)
+                    if layer is not None]
 
 
 def _apply(committed: dict[str, Any], layers: list[dict[str, Any]]) -> dict[str, Any]:

@@ -187,6 +187,53 @@ def test_commit_from_worker_thread_while_putting(journal: Journal) -> None:
     assert journal.durable_sequence == journal.put_sequence
 
 
+class HeldWrites:
+    """Stands in for the writer connection and holds every commit inside its transaction."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
+    def execute(self, sql: str, *parameters: object) -> sqlite3.Cursor:
+        return self.real.execute(sql, *parameters)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        self.entered.set()
+        assert self.go.wait(10), "the test never let the commit go on"
+        return self.real.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_reads_during_a_commit_see_its_batch_without_waiting_for_it(journal: Journal) -> None:
+    held = HeldWrites(journal._connection)
+    journal._connection = held  # type: ignore[assignment]
+    journal.put(make_entry("t1", pool="p", idempotency_key="k"))
+    journal.put(make_entry("dead", finished=True, dead_letter=True))
+    journal.put_pool("p", b"spec")
+    journal.put_host("h", {"pool": "p"})
+    committing = threading.Thread(target=journal.commit)
+    committing.start()
+    try:
+        assert held.entered.wait(10)
+        assert journal.pending_count == 0  # the batch left the buffer: it is in flight
+        assert journal.get("t1").pool == "p"
+        assert journal.find_idempotent("p", "k").task_id == "t1"
+        assert [entry.task_id for entry in journal.unfinished()] == ["t1"]
+        assert [entry.task_id for entry in journal.dead_letters()] == ["dead"]
+        assert journal.pools() == {"p": b"spec"} and journal.hosts() == {"h": {"pool": "p"}}
+    finally:
+        held.go.set()
+        committing.join()
+    assert journal.statistics().entries == 2
+
+
 # ---------------------------------------------------------------- opening errors
 
 
