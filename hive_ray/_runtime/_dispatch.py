@@ -55,7 +55,7 @@ class Dispatch:
     _deadline_sequence: itertools.count
     _waiters: dict[str, list[asyncio.Future[Any]]]
     _idempotency: dict[tuple[str, str], str]
-    _dead_letters: OrderedDict[str, None]
+    _dead_letters: OrderedDict[str, str]
 
     async def run(self, template: dict[str, Any], payload: Any = None, timeout: float | None = None,
                   task_id: str | None = None) -> tuple[str, tuple[str, Any, Any]]:
@@ -144,7 +144,12 @@ class Dispatch:
         if not entries:
             return ids, False
         if self._journal is not None:
-            commit = asyncio.ensure_future(self._journal.durable())
+            try:
+                accepted = self._journal.accept_many(entries)  # buffered now, committed soon
+            except HiveError as error:  # JournalError: a payload that cannot be written
+                self._settle_accept(pool, entries, error)
+                raise
+            commit = asyncio.ensure_future(accepted)
             try:
                 await asyncio.shield(commit)
             except asyncio.CancelledError:
@@ -198,7 +203,7 @@ class Dispatch:
 
     def _accept(self, template: dict[str, Any], payloads: list[Any],
                 task_ids: list[str] | None) -> tuple[Pool, list[str], list[TaskEntry]]:
-        """Route, check the bound, create and journal the records; queue nothing yet.
+        """Route, check the bound and create the records; journal and queue nothing yet.
 
         Returns the pool, the ids and the new entries (none when an idempotency
         key matched an earlier task: its id is returned instead).
@@ -208,7 +213,8 @@ class Dispatch:
         if key is not None and len(payloads) == 1:
             existing = self._idempotency.get((pool.name, key))
             if existing is None and self._journal is not None:
-                existing = self._journal.find_idempotent(pool.name, key)
+                found = self._journal.find_idempotent(pool.name, key)
+                existing = found.task_id if found is not None else None
             if existing is not None:
                 return pool, [existing], []
         ids = task_ids or [uuid.uuid4().hex for _ in payloads]
@@ -228,7 +234,6 @@ class Dispatch:
         affinity = template.get("affinity_key")
         trace_context = template.get("trace_context")
         agent_type = pool.spec["agent_type"]
-        journal = self._journal
         entries = []
         for task_id, payload in zip(ids, payloads, strict=True):
             entry = TaskEntry(task_id=task_id, pool=pool.name, agent_type=agent_type, payload=payload,
@@ -237,8 +242,6 @@ class Dispatch:
                               trace_context=trace_context, created_at=now)
             tasks[task_id] = entry
             entries.append(entry)
-            if journal is not None:
-                journal.record(entry)
             if timeout is not None:
                 heapq.heappush(self._deadlines, (now + timeout, next(self._deadline_sequence), task_id))
         if key is not None:
@@ -282,7 +285,8 @@ class Dispatch:
                     "affinity_key": entry.affinity_key, "max_attempts": entry.max_attempts,
                     "metadata": {**entry.metadata, "resubmitted_from": task_id}}
         accepted = await self.submit(template, entry.payload)
-        self._dead_letters.pop(task_id, None)
+        if self._dead_letters.pop(task_id, None) is not None and self._journal is not None:
+            self._journal.forget_dead_letter(task_id)
         return accepted
 
     def _pump(self, pool: Pool) -> None:

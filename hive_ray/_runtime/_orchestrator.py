@@ -69,7 +69,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         # task store
         self._tasks: dict[str, TaskEntry] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._dead_letters: OrderedDict[str, None] = OrderedDict()
+        self._dead_letters: OrderedDict[str, str] = OrderedDict()
         self._idempotency: dict[tuple[str, str], str] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=self.settings.event_buffer)

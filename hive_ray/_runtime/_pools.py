@@ -410,7 +410,7 @@ class PoolManager:
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
             "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
             "recent_restarts": pool.supervisor.recent(20),
-            "dead_letters": sum(1 for t in self._dead_letters if (e := self._tasks.get(t)) and e.pool == pool.name),
+            "dead_letters": sum(1 for name in self._dead_letters.values() if name == pool.name),
         }
 
     async def hosts(self, pool: str) -> list[dict[str, Any]]:

@@ -47,7 +47,7 @@ class Recovery:
         if directory is None:
             # One journal per orchestrator: several may share a cluster (namespaces, names).
             directory = _session_journal_dir() / f"{self.settings.namespace}-{self.settings.orchestrator_name}"
-        return TaskJournal.open(directory)
+        return TaskJournal.open(directory, durability=self.settings.journal_durability)
 
     async def _recover(self) -> None:
         """Re-create journaled pools and re-queue every task that had not ended."""

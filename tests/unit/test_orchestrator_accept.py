@@ -22,8 +22,15 @@ class ControlledJournal:
         self.fail_with: Exception | None = None
         self.hold = False
 
-    def record(self, entry: Any) -> None:
-        self.recorded.append(entry.task_id)
+    def accept_many(self, entries: list[Any]) -> Any:
+        self.recorded.extend(entry.task_id for entry in entries)
+        return self.durable()
+
+    def record(self, entry: Any, *, dead_letter: bool = False) -> None:
+        pass
+
+    def dead_letters(self, limit: int = 100, pool: str | None = None) -> list[Any]:
+        return []
 
     async def durable(self) -> None:
         if self.fail_with is not None:
