@@ -322,3 +322,14 @@ def test_dashboard_page_and_its_data(api: ApiServer, admin_client: httpx.Client,
     overview = admin_client.get("/v1/overview").json()
     assert echo_pool in [p["name"] for p in overview["pools"]]
     assert {"series", "counters", "recent_failures"} <= set(overview)
+
+
+def test_a_scale_the_cluster_cannot_hold_is_refused_with_422_while_readiness_stays_200(
+        admin_client: httpx.Client, echo_pool: str) -> None:
+    # The review's request: 22,605 dedicated agents would start that many processes.
+    response = admin_client.patch(f"/v1/pools/{echo_pool}", json={"count": 22605})
+    body = assert_problem(response, 422)
+    assert "cannot have 22,605 agents" in body["detail"] and "Ask for at most" in body["detail"]
+    assert admin_client.get("/readyz").status_code == 200
+    pool = admin_client.get(f"/v1/pools/{echo_pool}").json()
+    assert pool["desired"] == 1 and pool["size"] == 1
