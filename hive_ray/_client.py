@@ -49,12 +49,19 @@ _RETRYABLE_METHODS = RETRYABLE_OPERATIONS
 RECONNECT_SECONDS = 60.0
 #: The longest ``map`` waits before offering a chunk to a full pool again.
 MAP_MAX_BACKOFF_SECONDS = 5.0
+#: How long ``map`` waits to learn the pool's queue bound when it has no timeout of its own.
+MAP_ADMISSION_SECONDS = 30.0
 #: How long an interrupted ``map`` spends cancelling the tasks it leaves behind.
 MAP_CANCEL_SECONDS = 10.0
 
 
 class _Interrupted(Exception):
     """The orchestrator went away mid-call (it may be restarting)."""
+
+
+class _NoAnswer(HiveConnectionError):
+    """The orchestrator did not answer within the call's timeout plus the margin: unlike a
+    broken connection, nothing is retried or recovered (that would wait past the timeout)."""
 
 
 class TaskHandle:
@@ -74,7 +81,9 @@ class TaskHandle:
             TaskFailedError, TaskCancelledError, TaskTimeoutError: the task did not succeed,
                 or (TaskTimeoutError) it was still running when ``timeout`` ran out.
         """
-        answer = self._hive._call("wait", self.task_id, timeout)
+        # The orchestrator answers at ``timeout``; the client gives up shortly after even if
+        # no answer comes (settings.client_timeout_margin_seconds).
+        answer = self._hive._call("wait", self.task_id, timeout, timeout=timeout)
         return unwrap(self.task_id, answer)
 
     def __await__(self) -> Any:
@@ -193,32 +202,54 @@ class Hive:
         self.close()
 
     def _open_channel(self) -> None:
-        """Use the orchestrator's data plane when it is reachable from here (same machine)."""
+        """Use the orchestrator's data plane when it can be reached and authenticated from here.
+
+        The orchestrator says where to dial for this driver's Ray node (its loopback on its
+        own node, its node address elsewhere) and how (TLS, the certificate to pin); a
+        stream that cannot be opened leaves every call on Ray.
+        """
+        if not self.settings.data_plane:
+            return
         import ray
+        from ray.exceptions import GetTimeoutError
 
-        from hive_ray._runtime._channel import ChannelClient
+        from hive_ray._runtime._channel_client import ChannelClient
+        from hive_ray._runtime._frames import ChannelLimits
 
-        endpoint = ray.get(self._orchestrator.client_endpoint.remote())
+        node_id = ray.get_runtime_context().get_node_id()
+        try:
+            endpoint = ray.get(self._orchestrator.client_endpoint.remote(node_id), timeout=60)
+        except GetTimeoutError:
+            logger.info("no data-plane endpoint from the orchestrator within 60 s; using Ray calls")
+            return
         if endpoint is None:
             return
-        address, token, node_address = endpoint
-        if address[0] == "127.0.0.1" and node_address != ray.util.get_node_ip_address():
-            return  # the orchestrator's loopback is another machine's
         try:
-            self._channel = ChannelClient(tuple(address), token, name=f"driver-{os.getpid()}")
-        except OSError as error:
-            logger.info("data plane at %s unreachable (%s); using Ray calls", address, error)
+            self._channel = ChannelClient(endpoint, name=f"driver-{os.getpid()}",
+                                          limits=ChannelLimits.from_settings(self.settings))
+        except (OSError, HiveError) as error:  # unreachable, refused, TLS: Ray calls still work
+            logger.info("data plane at %s unusable (%s: %s); using Ray calls", endpoint.address,
+                        type(error).__name__, error)
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call the orchestrator; reads are retried while it restarts (up to a limit)."""
+        """Call the orchestrator; reads are retried while it restarts (up to a limit).
+
+        ``timeout`` bounds the client's wait: it gives up ``client_timeout_margin_seconds``
+        after it with :class:`HiveConnectionError`, whether or not an answer came.
+        """
         if self._closed:
             raise HiveConnectionError("this Hive client is closed; call Hive.connect() again")
-        deadline = time.monotonic() + RECONNECT_SECONDS
+        now = time.monotonic()
+        reconnect_deadline = now + RECONNECT_SECONDS
+        deadline = None if timeout is None else now + timeout + self.settings.client_timeout_margin_seconds
         while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return self._call_once(method, *args, timeout=timeout)
+                return self._call_once(method, *args, timeout=remaining)
             except _Interrupted as interrupted:
-                if method not in _RETRYABLE_METHODS or time.monotonic() > deadline:
+                now = time.monotonic()
+                if method not in _RETRYABLE_METHODS or now > reconnect_deadline or \
+                        (deadline is not None and now + 0.2 >= deadline):
                     raise HiveConnectionError(
                         f"lost the orchestrator during {method}() ({interrupted}); it may be "
                         "restarting. Try again in a few seconds, or run `hive status`."
@@ -227,20 +258,30 @@ class Hive:
                 self._reopen_channel()
 
     def _call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
         channel = self._channel
         if channel is not None and not channel.closed and method in _CHANNEL_METHODS:
-            from hive_ray._runtime._channel import ChannelClosed
+            from hive_ray._runtime._channel_client import CallTimedOut
+            from hive_ray._runtime._frames import ChannelClosed, FrameError
 
             try:
                 return channel.call(method, *args, timeout=timeout)
+            except CallTimedOut:
+                raise self._no_answer(method, timeout) from None
+            except FrameError as error:
+                # This call's answer (or the stream) was unreadable here: sending it again
+                # would fail the same way, so it fails now; later calls open a new stream.
+                self._channel = None
+                raise HiveConnectionError(f"{method}() failed on the data plane: {error}") from None
             except ChannelClosed as closed:
                 self._channel = None  # the orchestrator restarted or went away
                 raise _Interrupted(str(closed)) from None
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
         try:
             return ray.get(getattr(self._orchestrator, method).remote(*args), timeout=timeout)
+        except GetTimeoutError:
+            raise self._no_answer(method, timeout) from None
         except RayTaskError as error:
             cause = error.cause if hasattr(error, "cause") else None
             if isinstance(cause, HiveError):
@@ -248,6 +289,14 @@ class Hive:
             raise
         except RayActorError as error:
             raise _Interrupted(type(error).__name__) from None
+
+    def _no_answer(self, method: str, waited: float | None) -> HiveConnectionError:
+        return _NoAnswer(
+            f"the orchestrator did not answer {method}() within its timeout plus "
+            f"{self.settings.client_timeout_margin_seconds:g} s ({waited or 0:.1f} s in all); it "
+            "may be overloaded or restarting, and the call may still take effect. Try again, or "
+            "run `hive status`."
+        )
 
     def _reopen_channel(self) -> None:
         if self._channel is not None and not self._channel.closed:
@@ -354,14 +403,16 @@ class Hive:
         template = self._template(agent, options)
         task_id = uuid.uuid4().hex
         try:
-            _, answer = self._call("run", template, payload, wait_timeout, task_id)
+            _, answer = self._call("run", template, payload, wait_timeout, task_id, timeout=wait_timeout)
+        except _NoAnswer:
+            raise
         except HiveConnectionError:
             # The orchestrator went away mid-call. If it had accepted the task, the
             # journal has it and the restarted orchestrator runs it: wait for it.
             # If not, nothing happened yet: submit it again under the same id.
             if self._recover_submission(template, payload, task_id) is None:
                 raise
-            answer = self._call("wait", task_id, wait_timeout)
+            answer = self._call("wait", task_id, wait_timeout, timeout=wait_timeout)
         return unwrap(task_id, answer)
 
     def _recover_submission(self, template: dict[str, Any], payload: Any, task_id: str) -> dict[str, Any] | None:
@@ -383,18 +434,27 @@ class Hive:
                         wait_timeout: float | None = None, **options: Any) -> Any:
         """:meth:`run` for ``async`` code (and a notebook's top-level ``await``)."""
         template = self._template(agent, options)
-        task_id, answer = await self._call_async("run", template, payload, wait_timeout)
+        task_id, answer = await self._call_async("run", template, payload, wait_timeout, timeout=wait_timeout)
         return unwrap(task_id, answer)
 
-    async def _call_async(self, method: str, *args: Any) -> Any:
-        """An orchestrator call that does not block the running event loop."""
+    async def _call_async(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """An orchestrator call that does not block the running event loop; ``timeout``
+        bounds the wait as in :meth:`_call`."""
         import asyncio
 
+        bound = None if timeout is None else timeout + self.settings.client_timeout_margin_seconds
         channel = self._channel
         if channel is not None and not channel.closed and method in _CHANNEL_METHODS:
-            return await asyncio.wrap_future(channel.call_async(method, *args))
+            pending = channel.call_async(method, *args)
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(pending), bound)
+            except asyncio.TimeoutError:
+                channel.forget(pending)
+                raise self._no_answer(method, bound) from None
         try:
-            return await getattr(self._orchestrator, method).remote(*args)
+            return await asyncio.wait_for(getattr(self._orchestrator, method).remote(*args), bound)
+        except asyncio.TimeoutError:
+            raise self._no_answer(method, bound) from None
         except Exception as error:  # noqa: BLE001
             raise _unwrap_ray_error(error) from None
 
@@ -428,22 +488,28 @@ class Hive:
 
         items = list(payloads)
         template = self._template(agent, options)
-        admission = self._call("admission", template) if items else None
+        # A quick read, bounded like the map itself (or by MAP_ADMISSION_SECONDS).
+        admission = self._call("admission", template, timeout=timeout or MAP_ADMISSION_SECONDS) if items else None
         window = _MapWindow.for_pool(admission, chunk_size, len(items))
         chunks = _chunks(items, window.chunk_size)
         ids = [[uuid.uuid4().hex for _ in chunk] for chunk in chunks]  # known even if a reply is lost
         bar = _progress_bar(len(items), progress if progress is not None else len(chunks) > 1)
         answers: list[Any] = [None] * len(chunks)
         in_flight: dict[int, Any] = {}
+        sent_at: dict[int, float] = {}
         waiting = list(range(len(chunks)))  # chunks not sent yet (or sent again), in order
         try:
             while waiting or in_flight:
                 while waiting and len(in_flight) < window.chunks:
                     index = waiting.pop(0)
                     in_flight[index] = self._fire("run_many", template, chunks[index], timeout, ids[index])
+                    sent_at[index] = time.monotonic()
                 index = min(in_flight)
+                # The orchestrator answers at `timeout`; the client gives up a margin later.
+                remaining = None if timeout is None else \
+                    max(0.0, sent_at[index] + timeout + self.settings.client_timeout_margin_seconds - time.monotonic())
                 try:
-                    _, answers[index] = self._collect(in_flight[index])
+                    _, answers[index] = self._collect(in_flight[index], remaining, "run_many")
                 except OverloadedError as full:
                     # Nothing of that chunk was accepted: send it again once the pool has room.
                     del in_flight[index]
@@ -490,21 +556,26 @@ class Hive:
             return channel.call_async(method, *args)
         return getattr(self._orchestrator, method).remote(*args)
 
-    def _collect(self, pending: Any, timeout: float | None = None) -> Any:
-        from concurrent.futures import Future
+    def _collect(self, pending: Any, timeout: float | None = None, method: str = "call") -> Any:
+        """The answer of a call sent by :meth:`_fire`, waiting at most ``timeout`` seconds."""
+        from hive_ray._runtime._channel_client import CallTimedOut, PendingCall
 
-        if isinstance(pending, Future):
-            from hive_ray._runtime._channel import ChannelClosed
+        if isinstance(pending, PendingCall):
+            from hive_ray._runtime._frames import ChannelClosed
 
             try:
-                return pending.result(timeout)
+                return pending.wait(timeout)
+            except CallTimedOut:
+                raise self._no_answer(method, timeout) from None
             except ChannelClosed as closed:
                 raise HiveConnectionError(f"lost the orchestrator mid-call: {closed}") from None
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         try:
             return ray.get(pending, timeout=timeout)
+        except GetTimeoutError:
+            raise self._no_answer(method, timeout) from None
         except RayActorError as error:
             raise HiveConnectionError(
                 f"lost the orchestrator mid-call ({type(error).__name__}); it may be restarting"
@@ -553,7 +624,7 @@ class Hive:
         return TaskHandle(self, task_id, "").result(timeout)
 
     def events(self, after: int = 0, timeout: float = 0.0, task_id: str | None = None) -> dict[str, Any]:
-        return self._call("events", after, timeout, task_id)
+        return self._call("events", after, timeout, task_id, timeout=timeout)
 
     def statistics(self) -> dict[str, Any]:
         return self._call("statistics")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,11 +78,46 @@ class Settings(BaseSettings):
     target_batch_seconds: float = Field(
         0.002, gt=0, description="Tasks shorter than half this are batched."
     )
+    # -- the data plane (hive_ray/_runtime/_channel.py; docs/ADMIN.md, "The data plane") --
+    data_plane: bool = Field(
+        True,
+        description="Tasks and driver calls travel over the orchestrator's own authenticated "
+        "stream (about 3x faster than Ray calls). False (HIVE_DATA_PLANE=0): everything travels "
+        "as Ray calls.",
+    )
     data_plane_host: str | None = Field(
         None,
-        description="Where the orchestrator's task stream listens: None picks loopback on a "
-        "one-machine cluster and Ray's node address otherwise; 'off' sends tasks as Ray calls.",
+        description="Where the listener for peers on other nodes listens (opened only when such a "
+        "peer appears; peers on the orchestrator's node always use loopback). None: Ray's node "
+        "address; '0.0.0.0': every interface (peers are given the node address).",
     )
+    data_plane_tls: bool | None = Field(
+        None,
+        description="TLS on the data plane. None: on the listener for other nodes, and on every "
+        "listener when Ray's TLS is on (RAY_USE_TLS with its certificates, which are then used); "
+        "True: on every listener; False: never (the challenge-response still keeps the token "
+        "secret, but tasks then cross the network readable and alterable).",
+    )
+    data_plane_handshake_timeout_seconds: float = Field(
+        10.0, gt=0, description="A data-plane connection must finish TLS and the challenge-response "
+        "within this; slower peers are dropped.")
+    data_plane_max_handshakes: int = Field(
+        64, ge=1, description="Data-plane handshakes in progress at once; more connections are refused.")
+    data_plane_write_timeout_seconds: float = Field(
+        30.0, gt=0, description="A data-plane peer that reads nothing for this long while megabytes "
+        "wait for it is disconnected, so it cannot grow the orchestrator's memory.")
+    client_timeout_margin_seconds: float = Field(
+        2.0, gt=0, le=60, description="A client call with a timeout gives up this long after it, "
+        "even if the orchestrator never answers (the orchestrator answers at the timeout itself).")
+
+    @field_validator("data_plane_host")
+    @classmethod
+    def _no_off_host(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() == "off":
+            raise ValueError("data_plane_host 'off' is replaced by data_plane: false "
+                             "(HIVE_DATA_PLANE=0), which sends everything as Ray calls")
+        return value
+
     spawn_wait_seconds: float = Field(
         120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
         "keep starting in the background (their demand reaches the autoscaler).")

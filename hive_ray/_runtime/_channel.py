@@ -1,4 +1,4 @@
-"""The data plane: a framed, authenticated stream between the orchestrator and each host.
+"""The data plane: an authenticated (and, across nodes, encrypted) stream per host and driver.
 
 Why not plain Ray actor calls for every dispatch? Measured on a 2-core machine
 (Ray 2.60), submitting one actor call from inside an async actor costs about
@@ -6,122 +6,159 @@ Why not plain Ray actor calls for every dispatch? Measured on a 2-core machine
 in 2.0 to 2.3 ms where a direct call takes 0.75 ms. Dispatch through a relay
 would make every task cost three times a plain Ray call. Ray stays the control
 plane (placement, lifecycle, restarts, health); tasks and results travel as
-length-prefixed pickles over one TCP stream per host, which costs tens of
-microseconds per batch and, as a bonus, reports a dead host the moment its
-socket closes.
+framed pickles over one TCP stream per host, which costs tens of microseconds
+per batch and, as a bonus, reports a dead host the moment its socket closes.
 
-Security: the orchestrator listens on loopback unless the cluster spans
-machines (then on the node address Ray uses, or ``data_plane_host``), and the
-first frame of every connection must carry a random token that the host got
-through Ray (itself protected by Ray's token authentication). Nothing is
-unpickled from a connection before it has authenticated.
+Why stdlib ``asyncio`` streams and ``ssl`` rather than grpcio's asyncio
+streams (already a dependency)? Measured with ``perf/bench_transport.py`` on
+the same machine (figures in docs/ARCHITECTURE.md): a grpc.aio bidirectional
+stream costs several times the round trip of an asyncio stream and moves
+fewer small frames per second, with or without TLS, and it would bring its
+own event-loop integration into Ray's actors. What a stream needs beyond
+bytes (who may connect, frame bounds, back-pressure) had to be written either
+way; the framing is 13 bytes of header.
 
-Hosts that cannot reach the orchestrator's stream fall back to Ray calls, so
-the data plane is an accelerator, never a requirement.
+Security (see docs/ADMIN.md, "The data plane"):
+
+* A connection is useful only after a mutual challenge-response over fresh
+  nonces (:mod:`._handshake`): the token never crosses the wire, and nothing
+  is unpickled, on either end, before the other end has proven it holds it.
+* Peers on the orchestrator's node dial its loopback listener; peers on other
+  nodes dial a listener on the node address that opens only when one needs it,
+  and that listener speaks TLS (:mod:`._tls`) unless ``data_plane_tls`` is False.
+* Every bound is explicit (:class:`~._frames.ChannelLimits`): handshakes in
+  progress and their duration, frame size, bytes queued for a peer that does
+  not read, calls in flight per driver.
+
+Hosts and drivers that cannot reach the stream use Ray calls instead, so the
+data plane is an accelerator, never a requirement.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
-import pickle
-import struct
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+from hive_ray._runtime._endpoint import Endpoint
+from hive_ray._runtime._frames import (
+    STREAM_LIMIT,
+    ChannelClosed,
+    ChannelLimits,
+    FrameError,
+    FrameWriter,
+    Kind,
+    encode,
+    read_frame,
+)
+from hive_ray._runtime._handshake import (
+    ROLE_HOST,
+    TLS_PREAMBLE,
+    HandshakeError,
+    Peer,
+    accept_peer,
+    prove_to_server,
+)
+from hive_ray._runtime._tls import ServerTls, client_context, verify_server
 
 logger = logging.getLogger("hive_ray.channel")
 
-_HEADER = struct.Struct("!I")
-#: Frames larger than this are refused (a corrupt or hostile length prefix).
-MAX_FRAME_BYTES = 256 * 1024 * 1024
-_AUTH_TIMEOUT_SECONDS = 10.0
+CallHandler = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
 
 
-def encode(message: Any) -> bytes:
-    """One frame: a 4-byte big-endian length, then the pickled message."""
-    try:
-        body = pickle.dumps(message, protocol=5)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        from ray import cloudpickle  # lambdas, local classes and the like
+@dataclass(slots=True)
+class Listener:
+    """One listening socket of the orchestrator, plain or TLS."""
 
-        body = cloudpickle.dumps(message, protocol=5)
-    return _HEADER.pack(len(body)) + body
+    host: str
+    port: int
+    tls: ServerTls | None
+    server: asyncio.base_events.Server | None = None
 
-
-async def read_frame(reader: asyncio.StreamReader) -> Any:
-    header = await reader.readexactly(_HEADER.size)
-    (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME_BYTES:
-        raise ConnectionError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
-    return pickle.loads(await reader.readexactly(length))
-
-
-class ChannelClosed(ConnectionError):
-    """The stream to a host closed (its process died or the network failed)."""
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 class HostChannel:
     """The orchestrator's end of one host's stream: send batches, await outcomes."""
 
     def __init__(self, host_key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_closed: Callable[[str], None]) -> None:
+                 on_closed: Callable[[str], None], *, limits: ChannelLimits, listener: Listener) -> None:
         self.host_key = host_key
+        self.listener = listener
         self._reader = reader
-        self._writer = writer
+        self._limits = limits
+        self._frames = FrameWriter(writer, peer=f"host {host_key}", limits=limits, on_stalled=self._fail)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._numbers = itertools.count()
         self._on_closed = on_closed
         self.closed = False
+        self.close_reason = ""
         self._reader_task = asyncio.ensure_future(self._read_loop())
+
+    def status(self) -> dict[str, Any]:
+        """What ``hive.hosts(pool)`` shows about this stream."""
+        return {"transport": "stream", "address": self.listener.address, "tls": self.listener.tls is not None,
+                "authenticated": True, "pending_batches": len(self._pending)}
 
     async def run_batch(self, agent_id: str, envelopes: list[Any]) -> list[Any]:
         if self.closed:
-            raise ChannelClosed(f"stream to host {self.host_key} is closed")
+            raise ChannelClosed(f"stream to host {self.host_key} is closed ({self.close_reason})")
         number = next(self._numbers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[number] = future
-        self._writer.write(encode(("run", number, agent_id, envelopes)))
-        if self._writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
-            await self._writer.drain()
+        try:
+            await self._frames.send(encode(Kind.RUN, number, (agent_id, envelopes)))
+        except ChannelClosed as closed:
+            self._fail(str(closed))
         return await future
 
     def cancel(self, agent_id: str, task_id: str) -> None:
-        if not self.closed:
-            self._writer.write(encode(("cancel", agent_id, task_id)))
+        if self.closed:
+            return
+        try:
+            self._frames.send_nowait(encode(Kind.CANCEL, 0, (agent_id, task_id)))
+        except ChannelClosed as closed:
+            self._fail(str(closed))
 
     async def _read_loop(self) -> None:
         try:
             while True:
-                kind, number, outcomes = await read_frame(self._reader)
+                kind, number, message = await read_frame(self._reader, self._limits.max_frame_bytes)
+                if kind not in (Kind.OUTCOMES, Kind.BATCH_ERROR):
+                    raise FrameError(f"a {kind.name} frame from a host", number=number)
                 future = self._pending.pop(number, None)
                 if future is not None and not future.done():
-                    if kind == "outcomes":
-                        future.set_result(outcomes)
+                    if kind == Kind.OUTCOMES:
+                        future.set_result(message)
                     else:
-                        future.set_exception(RuntimeError(str(outcomes)))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as error:
-            self._fail(f"stream closed: {type(error).__name__}")
+                        future.set_exception(RuntimeError(str(message)))
         except asyncio.CancelledError:
             self._fail("stream closed by the orchestrator")
             raise
-        except Exception as error:  # noqa: BLE001 - a corrupt frame ends this stream only
-            logger.exception("bad frame from host %s", self.host_key)
-            self._fail(f"bad frame: {error}")
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as error:
+            self._fail(f"stream closed: {type(error).__name__}")
+        except Exception as error:  # noqa: BLE001 - whatever broke the stream ends it, and only it
+            logger.warning("data-plane stream of host %s failed: %s: %s", self.host_key,
+                           type(error).__name__, error)
+            self._fail(f"{type(error).__name__}: {error}")
 
     def _fail(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        for future in self._pending.values():
+        self.close_reason = reason
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
             if not future.done():
                 future.set_exception(ChannelClosed(f"host {self.host_key}: {reason}"))
-        self._pending.clear()
-        try:
-            self._writer.close()
-        except Exception:  # noqa: BLE001
-            pass
+        self._frames.close()
         self._on_closed(self.host_key)
 
     def close(self) -> None:
@@ -130,84 +167,139 @@ class HostChannel:
 
 
 class ChannelServer:
-    """Accepts host and client connections; each first sends a plain-text hello.
+    """Listens for hosts and drivers; each must pass the challenge-response first.
 
-    Hosts say ``hello <token> <host key>`` and then receive batches; clients say
-    ``client <token> <name>`` and then send calls, which ``call_handler`` answers.
+    Hosts then receive batches (:class:`HostChannel`); drivers send calls,
+    which ``call_handler`` answers.
     """
 
-    def __init__(self, token: str,
-                 call_handler: Callable[[str, tuple[Any, ...]], Awaitable[Any]] | None = None) -> None:
+    def __init__(self, token: bytes, call_handler: CallHandler | None = None,
+                 limits: ChannelLimits | None = None) -> None:
         self._token = token
         self._call_handler = call_handler
-        self._server: asyncio.base_events.Server | None = None
+        self._limits = limits or ChannelLimits()
+        self.listeners: list[Listener] = []
         self.channels: dict[str, HostChannel] = {}
         self._arrivals: dict[str, asyncio.Event] = {}
-        self.address: tuple[str, int] | None = None
+        self._handshaking = 0
+        self._clients: set[asyncio.StreamWriter] = set()  # drivers' open streams
+        self.refused: Counter[str] = Counter()  # refused connections by reason, for statistics
+        self._last_refusal_log = 0.0
 
-    async def start(self, host: str) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accept, host=host, port=0)
-        sockname = self._server.sockets[0].getsockname()
-        self.address = (host, int(sockname[1]))
-        return self.address
+    async def listen(self, host: str, tls: ServerTls | None = None, port: int = 0) -> Listener:
+        listener = Listener(host=host, port=port, tls=tls)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._accept(listener, reader, writer)
+
+        listener.server = await asyncio.start_server(accept, host=host, port=port, limit=STREAM_LIMIT)
+        listener.port = int(listener.server.sockets[0].getsockname()[1])
+        self.listeners.append(listener)
+        return listener
+
+    async def _accept(self, listener: Listener, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        origin = _peer_name(writer)
+        if self._handshaking >= self._limits.max_handshakes:
+            self._refuse(writer, origin, "busy", f"{self._handshaking} handshakes already in progress")
+            return
+        self._handshaking += 1
         try:
-            header = await asyncio.wait_for(reader.readexactly(_HEADER.size), _AUTH_TIMEOUT_SECONDS)
-            (length,) = _HEADER.unpack(header)
-            if length > 4096:
-                raise ConnectionError("hello frame too large")
-            hello = await asyncio.wait_for(reader.readexactly(length), _AUTH_TIMEOUT_SECONDS)
-            # The hello frame is plain text, never unpickled: "hello <token> <host key>".
-            word, token, host_key = hello.decode("ascii").split(" ", 2)
-            if word not in ("hello", "client") or not hmac.compare_digest(token, self._token):
-                raise ConnectionError("bad token")
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError,
-                UnicodeDecodeError, OSError) as error:
-            logger.warning("refused a data-plane connection: %s", error)
-            writer.close()
+            peer = await asyncio.wait_for(self._handshake(listener, reader, writer),
+                                          self._limits.handshake_timeout)
+        except asyncio.TimeoutError:
+            self._refuse(writer, origin, "timeout",
+                         f"no complete handshake within {self._limits.handshake_timeout:.1f} s")
             return
-        if word == "client":
-            if self._call_handler is None:
-                writer.close()
-                return
-            await self._serve_client(reader, writer)
+        except HandshakeError as error:
+            self._refuse(writer, origin, "proof", str(error))
             return
-        old = self.channels.pop(host_key, None)
+        except Exception as error:  # noqa: BLE001 - garbage, TLS errors, resets: all refused alike
+            self._refuse(writer, origin, "protocol", f"{type(error).__name__}: {error}")
+            return
+        finally:
+            self._handshaking -= 1
+        if peer.role == "client":
+            self._clients.add(writer)
+            try:
+                await self._serve_client(peer, reader, writer)
+            except asyncio.CancelledError:
+                pass  # the loop is stopping; nobody awaits this connection's task
+            finally:
+                self._clients.discard(writer)
+            return
+        old = self.channels.pop(peer.name, None)
         if old is not None:
             old.close()
-        self.channels[host_key] = HostChannel(host_key, reader, writer, self._forget)
-        self._arrivals.setdefault(host_key, asyncio.Event()).set()
+        self.channels[peer.name] = HostChannel(peer.name, reader, writer, self._forget,
+                                               limits=self._limits, listener=listener)
+        self._arrivals.setdefault(peer.name, asyncio.Event()).set()
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._call_handler is not None
+    async def _handshake(self, listener: Listener, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> Peer:
+        certificate = b""
+        if listener.tls is not None:
+            writer.write(TLS_PREAMBLE)
+            await writer.start_tls(listener.tls.context)
+            certificate = listener.tls.fingerprint
+        return await accept_peer(reader, writer, token=self._token, certificate=certificate)
+
+    def _refuse(self, writer: asyncio.StreamWriter, origin: str, category: str, reason: str) -> None:
+        self.refused[category] += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:  # a flood of bad peers logs once a second
+            self._last_refusal_log = now
+            logger.warning("refused a data-plane connection from %s: %s (refused so far: %s)",
+                           origin, reason, dict(self.refused))
+        transport = writer.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _serve_client(self, peer: Peer, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
         handler = self._call_handler
+        frames = FrameWriter(writer, peer=f"client {peer.name}", limits=self._limits,
+                             on_stalled=lambda reason: None)
+        if handler is None:
+            frames.close()
+            return
+        slots = asyncio.Semaphore(self._limits.max_calls_per_client)
         running: set[asyncio.Task[None]] = set()
 
         async def answer(number: int, method: str, args: tuple[Any, ...]) -> None:
             try:
-                frame = encode(("reply", number, True, await handler(method, args)))
-            except Exception as error:  # noqa: BLE001 - errors travel back to the caller
                 try:
-                    frame = encode(("reply", number, False, error))
-                except Exception:  # noqa: BLE001 - an error that cannot be pickled
-                    frame = encode(("reply", number, False, RuntimeError(f"{type(error).__name__}: {error}")))
-            if not writer.is_closing():
-                writer.write(frame)
+                    frame = encode(Kind.REPLY, number, await handler(method, args))
+                except Exception as error:  # noqa: BLE001 - errors travel back to the caller
+                    frame = _error_frame(number, error)
+                await frames.send(frame)
+            except ChannelClosed:
+                pass  # the client went away or stopped reading; the stream is being closed
+            finally:
+                slots.release()
 
         try:
             while True:
-                _, number, method, args = await read_frame(reader)
+                await slots.acquire()  # at the limit, stop reading: the client's sends wait
+                kind, number, message = await read_frame(reader, self._limits.max_frame_bytes)
+                if kind != Kind.CALL:
+                    raise FrameError(f"a {kind.name} frame from a client", number=number)
+                method, args = message
                 # Calls start in arrival order: a submit sent before a wait is accepted first.
-                task = asyncio.ensure_future(answer(number, method, args))
+                task = asyncio.ensure_future(answer(number, str(method), tuple(args)))
                 running.add(task)
                 task.add_done_callback(running.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+            pass  # the client closed its end
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a bad frame ends this client's stream only
+            logger.warning("data-plane stream of client %s failed: %s: %s", peer.name,
+                           type(error).__name__, error)
         finally:
             for task in running:
                 task.cancel()
-            writer.close()
+            frames.close()
 
     def _forget(self, host_key: str) -> None:
         self._arrivals.pop(host_key, None)
@@ -224,6 +316,11 @@ class ChannelServer:
         channel = self.channels.get(host_key)
         return channel if channel is not None and not channel.closed else None
 
+    def channel(self, host_key: str) -> HostChannel | None:
+        """The open stream of a host, if it has one."""
+        channel = self.channels.get(host_key)
+        return channel if channel is not None and not channel.closed else None
+
     def drop(self, host_key: str) -> None:
         channel = self.channels.pop(host_key, None)
         if channel is not None:
@@ -233,139 +330,125 @@ class ChannelServer:
         for channel in list(self.channels.values()):
             channel.close()
         self.channels.clear()
-        if self._server is not None:
-            self._server.close()
+        for writer in list(self._clients):
+            if writer.transport is not None:
+                writer.transport.abort()  # their read loops end and cancel their calls
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
 
 
-async def serve_host(address: tuple[str, int], token: str, host_key: str,
-                     run_batch: Callable[[str, list[Any]], Awaitable[list[Any]]],
-                     cancel: Callable[[str, str], Awaitable[Any]]) -> asyncio.Task[None]:
-    """The host's end: connect, authenticate, then run every batch that arrives."""
-    reader, writer = await asyncio.open_connection(*address)
-    hello = f"hello {token} {host_key}".encode("ascii")
-    writer.write(_HEADER.pack(len(hello)) + hello)
-    await writer.drain()
+def _error_frame(number: int, error: Exception) -> bytes:
+    try:
+        return encode(Kind.REPLY_ERROR, number, error)
+    except Exception:  # noqa: BLE001 - an error that cannot be pickled travels as text
+        return encode(Kind.REPLY_ERROR, number, RuntimeError(f"{type(error).__name__}: {error}"))
 
-    async def run_one(number: int, agent_id: str, envelopes: list[Any]) -> None:
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "an unknown peer"
+
+
+# -- the host's end -----------------------------------------------------------------------
+class HostLink:
+    """A host's end of its stream: runs every batch that arrives, until the stream closes."""
+
+    def __init__(self, endpoint: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, limits: ChannelLimits, run_batch: Callable[[str, list[Any]], Awaitable[list[Any]]],
+                 cancel: Callable[[str, str], Awaitable[Any]]) -> None:
+        self.endpoint = endpoint
+        self._reader = reader
+        self._limits = limits
+        self._frames = FrameWriter(writer, peer=f"the orchestrator at {endpoint.address}", limits=limits,
+                                   on_stalled=lambda reason: None)
+        self._run_batch = run_batch
+        self._cancel = cancel
+        self.close_reason = ""
+        self.task = asyncio.ensure_future(self._loop())
+
+    @property
+    def open(self) -> bool:
+        return not self.task.done()
+
+    def status(self) -> dict[str, Any]:
+        if self.open:
+            return {"transport": "stream", **self.endpoint.describe()}
+        return {"transport": "ray", "reason": f"the stream closed: {self.close_reason}"}
+
+    async def _run_one(self, number: int, agent_id: str, envelopes: list[Any]) -> None:
         try:
-            outcomes = await run_batch(agent_id, envelopes)
-            frame = encode(("outcomes", number, outcomes))
+            outcomes = await self._run_batch(agent_id, envelopes)
+            frame = encode(Kind.OUTCOMES, number, outcomes)
         except Exception as error:  # noqa: BLE001 - report, do not kill the stream
-            frame = encode(("error", number, f"{type(error).__name__}: {error}"))
-        writer.write(frame)
+            frame = encode(Kind.BATCH_ERROR, number, f"{type(error).__name__}: {error}")
+        try:
+            await self._frames.send(frame)
+        except ChannelClosed:
+            self.task.cancel()
 
-    async def loop() -> None:
+    async def _loop(self) -> None:
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                message = await read_frame(reader)
-                if message[0] == "run":
-                    _, number, agent_id, envelopes = message
-                    task = asyncio.ensure_future(run_one(number, agent_id, envelopes))
+                kind, number, message = await read_frame(self._reader, self._limits.max_frame_bytes)
+                if kind == Kind.RUN:
+                    agent_id, envelopes = message
+                    task = asyncio.ensure_future(self._run_one(number, agent_id, envelopes))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                elif message[0] == "cancel":
-                    await cancel(message[1], message[2])
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            logger.info("data-plane stream to the orchestrator closed")
-        finally:
-            writer.close()
-
-    return asyncio.ensure_future(loop())
-
-
-class ChannelClient:
-    """A driver's end of the stream to the orchestrator: blocking calls, thread-safe.
-
-    A reader thread matches replies to calls, so any number of threads (or a
-    notebook's event loop, through :func:`asyncio.wrap_future`) can call at once.
-    """
-
-    def __init__(self, address: tuple[str, int], token: str, name: str = "driver") -> None:
-        import socket
-        import threading
-        from concurrent.futures import Future
-
-        self._future_class = Future
-        self._socket = socket.create_connection(address, timeout=5)
-        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._socket.settimeout(None)
-        hello = f"client {token} {name}".encode("ascii")
-        self._socket.sendall(_HEADER.pack(len(hello)) + hello)
-        self._send_lock = threading.Lock()
-        self._pending: dict[int, Any] = {}
-        self._numbers = itertools.count()
-        self.closed = False
-        self._reader = threading.Thread(target=self._read_loop, name="hive-channel", daemon=True)
-        self._reader.start()
-
-    def call_async(self, method: str, *args: Any) -> Any:
-        """Send a call; returns a :class:`concurrent.futures.Future` of its reply."""
-        future = self._future_class()
-        if self.closed:
-            future.set_exception(ChannelClosed("the stream to the orchestrator is closed"))
-            return future
-        number = next(self._numbers)
-        self._pending[number] = future
-        frame = encode(("call", number, method, args))
-        try:
-            with self._send_lock:
-                self._socket.sendall(frame)
-        except OSError as error:
-            self._pending.pop(number, None)
-            self._fail(f"send failed: {error}")
-            future.set_exception(ChannelClosed(f"the stream to the orchestrator broke: {error}"))
-        return future
-
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.call_async(method, *args).result(timeout)
-
-    def _receive_exactly(self, size: int) -> bytes:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        received = 0
-        while received < size:
-            count = self._socket.recv_into(view[received:], size - received)
-            if count == 0:
-                raise ConnectionError("the orchestrator closed the stream")
-            received += count
-        return bytes(buffer)
-
-    def _read_loop(self) -> None:
-        try:
-            while True:
-                (length,) = _HEADER.unpack(self._receive_exactly(_HEADER.size))
-                if length > MAX_FRAME_BYTES:
-                    raise ConnectionError(f"frame of {length} bytes exceeds the limit")
-                _, number, ok, value = pickle.loads(self._receive_exactly(length))
-                future = self._pending.pop(number, None)
-                if future is None or future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
+                elif kind == Kind.CANCEL:
+                    await self._cancel(*message)
                 else:
-                    future.set_exception(value)
-        except (OSError, ConnectionError, pickle.UnpicklingError, EOFError) as error:
-            self._fail(str(error) or type(error).__name__)
-
-    def _fail(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(ChannelClosed(f"the stream to the orchestrator closed: {reason}"))
-        try:
-            self._socket.close()
-        except OSError:
-            pass
+                    raise FrameError(f"a {kind.name} frame from the orchestrator", number=number)
+        except asyncio.CancelledError:
+            self.close_reason = self.close_reason or "closed by the host"
+            raise
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+            self.close_reason = "the orchestrator closed it"
+            logger.info("data-plane stream to the orchestrator closed")
+        except Exception as error:  # noqa: BLE001 - a broken stream ends; Ray calls still work
+            self.close_reason = f"{type(error).__name__}: {error}"
+            logger.warning("data-plane stream to the orchestrator failed: %s", self.close_reason)
+        finally:
+            self._frames.close()
 
     def close(self) -> None:
-        import socket
+        self.task.cancel()
 
-        try:
-            self._socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._fail("closed by the client")
+
+async def connect_host(endpoint: Endpoint, host_key: str, *,
+                       run_batch: Callable[[str, list[Any]], Awaitable[list[Any]]],
+                       cancel: Callable[[str, str], Awaitable[Any]],
+                       limits: ChannelLimits | None = None) -> HostLink:
+    """Dial the orchestrator, prove ourselves and check its proof, then serve batches.
+
+    Raises:
+        ChannelClosed (HandshakeError among them), OSError, asyncio.TimeoutError:
+            the stream cannot be used; the caller falls back to Ray calls.
+    """
+    limits = limits or ChannelLimits()
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(endpoint.host, endpoint.port, limit=STREAM_LIMIT),
+                                            limits.connect_timeout)
+    try:
+        await asyncio.wait_for(_dial_handshake(endpoint, host_key, reader, writer), limits.handshake_timeout)
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return HostLink(endpoint, reader, writer, limits=limits, run_batch=run_batch, cancel=cancel)
+
+
+async def _dial_handshake(endpoint: Endpoint, host_key: str, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+    certificate = b""
+    if endpoint.tls != "off":
+        if await reader.readexactly(len(TLS_PREAMBLE)) != TLS_PREAMBLE:
+            raise HandshakeError(f"{endpoint.address} did not start TLS as the orchestrator would")
+        await writer.start_tls(client_context(endpoint.tls), server_hostname=endpoint.host)
+        certificate = verify_server(writer.get_extra_info("ssl_object"), endpoint.tls, endpoint.fingerprint)
+    await prove_to_server(reader, writer, token=endpoint.token, role=ROLE_HOST, name=host_key,
+                          certificate=certificate)
+
+
+__all__ = ["ChannelClosed", "ChannelServer", "HostChannel", "HostLink", "Listener", "connect_host"]

@@ -25,7 +25,8 @@ from hive_ray._agent import Agent, AgentContext, current_task_id
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import materialize
 from hive_ray._results import unwrap
-from hive_ray._runtime._channel import serve_host
+from hive_ray._runtime._channel import HostLink, connect_host
+from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
@@ -87,7 +88,8 @@ class AgentHost:
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="hive-agent")
         self._started_at = time.time()
         self._handled = 0
-        self._channel: asyncio.Task[None] | None = None
+        self._link: HostLink | None = None  # its data-plane stream, when connected
+        self._link_error = "no data plane was offered"
         self._passivate_after = passivate_after_seconds
         self._passivated: dict[str, Any] = {}  # agent id -> what on_passivate saved
         self._sweeper: asyncio.Task[None] | None = None
@@ -97,26 +99,22 @@ class AgentHost:
         self._gc_pauses = gc_pauses()
 
     # -- lifecycle --------------------------------------------------------------
-    async def activate(self, agent_ids: list[str],
-                       data_plane: tuple[tuple[str, int], str, str] | None = None) -> dict[str, Any]:
-        """Create and set up agents; returns where this host runs.
+    async def activate(self, agent_ids: list[str], data_plane: Endpoint | None = None,
+                       host_key: str = "") -> dict[str, Any]:
+        """Create and set up agents; returns where this host runs and how its tasks travel.
 
-        ``data_plane`` is ``(address, token, host_key)`` of the orchestrator's
-        stream (see :mod:`hive_ray._runtime._channel`); without it, or when it
-        cannot be reached, batches arrive as Ray calls instead.
+        ``data_plane`` is the orchestrator's stream as chosen for this host's node (see
+        :mod:`hive_ray._runtime._data_plane`), ``host_key`` the name it proves itself
+        under. Without it, or when it cannot be reached or authenticated, batches
+        arrive as Ray calls instead.
         """
         if self._cls is None:
             self._cls = materialize(self._reference)
         if not self._tracing_asked:
             self._tracing_asked = True
             self._tracer = await host_tracer(self._orchestrator)
-        if data_plane is not None and (self._channel is None or self._channel.done()):
-            address, token, host_key = data_plane
-            try:
-                self._channel = await asyncio.wait_for(
-                    serve_host(tuple(address), token, host_key, self.run_batch, self.cancel), 5)
-            except (OSError, asyncio.TimeoutError) as error:
-                logger.warning("data plane at %s unreachable (%s); using Ray calls", address, error)
+        if data_plane is not None and (self._link is None or not self._link.open):
+            await self._connect(data_plane, host_key)
         for agent_id in agent_ids:
             if agent_id not in self._residents:
                 await self._create(agent_id)
@@ -127,6 +125,20 @@ class AgentHost:
         # and show up in the tail latency of a host with a thousand of them.
         freeze_long_lived()
         return self.where()
+
+    async def _connect(self, endpoint: Endpoint, host_key: str) -> None:
+        try:
+            self._link = await connect_host(endpoint, host_key, run_batch=self.run_batch, cancel=self.cancel)
+        except Exception as error:  # noqa: BLE001 - unreachable, refused, TLS: Ray calls still work
+            self._link = None
+            self._link_error = f"{endpoint.address} unreachable: {type(error).__name__}: {error}"
+            logger.warning("data plane at %s: %s; batches arrive as Ray calls", endpoint.address,
+                           self._link_error)
+
+    def _data_plane_status(self) -> dict[str, Any]:
+        if self._link is not None:
+            return self._link.status()
+        return {"transport": "ray", "reason": self._link_error}
 
     async def _create(self, agent_id: str) -> _Resident:
         assert self._cls is not None
@@ -190,15 +202,16 @@ class AgentHost:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.deactivate(list(self._residents) + list(self._passivated))
-        if self._channel is not None:
-            self._channel.cancel()
+        if self._link is not None:
+            self._link.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._tracer is not None:
             await asyncio.to_thread(self._tracer.flush)  # no span lost when the host stops
 
     def where(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
-        return {"node_id": context.get_node_id(), "pid": os.getpid(), "agents": list(self._residents)}
+        return {"node_id": context.get_node_id(), "pid": os.getpid(), "agents": list(self._residents),
+                "data_plane": self._data_plane_status()}
 
     # -- work -------------------------------------------------------------------
     async def run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:

@@ -58,8 +58,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         self.settings = Settings(**(settings or {}))
         self._placement = placement
         # transport
-        self._channels: Any = None
-        self._channel_token = ""
+        self._data_plane: Any = None  # _data_plane.DataPlane, None when off (or without Ray)
         # recovery (the journal), shared with the task store and dispatch
         self._journal: Any = None
         self._recovery_seconds: float | None = None
@@ -146,6 +145,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
             "journal": await asyncio.to_thread(self._journal.statistics) if self._journal is not None else None,
             "journal_path": str(self._journal.path) if self._journal is not None else None,
             "recovery_seconds": self._recovery_seconds,
+            "data_plane": self._data_plane.statistics() if self._data_plane is not None else None,
             "gc": self._gc_pauses.statistics(),
             "pid": os.getpid(),
         }

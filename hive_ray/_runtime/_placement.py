@@ -13,15 +13,19 @@ import asyncio
 import contextlib
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from hive_ray._runtime._channel import ChannelClosed, ChannelServer, HostChannel
+from hive_ray._runtime._channel import ChannelClosed, HostChannel
 from hive_ray._runtime._contracts import AgentLost, PoolPlacementSpec
+from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._host import AgentHost
 from hive_ray._task import Envelope, Outcome
+
+if TYPE_CHECKING:
+    from hive_ray._runtime._data_plane import DataPlane
 
 
 def classify_actor_error(error: BaseException) -> str:
@@ -43,6 +47,8 @@ class _Host:
     capacity: int
     agents: list[str] = field(default_factory=list)
     ready: bool = False  # its actor was created and answered; health checks start then
+    node_id: str | None = None  # the Ray node it runs on, once known
+    link: dict[str, Any] = field(default_factory=dict)  # its data-plane status, as it reported it
 
     @property
     def room(self) -> int:
@@ -57,12 +63,10 @@ class RayPlacement:
     nodes. Agents re-activated after a failure fill hosts that have room first.
     """
 
-    def __init__(self, orchestrator: Any, *, namespace: str, channels: ChannelServer | None = None,
-                 channel_token: str = "") -> None:
+    def __init__(self, orchestrator: Any, *, namespace: str, data_plane: DataPlane | None = None) -> None:
         self._orchestrator = orchestrator
         self._namespace = namespace
-        self._channels = channels
-        self._channel_token = channel_token
+        self._data_plane = data_plane
         self._hosts: dict[str, _Host] = {}
         self._host_of: dict[str, _Host] = {}  # agent id -> its host
         self._numbers = itertools.count()
@@ -113,11 +117,9 @@ class RayPlacement:
         return await self._activate_on(host, agent_ids)
 
     async def _activate_on(self, host: _Host, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
-        data_plane = None
-        if self._channels is not None and self._channels.address is not None:
-            data_plane = (self._channels.address, self._channel_token, host.key)
         try:
-            info = await host.handle.activate.remote(agent_ids, data_plane)
+            endpoint = await self._endpoint_for(host)
+            info = await host.handle.activate.remote(agent_ids, endpoint, host.key)
         except RayActorError as error:
             self._forget(host, agent_ids)
             raise AgentLost(agent_ids[0], classify_actor_error(error), str(error)[:500]) from None
@@ -125,10 +127,26 @@ class RayPlacement:
             self._forget(host, agent_ids)
             raise
         host.ready = True
-        if self._channels is not None:
-            await self._channels.wait_for(host.key, 2.0)
+        host.node_id = info["node_id"]
+        host.link = info.get("data_plane") or {}
+        if endpoint is not None and self._data_plane is not None:
+            # The host answers once its handshake was accepted, so its stream is normally
+            # registered already; a short grace covers the order of the two events.
+            await self._data_plane.wait_for(host.key, 2.0)
         return {agent_id: {"node_id": info["node_id"], "pid": info["pid"], "host": host.key}
                 for agent_id in agent_ids}
+
+    async def _endpoint_for(self, host: _Host) -> Endpoint | None:
+        """Where this host dials the data plane, decided by the node it runs on (None: Ray calls).
+
+        Loopback for a host on the orchestrator's node, the node address for any other, so a
+        host on a node that joined after the orchestrator started connects directly too.
+        """
+        if self._data_plane is None or self._data_plane.channel(host.key) is not None:
+            return None  # off, or connected already (a packed host taking more agents)
+        if host.node_id is None:
+            host.node_id = (await host.handle.where.remote())["node_id"]
+        return await self._data_plane.endpoint_for(host.node_id)
 
     def _forget(self, host: _Host, agent_ids: list[str]) -> None:
         for agent_id in agent_ids:
@@ -167,10 +185,7 @@ class RayPlacement:
         return "process_killed", f"{detail}; the host answers Ray but lost its stream"
 
     def _channel_of(self, host: _Host) -> HostChannel | None:
-        if self._channels is None:
-            return None
-        channel = self._channels.channels.get(host.key)
-        return channel if channel is not None and not channel.closed else None
+        return None if self._data_plane is None else self._data_plane.channel(host.key)
 
     def cancel(self, agent_id: str, task_id: str) -> None:
         host = self._host_of.get(agent_id)
@@ -192,9 +207,22 @@ class RayPlacement:
         hosts = [host for host in self._hosts.values() if host.pool == pool and host.agents and host.ready]
         answers = await asyncio.gather(*(self.host_health(host.key, timeout) for host in hosts),
                                        return_exceptions=True)
-        return [{"host": host.key, "agents": len(host.agents),
+        return [{"host": host.key, "agents": len(host.agents), "node_id": host.node_id,
+                 "data_plane": self._data_plane_status(host),
                  **(answer if isinstance(answer, dict) else {"error": str(answer)})}
                 for host, answer in zip(hosts, answers, strict=True)]
+
+    def _data_plane_status(self, host: _Host) -> dict[str, Any]:
+        """How the host's tasks travel: ``transport`` "stream" (with the address it dialled and
+        whether TLS is on, as the orchestrator sees the accepted stream) or "ray" and why."""
+        if self._data_plane is None:
+            return {"transport": "ray", "reason": "the data plane is off (data_plane: false)"}
+        status = self._data_plane.status(host.key)
+        if status["transport"] == "stream":
+            status["dialled"] = host.link.get("address")  # as the host itself reported it
+        elif host.link.get("transport") == "ray":
+            status["reason"] = host.link.get("reason", status.get("reason"))
+        return status
 
     def health_targets(self) -> list[tuple[str, str, list[str]]]:
         """``(pool, host key, agent ids)`` of every host: health is checked per host."""
@@ -241,8 +269,8 @@ class RayPlacement:
                 self._host_of.pop(agent_id, None)
             host.agents = []
             self._hosts.pop(key, None)
-            if self._channels is not None:
-                self._channels.drop(key)
+            if self._data_plane is not None:
+                self._data_plane.drop(key)
             with contextlib.suppress(Exception):
                 ray.kill(host.handle, no_restart=True)
 

@@ -37,55 +37,34 @@ class Transport:
     _counters: dict[str, int]
     _wakeup: asyncio.Event | None
     _tracer: Any
-    _channels: Any
-    _channel_token: str
+    _data_plane: Any  # hive_ray._runtime._data_plane.DataPlane, or None when it is off
 
     async def _make_ray_placement(self) -> Any:
-        import secrets
-
         import ray
 
-        from hive_ray._runtime._channel import ChannelServer
+        from hive_ray._runtime._data_plane import DataPlane
         from hive_ray._runtime._placement import RayPlacement
 
-        me = ray.get_runtime_context().current_actor
-        self._channel_token = secrets.token_hex(16)
-        channels: ChannelServer | None = ChannelServer(self._channel_token, self._answer_client_call)
-        host = self.settings.data_plane_host or _data_plane_bind_address()
-        if host == "off":
-            channels = None
-        else:
-            try:
-                await channels.start(host)
-            except OSError as error:
-                logger.warning("data plane could not listen on %s (%s); using Ray calls", host, error)
-                channels = None
-        self._channels = channels
-        return RayPlacement(me, namespace=self.settings.namespace, channels=channels,
-                            channel_token=self._channel_token)
+        context = ray.get_runtime_context()
+        # Listens on loopback; a listener for other nodes opens when a peer there needs it.
+        self._data_plane = await DataPlane.start(
+            self.settings, node_id=context.get_node_id(), node_address=ray.util.get_node_ip_address(),
+            call_handler=self._answer_client_call)
+        return RayPlacement(context.current_actor, namespace=self.settings.namespace,
+                            data_plane=self._data_plane)
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in DATA_PLANE_OPERATIONS:
             raise ConfigurationError(f"{method!r} cannot be called over the data plane; use a Ray call")
         return await getattr(self, method)(*args)
 
-    async def client_endpoint(self) -> tuple[tuple[str, int], str, str] | None:
-        """``(address, token, node address)`` of the data plane for drivers, or None if off."""
+    async def client_endpoint(self, node_id: str | None = None) -> Any:
+        """The data plane's :class:`~hive_ray._runtime._endpoint.Endpoint` for a driver on Ray
+        node ``node_id`` (loopback on this node, the node address elsewhere), or None: use Ray calls."""
         await self._ensure_started()
-        if self._channels is None or self._channels.address is None:
+        if self._data_plane is None:
             return None
-        import ray
-
-        return self._channels.address, self._channel_token, ray.util.get_node_ip_address()
-
-
-def _data_plane_bind_address() -> str:
-    """Loopback when every node shares this machine's address, else Ray's node address."""
-    import ray
-
-    own = ray.util.get_node_ip_address()
-    addresses = {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
-    return "127.0.0.1" if addresses <= {own} else own
+        return await self._data_plane.endpoint_for(node_id)
 
 
 __all__ = ["Transport"]

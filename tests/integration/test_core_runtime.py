@@ -23,6 +23,40 @@ from hive_ray import (
 
 pytestmark = pytest.mark.ray
 
+#: Tests of the paths a call takes run twice: over the data plane and over Ray calls alone
+#: (an orchestrator with ``data_plane: false``), so that the fallback is proven too.
+both_transports = pytest.mark.parametrize("hive", ["stream", "ray-calls"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def ray_calls_hive(ray_session, tmp_path_factory):
+    """A client of a private orchestrator whose data plane is off: everything is a Ray call."""
+    import ray
+
+    from hive_ray import Hive
+
+    state = tmp_path_factory.mktemp("ray-calls")
+    client = Hive.connect(settings={"orchestrator_name": "orchestrator-ray-calls", "data_plane": False,
+                                    "state_dir": str(state), "journal_dir": str(state / "journal")})
+    assert client._channel is None and client.statistics()["data_plane"] is None
+    try:
+        yield client
+    finally:
+        try:
+            client._call("shutdown", timeout=60)
+        finally:
+            ray.kill(client._orchestrator, no_restart=True)
+            client.close()
+
+
+@pytest.fixture
+def hive(request, hive):
+    """The session's client, or (``ray-calls``) one whose every call and task is a Ray call."""
+    if getattr(request, "param", "stream") == "ray-calls":
+        return request.getfixturevalue("ray_calls_hive")
+    assert hive._channel is not None, "the session's client should use the data plane"
+    return hive
+
 
 class Counter(Agent):
     """Keeps state across tasks and records its hooks: proves actor semantics."""
@@ -59,15 +93,19 @@ def wait_for_state(hive, task_id, states, timeout=20.0):
     raise AssertionError(f"task {task_id} never reached {states}: {hive.task(task_id)}")
 
 
+@both_transports
 def test_spawn_submit_and_agent_state(hive, unique_name):
     pool = hive.spawn(Counter, count=1, pool=unique_name)
     assert pool.size == 1 and pool.agents[0].state == "ready"
     results = [hive.submit(pool=unique_name, payload=i).result(timeout=30) for i in range(3)]
     assert [r["count"] for r in results] == [1, 2, 3]  # one instance, state kept between tasks
     assert results[0]["pid"] != os.getpid()  # it runs in its own process
+    [host] = hive.hosts(unique_name)
+    assert host["data_plane"]["transport"] == ("stream" if hive.settings.data_plane else "ray")
     assert "Pool" in repr(pool) and "<table>" in pool._repr_html_()
 
 
+@both_transports
 def test_map_keeps_input_order_over_many_agents(hive, unique_name):
     hive.spawn("echo", count=4, pool=unique_name)
     items = list(range(3000))
@@ -91,6 +129,7 @@ def test_coordinator_delegates_to_other_agents(hive, unique_name):
     assert len(children) >= 10
 
 
+@both_transports
 def test_handler_errors_cross_processes_with_their_type(hive, unique_name):
     hive.spawn(Counter, count=1, pool=unique_name)
     handle = hive.submit(pool=unique_name, payload="fail")
@@ -102,6 +141,7 @@ def test_handler_errors_cross_processes_with_their_type(hive, unique_name):
     assert record.state == TaskState.FAILED and record.error["message"] == "asked to fail"
 
 
+@both_transports
 def test_errors_raised_in_the_orchestrator_reach_the_client_intact(hive):
     with pytest.raises(UnknownAgentTypeError, match="no agent type 'no-such-type'; known types: .*echo"):
         hive.spawn("no-such-type")
@@ -109,6 +149,7 @@ def test_errors_raised_in_the_orchestrator_reach_the_client_intact(hive):
         hive.submit(capability="teleport", payload=1)
 
 
+@both_transports
 def test_cancel_queued_and_running_tasks(hive, unique_name):
     hive.spawn(AsyncSleeper, count=1, pool=unique_name)
     running = hive.submit(pool=unique_name, payload=30)
@@ -122,6 +163,7 @@ def test_cancel_queued_and_running_tasks(hive, unique_name):
     assert hive.submit(pool=unique_name, payload=0).result(timeout=10) == "woke"
 
 
+@both_transports
 def test_timeout_ends_a_task_that_runs_too_long(hive, unique_name):
     hive.spawn(AsyncSleeper, count=1, pool=unique_name)
     handle = hive.submit(pool=unique_name, payload=30, timeout=0.3)
@@ -130,6 +172,7 @@ def test_timeout_ends_a_task_that_runs_too_long(hive, unique_name):
     assert hive.task(handle.task_id).state == TaskState.TIMED_OUT
 
 
+@both_transports
 def test_result_timeout_leaves_the_task_running(hive, unique_name):
     hive.spawn(AsyncSleeper, count=1, pool=unique_name)
     handle = hive.submit(pool=unique_name, payload=0.5)
@@ -167,6 +210,7 @@ def test_priority_orders_the_backlog(hive, unique_name):
     assert hive.task(high.task_id).started_at <= hive.task(low.task_id).started_at
 
 
+@both_transports
 def test_await_works_in_async_code(hive, unique_name):
     hive.spawn("echo", count=1, pool=unique_name)
 
@@ -208,6 +252,7 @@ def test_a_second_driver_finds_the_same_orchestrator(hive, unique_name):
     assert lines[-1] == "from the second"
 
 
+@both_transports
 def test_killed_agent_process_is_restarted_and_its_task_completes(hive, unique_name):
     import signal
 
