@@ -163,6 +163,14 @@ class PoolScheduler:
             agent.inflight = max(0, agent.inflight - count)
             self._free.update(agent)
 
+    def occupy(self, agent_id: str, count: int) -> None:
+        """``count`` tasks already running on ``agent_id`` (found on a host adopted after an
+        orchestrator restart) take its slots; :meth:`release` frees them as usual."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.inflight += count
+            self._free.update(agent)
+
     def observe_handle_seconds(self, seconds: float) -> None:
         """Feed one task's handling time into the batch-size estimate."""
         if self._handle_ewma is None:

@@ -55,6 +55,7 @@ def decode_entry(body: bytes) -> TaskEntry:
 
 
 _STATE_INDEX = _SAVED.index("state")
+_HOST_PREFIX = "host:"
 
 
 class TaskJournal:
@@ -126,7 +127,23 @@ class TaskJournal:
         self._journal.delete_pool(name)
 
     def pools(self) -> list[dict[str, Any]]:
-        return [pickle.loads(spec) for spec in self._journal.pools().values()]
+        return [pickle.loads(spec) for name, spec in self._journal.pools().items()
+                if not name.startswith(_HOST_PREFIX)]
+
+    # Stopgap until the journal's own host table lands (branch ``journal``): host records
+    # share the pools table under a prefix no pool name can have (pool names are
+    # ``[A-Za-z0-9_.-]+``).
+    def record_host(self, key: str, info: dict[str, Any]) -> None:
+        """Remember a host actor (its Ray name, pool, number) so a restarted orchestrator finds it."""
+        self._journal.put_pool(_HOST_PREFIX + key, _dumps(info))
+
+    def forget_host(self, key: str) -> None:
+        self._journal.delete_pool(_HOST_PREFIX + key)
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        """Every recorded host's info, by host key, in the order they were recorded."""
+        return {name[len(_HOST_PREFIX):]: pickle.loads(spec) for name, spec in self._journal.pools().items()
+                if name.startswith(_HOST_PREFIX)}
 
     def prune(self, *, max_age_seconds: float, max_finished: int) -> int:
         return self._journal.prune(max_age_seconds=max_age_seconds, max_finished=max_finished, now=time.time())

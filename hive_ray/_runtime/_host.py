@@ -6,6 +6,13 @@ FIFO), unless its class declares itself ``concurrent``. Synchronous handlers run
 on a worker thread, a whole batch per hop, so the event loop stays free for
 cancellation and for health checks, which also have their own concurrency
 group so that no handler can starve them.
+
+Hosts are detached actors: they outlive a crash of the orchestrator that
+started them. A restarted orchestrator adopts them (:meth:`AgentHost.adopt`):
+the agents keep their in-memory state, and what the host ran meanwhile is
+handed over from its :class:`~hive_ray._runtime._host_ledger.OutcomeLedger`.
+A host whose orchestrator is gone for good (dead and not restarting) stops
+its agents and exits by itself (:meth:`AgentHost._watch_orchestrator`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import materialize
 from hive_ray._results import unwrap
 from hive_ray._runtime._channel import serve_host
+from hive_ray._runtime._host_adoption import HostAdoption
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
@@ -65,7 +73,7 @@ class _Resident:
         self.batches = 0  # batches in progress: a busy agent is never passivated
 
 
-class AgentHost:
+class AgentHost(HostAdoption):
     """A Ray actor hosting agents of one pool. Built by the placement layer."""
 
     def __init__(
@@ -77,6 +85,9 @@ class AgentHost:
         orchestrator: Any,
         max_threads: int = 8,
         passivate_after_seconds: float | None = None,
+        orchestrator_name: str | None = None,
+        namespace: str | None = None,
+        orphan_exit_seconds: float | None = None,
     ) -> None:
         self._pool = pool
         self._agent_type = agent_type
@@ -95,6 +106,7 @@ class AgentHost:
         self._tracer: Any = None  # hive_ray._tracing.Tracer when the orchestrator traces
         self._tracing_asked = False
         self._gc_pauses = gc_pauses()
+        self._init_adoption(orchestrator_name, namespace, orphan_exit_seconds)
 
     # -- lifecycle --------------------------------------------------------------
     async def activate(self, agent_ids: list[str],
@@ -105,21 +117,19 @@ class AgentHost:
         stream (see :mod:`hive_ray._runtime._channel`); without it, or when it
         cannot be reached, batches arrive as Ray calls instead.
         """
-        if self._cls is None:
-            self._cls = materialize(self._reference)
-        if not self._tracing_asked:
-            self._tracing_asked = True
-            self._tracer = await host_tracer(self._orchestrator)
-        if data_plane is not None and (self._channel is None or self._channel.done()):
-            address, token, host_key = data_plane
-            try:
-                self._channel = await asyncio.wait_for(
-                    serve_host(tuple(address), token, host_key, self.run_batch, self.cancel), 5)
-            except (OSError, asyncio.TimeoutError) as error:
-                logger.warning("data plane at %s unreachable (%s); using Ray calls", address, error)
-        for agent_id in agent_ids:
-            if agent_id not in self._residents:
-                await self._create(agent_id)
+        self._ledger.contact()
+        self._watch()
+        with self._activating():
+            if self._cls is None:
+                self._cls = materialize(self._reference)
+            if not self._tracing_asked:
+                self._tracing_asked = True
+                self._tracer = await host_tracer(self._orchestrator)
+            if data_plane is not None and (self._channel is None or self._channel.done()):
+                await self._connect_data_plane(data_plane)
+            for agent_id in agent_ids:
+                if agent_id not in self._residents:
+                    await self._create(agent_id)
         if self._passivate_after is not None and self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
         # The agents just built live as long as the host: keep them out of the garbage
@@ -127,6 +137,14 @@ class AgentHost:
         # and show up in the tail latency of a host with a thousand of them.
         freeze_long_lived()
         return self.where()
+
+    async def _connect_data_plane(self, data_plane: tuple[tuple[str, int], str, str]) -> None:
+        address, token, host_key = data_plane
+        try:
+            self._channel = await asyncio.wait_for(
+                serve_host(tuple(address), token, host_key, self.run_batch, self.cancel), 5)
+        except (OSError, asyncio.TimeoutError) as error:
+            logger.warning("data plane at %s unreachable (%s); using Ray calls", address, error)
 
     async def _create(self, agent_id: str) -> _Resident:
         assert self._cls is not None
@@ -174,6 +192,7 @@ class AgentHost:
 
     async def deactivate(self, agent_ids: list[str]) -> None:
         """Tear agents down (teardown hooks run) and forget them."""
+        self._ledger.contact()
         for agent_id in agent_ids:
             self._passivated.pop(agent_id, None)
             resident = self._residents.pop(agent_id, None)
@@ -189,6 +208,8 @@ class AgentHost:
     async def shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         await self.deactivate(list(self._residents) + list(self._passivated))
         if self._channel is not None:
             self._channel.cancel()
@@ -202,7 +223,21 @@ class AgentHost:
 
     # -- work -------------------------------------------------------------------
     async def run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
-        """Run envelopes for one agent, in order (or concurrently if it is concurrent)."""
+        """Run envelopes for one agent, in order (or concurrently if it is concurrent).
+
+        The ledger keeps the batch and its outcomes for an orchestrator that may
+        die before they reach it (see :meth:`adopt`).
+        """
+        batch = self._ledger.begin(agent_id, envelopes)
+        try:
+            outcomes = await self._run_batch(agent_id, envelopes)
+        except BaseException as error:
+            self._ledger.fail(batch, error)
+            raise
+        self._ledger.end(batch, outcomes)
+        return outcomes
+
+    async def _run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
         resident = self._residents.get(agent_id)
         if resident is None and agent_id in self._passivated:
             resident = await self._reactivate(agent_id)
@@ -330,6 +365,7 @@ class AgentHost:
     @ray.method(concurrency_group="health")
     async def health(self) -> dict[str, Any]:
         """Answered on its own concurrency group, so busy agents cannot starve it."""
+        self._ledger.last_contact = time.monotonic()
         return {"pid": os.getpid(), "active": len(self._residents), "passivated": len(self._passivated),
                 "activations": self._activations, "handled": self._handled,
                 "uptime_seconds": time.time() - self._started_at, "gc": self._gc_pauses.statistics()}

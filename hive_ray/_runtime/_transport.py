@@ -62,7 +62,9 @@ class Transport:
                 channels = None
         self._channels = channels
         return RayPlacement(me, namespace=self.settings.namespace, channels=channels,
-                            channel_token=self._channel_token)
+                            channel_token=self._channel_token,
+                            orchestrator_name=self.settings.orchestrator_name,
+                            orphan_exit_seconds=self.settings.orphaned_host_exit_seconds)
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in DATA_PLANE_OPERATIONS:
