@@ -32,7 +32,7 @@ from hive_ray._runtime._contracts import KeptOutcome, RunningBatch
 from hive_ray._task import Envelope, Outcome
 
 #: Seconds an outcome is kept after a later batch proved the orchestrator alive.
-KEEP_SECONDS = 5.0
+KEEP_SECONDS = 2.0
 #: Outcomes kept at most, oldest dropped first.
 KEEP_LIMIT = 10_000
 
@@ -79,9 +79,9 @@ class OutcomeLedger:
         now = self._clock()
         attempts = {envelope.task_id: envelope.attempt for envelope in batch.envelopes}
         recent = self._recent
-        for outcome in outcomes:
-            recent[outcome.task_id] = (now, batch.agent_id, attempts.get(outcome.task_id, 1), outcome)
-            recent.move_to_end(outcome.task_id)
+        agent_id = batch.agent_id
+        for outcome in outcomes:  # a task seen again (a retry here) keeps its place in line
+            recent[outcome.task_id] = (now, agent_id, attempts.get(outcome.task_id, 1), outcome)
         while len(recent) > self._limit:
             recent.popitem(last=False)
         if batch.ended is not None and not batch.ended.done():

@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorAlreadyExistsError, ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import (
+    ActorAlreadyExistsError,
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+)
 
 from hive_ray._runtime._channel import ChannelClosed, ChannelServer, HostChannel
 from hive_ray._runtime._contracts import (
