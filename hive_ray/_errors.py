@@ -123,7 +123,24 @@ class OverloadedError(HiveError):
 
 
 class JournalError(HiveError):
-    """The durable task journal cannot be opened or written."""
+    """The durable task journal cannot be opened, read or written.
+
+    ``reason`` names the failure so that callers can tell them apart without
+    parsing the message: ``full`` (no space left), ``read_only`` (permissions),
+    ``corrupt``, ``locked`` (another process uses the journal), ``io`` (the
+    disk failed), ``closed``, ``unreadable`` (a record this hive-ray cannot
+    decode), ``directory`` (the journal directory cannot be used), ``schema``
+    (not a hive-ray journal, or another version) or ``other``. ``path`` is
+    the journal's file or directory.
+    """
+
+    @property
+    def reason(self) -> str:
+        return str(self.details.get("reason", "other"))
+
+    @property
+    def path(self) -> str:
+        return str(self.details.get("path", ""))
 
 
 class TaskError(HiveError):

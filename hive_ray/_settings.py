@@ -44,6 +44,14 @@ class Settings(BaseSettings):
         "(survives orchestrator restarts, not a new cluster); set a path to keep tasks and pools "
         "across cluster restarts too.",
     )
+    journal_durability: Literal["normal", "full"] = Field(
+        "normal",
+        description="What a committed task survives. 'normal': a crash of the orchestrator "
+        "process or actor (SQLite WAL with synchronous=NORMAL; a power cut or kernel crash may "
+        "lose the last commits, never corrupt the file). 'full': a power cut too "
+        "(synchronous=FULL: an fsync per group commit, so each submit waits for the disk; "
+        "see docs/ADMIN.md, 'The journal', for the cost).",
+    )
     journal_retention_count: int = Field(
         1_000_000, ge=1000, description="Finished tasks kept in the journal, the most recently created."
     )

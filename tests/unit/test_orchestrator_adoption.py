@@ -129,6 +129,7 @@ def test_a_host_that_does_not_answer_adoption_is_stopped_and_its_tasks_run_elsew
         assert placement.stopped_hosts == ["host-p-0"] and placement.adopted == []
         assert (await orch.wait(held, 5))[:2] == ("succeeded", "stuck")
         assert [e["state"] for e in (await orch.events())["events"] if e["state"] == "host_lost"] == ["host_lost"]
+        await orch._journal.durable()
         assert list(orch._journal.hosts()) == ["host-p-0"]  # the replacement's record, under the same key
     asyncio.run(second_life())
 
@@ -166,18 +167,26 @@ def test_stopping_a_recovering_pool_stops_the_hosts_being_adopted(tmp_path):
         await orch.health()
         await orch.stop_pool("p")
         await until(lambda: placement.stopped_hosts == ["host-p-0"])
+        await orch._journal.durable()
         assert placement.active == set() and orch._journal.hosts() == {}
     asyncio.run(second_life())
 
 
 def test_hosts_recorded_for_a_pool_that_no_longer_exists_are_stopped(tmp_path):
     placement = FakePlacement()
-    first_life(tmp_path, placement)
-    placement.book.forget_pool("p")  # e.g. the pool's declaration could not be read back
+
+    async def first_life():
+        orch = orchestrator(tmp_path, placement)
+        await orch.health()
+        # A host whose pool's declaration is gone (e.g. stopped just before the crash).
+        orch._journal.record_host("host-x-0", {"name": "host-x-0", "pool": "x", "number": 0, "agent": "x-0"})
+        await orch._journal.durable()
+    asyncio.run(first_life())
 
     async def second_life():
         orch = orchestrator(tmp_path, placement)
         await orch.health()
-        await until(lambda: placement.stopped_hosts == ["host-p-0"])
+        await until(lambda: placement.stopped_hosts == ["host-x-0"])
+        await orch._journal.durable()
         assert orch._journal.hosts() == {}
     asyncio.run(second_life())
