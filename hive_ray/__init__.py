@@ -15,6 +15,7 @@ _EXPORTS = {
     "Agent": "hive_ray._agent",
     "AgentContext": "hive_ray._agent",
     "AgentInfo": "hive_ray._models",
+    "CapacityError": "hive_ray._errors",
     "ConfigurationError": "hive_ray._errors",
     "Hive": "hive_ray._client",
     "HiveConnectionError": "hive_ray._errors",
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
     from hive_ray._agent import Agent, AgentContext
     from hive_ray._client import Hive, TaskHandle
     from hive_ray._errors import (
+        CapacityError,
         ConfigurationError,
         HiveConnectionError,
         HiveError,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hive_ray._errors import HiveConnectionError, HiveError
+from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError
 from hive_ray._operations import DATA_PLANE_OPERATIONS, RETRYABLE_OPERATIONS
 from hive_ray._results import unwrap
 from hive_ray._tracing import inject_client_context, traced_call
@@ -47,6 +47,10 @@ _RETRYABLE_METHODS = RETRYABLE_OPERATIONS
 
 #: How long reads keep retrying while the orchestrator restarts.
 RECONNECT_SECONDS = 60.0
+#: The longest ``map`` waits before offering a chunk to a full pool again.
+MAP_MAX_BACKOFF_SECONDS = 5.0
+#: How long an interrupted ``map`` spends cancelling the tasks it leaves behind.
+MAP_CANCEL_SECONDS = 10.0
 
 
 class _Interrupted(Exception):
@@ -410,35 +414,74 @@ class Hive:
         """Run one task per payload and return the results in input order.
 
         Tasks reach the orchestrator ``chunk_size`` at a time (one call per chunk
-        each way). A ``tqdm.auto`` progress bar shows by default for more than one
-        chunk. A failed task raises its error once every task has ended, unless
+        each way), and at most what the pool's queue bound admits is in flight:
+        a full pool (:class:`~hive_ray.OverloadedError`) is waited out, for the
+        ``retry_after`` it suggests, instead of failing the map half-way. If the
+        map stops early (an error reaching the orchestrator, Ctrl-C), the tasks it
+        sent and no longer waits for are cancelled: nothing is left running.
+
+        A ``tqdm.auto`` progress bar shows by default for more than one chunk. A
+        failed task raises its error once every task has ended, unless
         ``return_exceptions`` is True, in which case the error takes its place.
         """
+        import uuid
+
         items = list(payloads)
         template = self._template(agent, options)
-        chunks = _chunks(items, chunk_size)
-        # One call per chunk: accepted and answered together (far below one Ray call per task).
-        calls = [self._fire("run_many", template, chunk, timeout) for chunk in chunks]
+        admission = self._call("admission", template) if items else None
+        window = _MapWindow.for_pool(admission, chunk_size, len(items))
+        chunks = _chunks(items, window.chunk_size)
+        ids = [[uuid.uuid4().hex for _ in chunk] for chunk in chunks]  # known even if a reply is lost
         bar = _progress_bar(len(items), progress if progress is not None else len(chunks) > 1)
-        results: list[Any] = []
-        first_error: BaseException | None = None
+        answers: list[Any] = [None] * len(chunks)
+        in_flight: dict[int, Any] = {}
+        waiting = list(range(len(chunks)))  # chunks not sent yet (or sent again), in order
         try:
-            for pending in calls:
-                ids, answers = self._collect(pending)
-                for task_id, answer in zip(ids, answers, strict=True):
-                    try:
-                        results.append(unwrap(task_id, answer))
-                    except HiveError as error:
-                        first_error = first_error or error
-                        results.append(error)
+            while waiting or in_flight:
+                while waiting and len(in_flight) < window.chunks:
+                    index = waiting.pop(0)
+                    in_flight[index] = self._fire("run_many", template, chunks[index], timeout, ids[index])
+                index = min(in_flight)
+                try:
+                    _, answers[index] = self._collect(in_flight[index])
+                except OverloadedError as full:
+                    # Nothing of that chunk was accepted: send it again once the pool has room.
+                    del in_flight[index]
+                    window.on_overloaded()
+                    waiting.insert(0, index)
+                    time.sleep(min(full.retry_after, MAP_MAX_BACKOFF_SECONDS))
+                    continue
+                del in_flight[index]
+                window.on_accepted()
                 if bar is not None:
-                    bar.update(len(ids))
+                    bar.update(len(answers[index]))
+        except BaseException:
+            self._cancel_quietly([task_id for index in in_flight for task_id in ids[index]])
+            raise
         finally:
             if bar is not None:
                 bar.close()
+        results: list[Any] = []
+        first_error: BaseException | None = None
+        for chunk_ids, chunk_answers in zip(ids, answers, strict=True):
+            for task_id, answer in zip(chunk_ids, chunk_answers, strict=True):
+                try:
+                    results.append(unwrap(task_id, answer))
+                except HiveError as error:
+                    first_error = first_error or error
+                    results.append(error)
         if first_error is not None and not return_exceptions:
             raise first_error
         return results
+
+    def _cancel_quietly(self, task_ids: list[str]) -> None:
+        """Cancel tasks nobody waits for any more; best effort, bounded in time."""
+        if not task_ids or self._closed:
+            return
+        try:
+            self._call_once("cancel_many", task_ids, timeout=MAP_CANCEL_SECONDS)
+        except BaseException as error:  # noqa: BLE001 - already failing: say so, do not mask it
+            logger.warning("could not cancel %d task(s) of an interrupted map: %s", len(task_ids), error)
 
     def _fire(self, method: str, *args: Any) -> Any:
         """Send a call without waiting: a Future on the data plane, else an ObjectRef."""
@@ -582,6 +625,36 @@ def local_cluster_address(settings: Settings) -> str | None:
     except OSError:
         return None
     return recorded.get("address")
+
+
+class _MapWindow:
+    """How much of a ``map`` is in flight: never more than the pool's queue bound admits.
+
+    Chunks in flight grow by one after each accepted chunk and halve when the
+    pool is full (other clients share it), between one and what the bound allows.
+    """
+
+    __slots__ = ("chunk_size", "chunks", "most")
+
+    def __init__(self, chunk_size: int, most: int) -> None:
+        self.chunk_size = chunk_size
+        self.most = max(1, most)
+        self.chunks = min(self.most, 4)
+
+    @classmethod
+    def for_pool(cls, admission: dict[str, Any] | None, chunk_size: int, total: int) -> _MapWindow:
+        chunk_size = max(1, chunk_size)
+        if admission is None:
+            return cls(chunk_size, 1)
+        bound = max(1, int(admission["max_queue"]))
+        chunk_size = min(chunk_size, bound)
+        return cls(chunk_size, bound // chunk_size)
+
+    def on_accepted(self) -> None:
+        self.chunks = min(self.most, self.chunks + 1)
+
+    def on_overloaded(self) -> None:
+        self.chunks = max(1, self.chunks // 2)
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:

@@ -4,6 +4,7 @@
 
     HiveError
     ├── ConfigurationError          bad settings, config file or pool options
+    │   └── CapacityError           a pool size the cluster (or an admin limit) cannot hold
     ├── HiveConnectionError         no cluster or orchestrator to talk to
     ├── UnknownAgentTypeError       no agent type by that name
     ├── UnknownPoolError            no pool by that name
@@ -57,6 +58,10 @@ def _known(names: Iterable[str]) -> str:
 
 class ConfigurationError(HiveError):
     """A setting, config file or pool option is invalid."""
+
+
+class CapacityError(ConfigurationError):
+    """A pool size or scale-up that the cluster, or an admin-set maximum, cannot hold."""
 
 
 class HiveConnectionError(HiveError):
@@ -178,6 +183,7 @@ class TaskTimeoutError(TaskError):
 
 
 __all__ = [
+    "CapacityError",
     "ConfigurationError",
     "HiveConnectionError",
     "HiveError",

@@ -39,6 +39,8 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("wait", True, True, "a task's (state, result, error) once it ended"),
     Operation("wait_many", True, True, "answers for several task ids"),
     Operation("cancel", True, False, "cancel a queued or running task"),
+    Operation("cancel_many", True, False, "cancel the unfinished tasks of a list (map giving up)"),
+    Operation("admission", True, True, "the pool a task would go to and its queue bound (map)"),
     Operation("resubmit", True, False, "submit an ended task again, as a new task"),
     Operation("report_progress", False, False, "an agent reports its task's progress"),
     # reads

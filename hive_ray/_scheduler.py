@@ -17,12 +17,24 @@ current size. A change re-files every agent of the pool (their slots depend on
 it), which costs milliseconds for a thousand agents; when the size followed
 every wobble of the mean, an echo pool changed it on almost every task and
 those re-filings were the p99 of a pool of 1,000 agents.
+
+What counts as queued: a batch hands an agent more tasks than its concurrency
+(they wait in its mailbox on the host, so the next batch is there when one
+ends). Those tasks are *prefetched*: they count as queued, not running, both in
+the statistics and against ``max_queue``, so a pool never admits more than its
+agents' concurrency plus its queue bound. Accepts whose journal commit is still
+in flight hold a *reservation* against the bound, so concurrent submissions
+cannot overshoot it while they wait to become durable.
+
+``retry_after`` (the back-off an :class:`~hive_ray._errors.OverloadedError`
+suggests) comes from the pool's measured drain rate: completions per second
+over the last few seconds.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +45,9 @@ from hive_ray._task import TaskEntry
 
 #: Affinity bindings kept per pool; the least recently used key is forgotten first.
 MAX_AFFINITY_KEYS = 100_000
+#: The drain rate is measured over about this many seconds of completions.
+DRAIN_WINDOW_SECONDS = 8.0
+_DRAIN_SAMPLE_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,11 @@ class PoolScheduler:
         self._handle_ewma: float | None = None
         self._batch = 1
         self._delayed: list[TaskEntry] = []  # retries waiting for their backoff
+        self._prefetched = 0  # tasks handed to agents beyond their concurrency (queued there)
+        self._reserved = 0  # accepted tasks whose journal commit is still in flight
+        self._completed = 0
+        self._drain_samples: deque[tuple[float, int]] = deque(
+            maxlen=int(DRAIN_WINDOW_SECONDS / _DRAIN_SAMPLE_SECONDS) + 1)
 
     # -- agents ---------------------------------------------------------------
     def add_agent(self, agent_id: str, *, concurrency: int = 1) -> None:
@@ -86,7 +106,9 @@ class PoolScheduler:
 
     def remove_agent(self, agent_id: str) -> None:
         """Forget an agent; tasks pinned to it by affinity go back to the main queue."""
-        self._agents.pop(agent_id, None)
+        agent = self._agents.pop(agent_id, None)
+        if agent is not None:
+            self._prefetched -= _excess(agent)
         self._free.remove_agent(agent_id)
         pinned = self._affinity_queues.pop(agent_id, None)
         if pinned is not None:
@@ -113,19 +135,36 @@ class PoolScheduler:
 
     # -- tasks ----------------------------------------------------------------
     def __len__(self) -> int:
+        """Tasks waiting here for an agent (not counting those prefetched by agents)."""
         return len(self._queue) + self._parked + len(self._delayed)
+
+    def backlog(self) -> int:
+        """What counts against ``max_queue``: waiting here, prefetched by agents, or reserved."""
+        return len(self) + self._prefetched + self._reserved
 
     def enqueue(self, entry: TaskEntry) -> None:
         """Queue a newly accepted task, or raise :class:`OverloadedError` when full."""
-        if len(self) >= self.max_queue:
-            raise OverloadedError(pool=self.name, retry_after=self.retry_after_hint())
+        self.check_room(1)
         self._queue.push(entry)
-        entry.sequence = None
 
     def check_room(self, count: int) -> None:
         """Raise :class:`OverloadedError` unless ``count`` more tasks fit in the queue."""
-        if len(self) + count > self.max_queue:
+        if self.backlog() + count > self.max_queue:
             raise OverloadedError(pool=self.name, retry_after=self.retry_after_hint())
+
+    def reserve(self, count: int) -> None:
+        """Hold room for ``count`` accepted tasks until they are durable (or refuse them)."""
+        self.check_room(count)
+        self._reserved += count
+
+    def admit(self, entry: TaskEntry) -> None:
+        """Queue a task whose room was reserved (its accept is now durable)."""
+        self._reserved = max(0, self._reserved - 1)
+        self._queue.push(entry)
+
+    def unreserve(self, count: int) -> None:
+        """Give back reserved room (the accept failed, or its task ended before admission)."""
+        self._reserved = max(0, self._reserved - count)
 
     def requeue(self, entry: TaskEntry, *, front: bool = True) -> None:
         """Put a task back, not subject to the queue bound.
@@ -160,15 +199,24 @@ class PoolScheduler:
         """``count`` tasks on ``agent_id`` ended; their slots are free again."""
         agent = self._agents.get(agent_id)
         if agent is not None:
+            before = _excess(agent)
             agent.inflight = max(0, agent.inflight - count)
+            self._prefetched += _excess(agent) - before
             self._free.update(agent)
+        self._completed += count
+        now = self._clock()
+        samples = self._drain_samples
+        if not samples or now - samples[-1][0] >= _DRAIN_SAMPLE_SECONDS:
+            samples.append((now, self._completed))
 
     def occupy(self, agent_id: str, count: int) -> None:
         """``count`` tasks already running on ``agent_id`` (found on a host adopted after an
         orchestrator restart) take its slots; :meth:`release` frees them as usual."""
         agent = self._agents.get(agent_id)
         if agent is not None:
+            before = _excess(agent)
             agent.inflight += count
+            self._prefetched += _excess(agent) - before
             self._free.update(agent)
 
     def observe_handle_seconds(self, seconds: float) -> None:
@@ -194,11 +242,35 @@ class PoolScheduler:
     def batch_size(self) -> int:
         return self._batch
 
+    def drain_rate(self) -> float | None:
+        """Tasks this pool completed per second over the last few seconds, if measured."""
+        samples = self._drain_samples
+        if not samples:
+            return None
+        now = self._clock()
+        start_time, start_count = samples[0]
+        for sample_time, sample_count in samples:  # the oldest sample inside the window
+            if now - sample_time <= DRAIN_WINDOW_SECONDS:
+                start_time, start_count = sample_time, sample_count
+                break
+        span = now - start_time
+        if span < 1.0 or self._completed == start_count:
+            return None  # too short a window, or nothing ended in it: no measurement
+        return (self._completed - start_count) / span
+
     def retry_after_hint(self) -> float:
-        """Seconds until the queue has likely drained by a tenth: a client's back-off."""
-        agents = max(1, len(self._agents))
-        per_task = self._handle_ewma if self._handle_ewma is not None else 0.01
-        return round(min(60.0, max(0.1, len(self) * 0.1 * per_task / agents)), 2)
+        """Seconds until a tenth of the backlog has likely drained: a client's back-off.
+
+        From the measured drain rate; before there is one, from the mean handling
+        time and the agents' concurrency (a pool that was never measured says 1 s).
+        """
+        needed = max(1.0, 0.1 * self.backlog())
+        rate = self.drain_rate()
+        if rate is None and self._handle_ewma is not None:
+            capacity = sum(agent.concurrency for agent in self._agents.values()) or 1
+            rate = capacity / max(self._handle_ewma, 1e-6)
+        seconds = needed / rate if rate else 1.0
+        return round(min(60.0, max(0.1, seconds)), 2)
 
     def assign(self) -> list[tuple[str, list[TaskEntry]]]:
         """Hand queued tasks to agents with free slots.
@@ -235,13 +307,15 @@ class PoolScheduler:
                 continue  # parked on its affinity agent's queue
             batches.setdefault(target.agent_id, []).append(entry)
             target.inflight += 1
+            if target.inflight > target.concurrency:
+                self._prefetched += 1
             free.update(target)
         return list(batches.items())
 
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(
-            queued=len(self),
-            inflight=sum(agent.inflight for agent in self._agents.values()),
+            queued=len(self) + self._prefetched,
+            inflight=sum(min(agent.inflight, agent.concurrency) for agent in self._agents.values()),
             agents=len(self._agents),
             accepting_agents=sum(1 for agent in self._agents.values() if agent.accepting),
             batch_size=self.batch_size(),
@@ -294,3 +368,7 @@ class PoolScheduler:
             agent.slots = self._slots_for(agent)
             self._free.update(agent)
 
+
+def _excess(agent: AgentSlots) -> int:
+    """Tasks an agent holds beyond its concurrency: prefetched, waiting in its mailbox."""
+    return max(0, agent.inflight - agent.concurrency)

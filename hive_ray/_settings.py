@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     spawn_wait_seconds: float = Field(
         120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
         "keep starting in the background (their demand reaches the autoscaler).")
+    max_agents_per_pool: int = Field(
+        100_000, ge=1,
+        description="Most agents one pool may have (spawn, scale, autoscaling's max_agents); a "
+        "larger request is refused with CapacityError (HTTP 422). An admin's limit.",
+    )
+    max_host_processes: int | None = Field(
+        None, ge=1,
+        description="Most agent host processes all pools together may run (dedicated agents "
+        "take one each, packed agents share one per agents_per_host). None: half the memory "
+        "Ray reports for the cluster at 64 MiB per process. Set it on clusters whose "
+        "autoscaler adds nodes, where today's memory is not the limit.",
+    )
     autoscale_interval_seconds: float = Field(1.0, gt=0, description="How often autoscaled pools are sized.")
     health_check_interval_seconds: float = Field(5.0, gt=0)
     health_check_timeout_seconds: float = Field(10.0, gt=0)

@@ -138,3 +138,7 @@ class Placement(Protocol):
         """Stop hosts named after this orchestrator that it neither adopted nor started
         (e.g. started just before a crash, before they were recorded). Returns how many."""
         ...
+
+    async def cluster_memory_bytes(self) -> float | None:
+        """The memory the cluster reports, for the host-process budget (None: unknown)."""
+        ...

@@ -17,10 +17,16 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from hive_ray._errors import ConfigurationError, HiveError, NoRouteError
+from hive_ray._errors import (
+    ConfigurationError,
+    HiveError,
+    JournalError,
+    NoRouteError,
+    TaskNotFoundError,
+)
 from hive_ray._results import PENDING
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._settings import Settings
@@ -69,34 +75,39 @@ class Dispatch:
         looked up after the task has left the in-memory retention.
         """
         await self._ensure_started()
-        ids, fresh = self._accept_or_fail(template, payloads, task_ids)
-        # Wait registration happens before anything can yield, so that no task can end
-        # (and leave the in-memory retention) before its waiter exists.
         loop = asyncio.get_running_loop()
-        futures = []
-        for task_id in ids:
-            entry = self._tasks.get(task_id)
-            if entry is not None and entry.state.terminal:
+        futures: list[asyncio.Future[Any]] = []
+
+        def register_waits(ids: list[str]) -> None:
+            # Runs inside the accept, before anything can yield: no task can end (and
+            # leave the in-memory retention) before its waiter exists.
+            for task_id in ids:
                 future = loop.create_future()
-                future.set_result((entry.state.value, entry.result, entry.error))
-            else:
-                future = loop.create_future()
-                self._waiters.setdefault(task_id, []).append(future)
-            futures.append(future)
-        if fresh and self._journal is not None:
-            await self._journal.durable()
+                entry = self._tasks.get(task_id) or self._from_journal(task_id)
+                if entry is None:
+                    future.set_exception(TaskNotFoundError(task_id=task_id))
+                elif entry.state.terminal:
+                    future.set_result((entry.state.value, entry.result, entry.error))
+                else:
+                    self._waiters.setdefault(task_id, []).append(future)
+                futures.append(future)
+
+        ids, _ = await self._accept_durably(template, payloads, task_ids, register_waits)
         try:
             done = await asyncio.wait_for(asyncio.gather(*futures), timeout) if timeout else await asyncio.gather(*futures)
         except asyncio.TimeoutError:
             done = [f.result() if f.done() and not f.cancelled() else (PENDING, None, None) for f in futures]
         finally:
-            for task_id, future in zip(ids, futures, strict=True):
-                waiters = self._waiters.get(task_id)
-                if waiters is not None and future in waiters:
-                    waiters.remove(future)
-                    if not waiters:
-                        del self._waiters[task_id]
+            self._forget_waits(ids, futures)
         return ids, list(done)
+
+    def _forget_waits(self, ids: list[str], futures: list[asyncio.Future[Any]]) -> None:
+        for task_id, future in zip(ids, futures, strict=False):
+            waiters = self._waiters.get(task_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[task_id]
 
     async def submit(self, template: dict[str, Any], payload: Any = None,
                      task_id: str | None = None) -> dict[str, Any]:
@@ -109,24 +120,89 @@ class Dispatch:
                           task_ids: list[str] | None = None) -> list[str]:
         """Accept tasks that share everything but their payload; durable when this returns."""
         await self._ensure_started()
-        ids, fresh = self._accept_or_fail(template, payloads, task_ids)
-        if fresh and self._journal is not None:
-            await self._journal.durable()
+        ids, _ = await self._accept_durably(template, payloads, task_ids)
         return ids
 
-    def _accept_or_fail(self, template: dict[str, Any], payloads: list[Any],
-                        task_ids: list[str] | None) -> tuple[list[str], bool]:
+    async def _accept_durably(self, template: dict[str, Any], payloads: list[Any],
+                              task_ids: list[str] | None,
+                              on_accepted: Callable[[list[str]], None] | None = None) -> tuple[list[str], bool]:
+        """Accept tasks, make the accept durable, and only then queue them for dispatch.
+
+        Nothing runs before its accept is committed: if the commit fails, the
+        tasks are withdrawn (never dispatched, never recovered) and the caller
+        gets the :class:`~hive_ray._errors.JournalError`, so a retry cannot run
+        a task twice. Returns ``(ids, fresh)``; ``fresh`` is False when an
+        idempotency key found an earlier task.
+        """
         try:
-            return self._accept(template, payloads, task_ids)
+            pool, ids, entries = self._accept(template, payloads, task_ids)
         except HiveError as error:
-            for task_id in task_ids or ():
+            self._fail_early_waiters(task_ids or (), error)
+            raise
+        if on_accepted is not None:
+            on_accepted(ids)
+        if not entries:
+            return ids, False
+        if self._journal is not None:
+            commit = asyncio.ensure_future(self._journal.durable())
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # The caller went away; the commit goes on and decides the tasks' fate.
+                commit.add_done_callback(lambda done: self._settle_accept(pool, entries, _failure_of(done)))
+                raise
+            except Exception as error:  # noqa: BLE001 - JournalError: the accept did not happen
+                self._settle_accept(pool, entries, error)
+                raise
+        self._settle_accept(pool, entries, None)
+        return ids, True
+
+    def _settle_accept(self, pool: Pool, entries: list[TaskEntry], error: BaseException | None) -> None:
+        """Queue accepted tasks once durable, or withdraw them if their commit failed."""
+        scheduler = pool.scheduler
+        if error is not None:
+            logger.error("accept of %d task(s) in pool %s was not committed: %s", len(entries), pool.name, error)
+            failure = error if isinstance(error, HiveError) else JournalError(
+                f"the journal could not commit {len(entries)} accepted task(s): {error}")
+            for entry in entries:
+                if self._tasks.get(entry.task_id) is entry:
+                    del self._tasks[entry.task_id]
+                if entry.idempotency_key is not None:
+                    self._idempotency.pop((entry.pool, entry.idempotency_key), None)
+                for waiter in self._waiters.pop(entry.task_id, ()):
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+            scheduler.unreserve(len(entries))
+            self._counters["submitted"] -= len(entries)
+            return
+        admitted = 0
+        live = self._pools.get(pool.name) is pool
+        for entry in entries:
+            if live and entry.state == TaskState.QUEUED:
+                scheduler.admit(entry)
+                admitted += 1
+                self._emit(entry, "queued")
+        scheduler.unreserve(len(entries) - admitted)  # ended (cancelled, timed out) meanwhile
+        self._signal_events()
+        if admitted:
+            # Dispatch right after this call has answered, not before.
+            asyncio.get_running_loop().call_soon(self._pump, pool)
+
+    def _fail_early_waiters(self, task_ids: Iterable[str], error: HiveError) -> None:
+        """A client that sent ``wait`` beside its ``submit`` hears why the submit failed."""
+        for task_id in task_ids:
+            if task_id not in self._tasks:
                 for waiter in self._waiters.pop(task_id, ()):
                     if not waiter.done():
                         waiter.set_exception(error)
-            raise
 
     def _accept(self, template: dict[str, Any], payloads: list[Any],
-                task_ids: list[str] | None) -> tuple[list[str], bool]:
+                task_ids: list[str] | None) -> tuple[Pool, list[str], list[TaskEntry]]:
+        """Route, check the bound, create and journal the records; queue nothing yet.
+
+        Returns the pool, the ids and the new entries (none when an idempotency
+        key matched an earlier task: its id is returned instead).
+        """
         pool = self._route(template)
         key = template.get("idempotency_key")
         if key is not None and len(payloads) == 1:
@@ -134,12 +210,17 @@ class Dispatch:
             if existing is None and self._journal is not None:
                 existing = self._journal.find_idempotent(pool.name, key)
             if existing is not None:
-                return [existing], False
-        pool.scheduler.check_room(len(payloads))
-        now = time.time()
+                return pool, [existing], []
         ids = task_ids or [uuid.uuid4().hex for _ in payloads]
         if len(ids) != len(payloads):
             raise ConfigurationError("submit_many needs one task id per payload when ids are given")
+        tasks = self._tasks
+        taken = next((task_id for task_id in ids if task_id in tasks), None)
+        if taken is not None or len(set(ids)) != len(ids):
+            raise ConfigurationError(f"task id {taken or 'given twice'!r} is already in use; "
+                                     "let hive-ray choose ids")
+        pool.scheduler.reserve(len(payloads))  # raises OverloadedError when full
+        now = time.time()
         priority = int(template.get("priority") or 0)
         timeout = template.get("timeout")
         metadata = dict(template.get("metadata") or {})
@@ -147,30 +228,25 @@ class Dispatch:
         affinity = template.get("affinity_key")
         trace_context = template.get("trace_context")
         agent_type = pool.spec["agent_type"]
-        tasks, enqueue, journal = self._tasks, pool.scheduler.enqueue, self._journal
+        journal = self._journal
+        entries = []
         for task_id, payload in zip(ids, payloads, strict=True):
-            if task_id in tasks:
-                raise ConfigurationError(f"task id {task_id!r} is already in use; let hive-ray choose ids")
             entry = TaskEntry(task_id=task_id, pool=pool.name, agent_type=agent_type, payload=payload,
                               priority=priority, timeout=timeout, affinity_key=affinity,
                               idempotency_key=key, metadata=metadata, max_attempts=max_attempts,
                               trace_context=trace_context, created_at=now)
             tasks[task_id] = entry
-            enqueue(entry)
+            entries.append(entry)
             if journal is not None:
                 journal.record(entry)
             if timeout is not None:
                 heapq.heappush(self._deadlines, (now + timeout, next(self._deadline_sequence), task_id))
-            self._emit(entry, "queued")
         if key is not None:
             self._idempotency[(pool.name, key)] = ids[0]
         if timeout is not None and self._wakeup is not None:
             self._wakeup.set()
         self._counters["submitted"] += len(ids)
-        self._signal_events()
-        # Dispatch right after this call has answered, not before.
-        asyncio.get_running_loop().call_soon(self._pump, pool)
-        return ids, True
+        return pool, ids, entries
 
     def _route(self, template: dict[str, Any]) -> Pool:
         if template.get("pool"):
@@ -246,6 +322,8 @@ class Dispatch:
             if self._tracer is not None:
                 self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
             self._release_batch(pool, agent_id, entries)
+            if self._pools.get(pool.name) is not pool:
+                return  # the pool was stopped (or the orchestrator is shutting down): nothing to redo
             for entry in entries:
                 if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
                     self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
@@ -333,6 +411,27 @@ class Dispatch:
         """Cancel a queued or running task; a task that already ended is left as it is."""
         await self._ensure_started()
         entry = self._entry(task_id)
+        self._cancel_entry(entry)
+        self._signal_events()
+        return self._record(entry)
+
+    async def cancel_many(self, task_ids: list[str]) -> int:
+        """Cancel every task of ``task_ids`` that has not ended (unknown ids are skipped).
+
+        What a client sends when it gives up on a ``map`` half-way (an error, Ctrl-C),
+        so that no task it no longer waits for keeps running. Returns how many it cancelled.
+        """
+        await self._ensure_started()
+        cancelled = 0
+        for task_id in task_ids:
+            entry = self._tasks.get(task_id)
+            if entry is not None and not entry.state.terminal:
+                self._cancel_entry(entry)
+                cancelled += 1
+        self._signal_events()
+        return cancelled
+
+    def _cancel_entry(self, entry: TaskEntry) -> None:
         if entry.state == TaskState.QUEUED:
             pool = self._pools.get(entry.pool)
             if pool is not None:
@@ -340,10 +439,16 @@ class Dispatch:
             self._end(entry, TaskState.CANCELLED)
         elif entry.state == TaskState.RUNNING:
             if entry.agent_id is not None:
-                self._placement.cancel(entry.agent_id, task_id)
+                self._placement.cancel(entry.agent_id, entry.task_id)
             self._end(entry, TaskState.CANCELLED)
-        self._signal_events()
-        return self._record(entry)
+
+    async def admission(self, template: dict[str, Any]) -> dict[str, Any]:
+        """Where ``template``'s tasks would go and how much that pool admits: for ``map``'s window."""
+        await self._ensure_started()
+        pool = self._route(template)
+        stats = pool.scheduler.statistics()
+        return {"pool": pool.name, "max_queue": pool.scheduler.max_queue, "backlog": pool.scheduler.backlog(),
+                "concurrency": pool.info.concurrency * max(1, stats.agents)}
 
     async def _timer_loop(self) -> None:
         """Ends tasks past their timeout and wakes pools whose retries are due."""
@@ -384,6 +489,14 @@ class Dispatch:
         self._signal_events()
         if agent_id is not None and pool is not None:
             self._spawn_background(self._check_unresponsive(pool, agent_id, entry.task_id))
+
+
+
+def _failure_of(commit: asyncio.Future[Any]) -> BaseException | None:
+    """Why a journal commit did not make its tasks durable, or None if it did."""
+    if commit.cancelled():
+        return JournalError("the journal commit was cancelled (the orchestrator is stopping)")
+    return commit.exception()
 
 
 __all__ = ["Dispatch"]

@@ -157,13 +157,19 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
 
     async def shutdown(self) -> None:
         """Stop every pool's agents (used by ``hive down`` and ``Hive.close``); keeps the journal."""
-        for name in list(self._pools):
-            pool = self._pools.pop(name)
-            growing = list(pool.growing)  # starting agents, a recovery adopting hosts
-            for starting in growing:
+        pools = list(self._pools.values())
+        self._pools.clear()  # from here on, a host that goes away is not restarted
+        growing = []  # agents starting, and recoveries adopting hosts: they stop what they took
+        for pool in pools:
+            for starting in list(pool.growing):
                 starting.cancel()
-            await asyncio.gather(*growing, return_exceptions=True)
-            await self._placement.deactivate(list(pool.agents))
+                growing.append(starting)
+            for record in pool.agents.values():
+                record.state = "stopping"
+        await asyncio.gather(*growing, return_exceptions=True)
+        # Running tasks stay unfinished in the journal: the next start runs them again.
+        await asyncio.gather(*(self._placement.deactivate(list(pool.agents)) for pool in pools),
+                             return_exceptions=True)
         if self._journal is not None:
             await self._journal.durable()
         if self._tracer is not None:

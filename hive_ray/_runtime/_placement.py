@@ -323,6 +323,11 @@ class RayPlacement:
 
         await asyncio.to_thread(request_resources, bundles=bundles)
 
+    async def cluster_memory_bytes(self) -> float | None:
+        """The memory Ray reports for the whole cluster (its ``memory`` resource)."""
+        resources = await asyncio.to_thread(ray.cluster_resources)
+        return float(resources["memory"]) if resources.get("memory") else None
+
     # -- outliving an orchestrator crash ------------------------------------------------
     def record_hosts_in(self, book: HostBook, recorded: dict[str, dict[str, Any]]) -> None:
         """Record hosts in ``book`` from now on; ``recorded`` are an earlier incarnation's."""

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hive_ray._autoscale import AutoscalePolicy, PoolAutoscaler
-from hive_ray._errors import ConfigurationError, HiveError, UnknownPoolError
+from hive_ray._capacity import CapacityLimits, check_pool_size, hosts_for, room_for
+from hive_ray._errors import CapacityError, ConfigurationError, HiveError, UnknownPoolError
 from hive_ray._gc_pauses import freeze_long_lived
 from hive_ray._registry import AgentTypeInfo, describe
 from hive_ray._runtime._contracts import PoolPlacementSpec
@@ -29,6 +30,9 @@ from hive_ray._supervision import RetryPolicy
 from hive_ray._task import TaskEntry, TaskState
 
 logger = logging.getLogger("hive_ray.orchestrator")
+
+#: Host processes started together when a pool grows (the rest wait for the next wave).
+HOSTS_STARTED_AT_ONCE = 8
 
 
 @dataclass(slots=True, kw_only=True)
@@ -113,6 +117,9 @@ class PoolManager:
             await self._adopted(pool)
             return await self.scale(name, self._live_count(pool) + validated["count"])
         pool = self._new_pool(validated, reference, capabilities, concurrency)
+        await self._check_capacity(pool, validated["count"])
+        if validated["autoscale"] is not None:
+            await self._check_capacity(pool, validated["autoscale"]["max_agents"], autoscaling=True)
         self._pools[name] = pool
         self._journal_pool(pool)
         try:
@@ -178,6 +185,7 @@ class PoolManager:
         if count < 0:
             raise ConfigurationError(f"cannot scale pool {name!r} to {count} agents; use 0 or more")
         await self._adopted(pool)
+        await self._check_capacity(pool, count)
         pool.spec["count"] = count
         self._journal_pool(pool)
         pool.supervisor.reset()  # an operator's decision clears a degraded state
@@ -248,32 +256,72 @@ class PoolManager:
             starting.result()  # raises the activation's error, if any
 
     async def _activate(self, pool: Pool, agent_ids: list[str]) -> None:
-        try:
-            where = await self._placement.activate(self._placement_spec(pool), agent_ids)
-        except asyncio.CancelledError:
-            for agent_id in agent_ids:
-                pool.agents.pop(agent_id, None)
-            raise
-        except Exception as error:
-            for agent_id in agent_ids:
-                pool.agents.pop(agent_id, None)
-            logger.error("could not start agents for pool %s: %s", pool.name, error)
-            if isinstance(error, HiveError):
+        """Start agents in waves of a few host processes, each ready (and given work) as it lands.
+
+        Starting hundreds of processes at once stalls a node (and the control plane
+        with it); waves keep the orchestrator answering while a large pool grows.
+        """
+        spec = self._placement_spec(pool)
+        wave = max(1, spec.agents_per_host) * HOSTS_STARTED_AT_ONCE
+        for start in range(0, len(agent_ids), wave):
+            batch = [a for a in agent_ids[start:start + wave] if a in pool.agents]
+            try:
+                where = await self._placement.activate(spec, batch)
+            except asyncio.CancelledError:
+                for agent_id in agent_ids[start:]:
+                    pool.agents.pop(agent_id, None)
                 raise
-            raise ConfigurationError(
-                f"could not start agents for pool {pool.name!r}: {type(error).__name__}: {error}"
-            ) from None
-        for agent_id in agent_ids:
-            self._mark_ready(pool, agent_id, where.get(agent_id, {}))
-        freeze_long_lived()
-        self._pump(pool)
+            except Exception as error:
+                for agent_id in agent_ids[start:]:
+                    pool.agents.pop(agent_id, None)
+                logger.error("could not start agents for pool %s: %s", pool.name, error)
+                if isinstance(error, HiveError):
+                    raise
+                raise ConfigurationError(
+                    f"could not start agents for pool {pool.name!r}: {type(error).__name__}: {error}"
+                ) from None
+            for agent_id in batch:
+                self._mark_ready(pool, agent_id, where.get(agent_id, {}))
+            freeze_long_lived()
+            self._pump(pool)
+
+    async def _capacity_limits(self) -> CapacityLimits:
+        memory = None
+        reporter = getattr(self._placement, "cluster_memory_bytes", None)
+        if reporter is not None and self.settings.max_host_processes is None:
+            try:
+                memory = await reporter()
+            except Exception:  # noqa: BLE001 - unknown memory: only the settings limit
+                logger.warning("could not read the cluster's memory", exc_info=True)
+        return CapacityLimits(max_agents_per_pool=self.settings.max_agents_per_pool,
+                              max_host_processes=self.settings.max_host_processes,
+                              cluster_memory_bytes=memory)
+
+    def _hosts_of_other_pools(self, pool: Pool) -> int:
+        return sum(hosts_for(self._live_count(other), _agents_per_host(other.spec))
+                   for other in self._pools.values() if other is not pool)
+
+    async def _check_capacity(self, pool: Pool, wanted: int, *, autoscaling: bool = False) -> None:
+        """Refuse a size the cluster or the admin's limits cannot hold, before anything starts."""
+        limits = await self._capacity_limits()
+        try:
+            check_pool_size(limits, pool=pool.name, wanted=wanted, agents_per_host=_agents_per_host(pool.spec),
+                            other_hosts=self._hosts_of_other_pools(pool))
+        except CapacityError as error:
+            if autoscaling:
+                raise CapacityError(f"autoscale.max_agents: {error}", **error.details) from None
+            raise
+
+    async def _room_for(self, pool: Pool) -> int:
+        return room_for(await self._capacity_limits(), agents_per_host=_agents_per_host(pool.spec),
+                        other_hosts=self._hosts_of_other_pools(pool))
 
     def _demand(self) -> list[dict[str, float]]:
         """Resource bundles for every pool at its desired size (for the autoscaler)."""
         bundles = []
         for pool in self._pools.values():
             spec = pool.spec
-            per_host = spec["agents_per_host"] if spec["placement"] == "packed" else 1
+            per_host = _agents_per_host(spec)
             bundle = {"CPU": spec["num_cpus"] * per_host, "GPU": spec["num_gpus"] * per_host,
                       **{name: amount * per_host for name, amount in spec["resources"].items()}}
             bundle = {name: amount for name, amount in bundle.items() if amount > 0}
@@ -307,6 +355,10 @@ class PoolManager:
                     self._spawn_background(self._autoscale_to(pool, wanted))
 
     async def _autoscale_to(self, pool: Pool, count: int) -> None:
+        room = await self._room_for(pool)
+        if count > room:
+            logger.warning("autoscaling pool %s capped at %d agents (capacity), not %d", pool.name, room, count)
+            count = max(room, min(count, self._live_count(pool)))  # never shrinks what runs
         pool.spec["count"] = count
         self._journal_pool(pool)
         current = [a for a in pool.agents.values() if a.state != "stopping"]
@@ -351,7 +403,7 @@ class PoolManager:
             pool=pool.name, agent_type=spec["agent_type"], reference=pool.info.reference,
             num_cpus=spec["num_cpus"], num_gpus=spec["num_gpus"], memory=spec["memory"],
             resources=spec["resources"],
-            agents_per_host=spec["agents_per_host"] if spec["placement"] == "packed" else 1,
+            agents_per_host=_agents_per_host(spec),
             passivate_after_seconds=spec["passivate_after_seconds"],
         )
 
@@ -395,6 +447,10 @@ def validated_pool_spec(spec: dict[str, Any]) -> dict[str, Any]:
         return PoolSpec(**spec).model_dump()
     except ValueError as error:
         raise ConfigurationError(f"invalid pool spec: {error}") from None
+
+
+def _agents_per_host(spec: dict[str, Any]) -> int:
+    return spec["agents_per_host"] if spec["placement"] == "packed" else 1
 
 
 __all__ = ["AgentRecord", "Pool", "PoolManager"]

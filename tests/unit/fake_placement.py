@@ -37,6 +37,8 @@ class FakePlacement:
         self.report_hosts = False  # health_targets lists one host per agent when set
         self.pool_of: dict[str, str] = {}
         self.health_pings: list[tuple[float, str]] = []  # (loop time, host key)
+        self.memory_bytes: float | None = None  # what the cluster reports; None: unknown
+        self.activate_calls: list[list[str]] = []
         # hosts outliving an orchestrator
         self.book: Any = None
         self.running: dict[str, dict[str, Any]] = {}  # agent id -> {task id: envelope} not finished
@@ -49,6 +51,7 @@ class FakePlacement:
         self.stopped_hosts: list[str] = []
 
     async def activate(self, spec: Any, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.activate_calls.append(list(agent_ids))
         self.active.update(agent_ids)
         self.activations += len(agent_ids)
         self.pool_of.update((agent_id, spec.pool) for agent_id in agent_ids)
@@ -100,6 +103,9 @@ class FakePlacement:
 
     async def request_resources(self, bundles: list[dict[str, float]]) -> None:
         self.requested = bundles
+
+    async def cluster_memory_bytes(self) -> float | None:
+        return self.memory_bytes
 
     async def deactivate(self, agent_ids: list[str], *, kill: bool = False) -> None:
         self.active.difference_update(agent_ids)

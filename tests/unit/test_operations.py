@@ -18,7 +18,7 @@ def test_every_operation_is_an_orchestrator_method_and_every_method_an_operation
 
 
 def test_only_reads_and_waits_are_sent_again_after_a_broken_connection() -> None:
-    state_changing = {"run", "run_many", "submit", "submit_many", "cancel", "resubmit",
+    state_changing = {"run", "run_many", "submit", "submit_many", "cancel", "cancel_many", "resubmit",
                       "create_pool", "scale", "stop_pool", "shutdown", "report_progress"}
     assert not state_changing & RETRYABLE_OPERATIONS
     assert {"wait", "wait_many", "task", "tasks", "pools", "health"} <= RETRYABLE_OPERATIONS

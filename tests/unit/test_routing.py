@@ -66,17 +66,33 @@ def test_affinity_places_keys_deterministically_and_spreads_them():
     assert min(counts) > 20
 
 
-def test_decisions_stay_fast_with_thousands_of_agents():
-    import time
+def test_decisions_do_not_scan_the_agents(monkeypatch: pytest.MonkeyPatch):
+    # Counted, not timed: a decision may look at a handful of agents, never at all 5,000.
+    import hive_ray._routing as routing
+
+    looked_at = 0
+
+    class CountingAgents(dict):
+        def __getitem__(self, agent_id: str) -> routing.AgentSlots:
+            nonlocal looked_at
+            looked_at += 1
+            return super().__getitem__(agent_id)
+
+    original_free = routing.AgentSlots.free
+
+    def counting_free(agent: routing.AgentSlots) -> int:
+        nonlocal looked_at
+        looked_at += 1
+        return original_free.fget(agent)
 
     free = index(*[(f"agent-{i:05d}", i % 3) for i in range(5000)])
-    policies = [LeastLoaded(), PowerOfTwoChoices(random.Random(1)), RoundRobin(), KeyAffinity()]
-    started = time.perf_counter()
-    for policy in policies:
-        for key in range(2000):
-            policy.choose(free, f"k{key}")
-    # 8,000 decisions; a scan of 5,000 agents each would take seconds.
-    assert time.perf_counter() - started < 3.0
+    free._all = CountingAgents(free._all)
+    monkeypatch.setattr(routing.AgentSlots, "free", property(counting_free))
+    for policy in [LeastLoaded(), PowerOfTwoChoices(random.Random(1)), RoundRobin(), KeyAffinity()]:
+        looked_at = 0
+        for key in range(200):
+            assert policy.choose(free, f"k{key}") is not None
+        assert looked_at <= 200 * 8, f"{type(policy).__name__} looked at {looked_at} agents for 200 decisions"
 
 
 def test_unknown_policy_lists_the_known_ones():

@@ -172,3 +172,66 @@ def test_agents_that_stop_accepting_get_no_new_work():
     scheduler.set_accepting("a", False)
     scheduler.enqueue(entry("t"))
     assert scheduler.assign() == []
+
+
+def test_tasks_beyond_an_agents_concurrency_count_against_the_queue_bound():
+    # The burst from the review: one agent of concurrency 100, max_queue 50, quick tasks
+    # (batching on). Only concurrency + max_queue tasks may ever be admitted.
+    scheduler = PoolScheduler("p", max_queue=50, max_batch=64, target_batch_seconds=0.002)
+    scheduler.add_agent("a", concurrency=100)
+    for _ in range(20):
+        scheduler.observe_handle_seconds(0.00001)  # quick: batches of 64
+    assert scheduler.batch_size() == 64
+    admitted = 0
+    for i in range(750):
+        try:
+            scheduler.enqueue(entry(f"t{i}"))
+        except OverloadedError:
+            continue
+        admitted += 1
+        scheduler.assign()
+    assert admitted == 150
+    stats = scheduler.statistics()
+    assert (stats.inflight, stats.queued) == (100, 50)
+    scheduler.release("a", 100)  # a hundred ended: the prefetched fifty now run, room for 100
+    stats = scheduler.statistics()
+    assert (stats.inflight, stats.queued) == (50, 0)
+    scheduler.check_room(50)
+    with pytest.raises(OverloadedError):
+        scheduler.check_room(51 + 50)
+
+
+def test_reservations_hold_room_until_the_accept_is_admitted_or_given_back():
+    scheduler = PoolScheduler("p", max_queue=3)
+    scheduler.reserve(2)
+    with pytest.raises(OverloadedError):
+        scheduler.reserve(2)
+    first = entry("t0")
+    scheduler.admit(first)
+    assert (len(scheduler), scheduler.backlog()) == (1, 2)  # one queued, one still reserved
+    scheduler.unreserve(1)
+    scheduler.reserve(2)
+    assert scheduler.backlog() == 3
+    with pytest.raises(OverloadedError):
+        scheduler.reserve(1)
+
+
+def test_retry_after_follows_the_measured_drain_rate():
+    clock = FakeClock()
+    scheduler = PoolScheduler("p", max_queue=50, clock=clock)
+    scheduler.add_agent("a")
+    assert scheduler.retry_after_hint() == 1.0  # nothing measured yet
+    for i in range(50):
+        scheduler.enqueue(entry(f"t{i}"))
+    # Tasks of 2 s on one agent: one completion every 2 s.
+    for _ in range(4):
+        scheduler.assign()
+        clock.now += 2.0
+        scheduler.observe_handle_seconds(2.0)
+        scheduler.release("a")
+    # 0.5 tasks/s and a backlog of 46: a tenth (4.6 tasks) drains in about 9 s, not 0.1 s.
+    assert scheduler.drain_rate() == pytest.approx(0.5)
+    assert scheduler.retry_after_hint() == pytest.approx(4.6 / 0.5, rel=0.05)
+    with pytest.raises(OverloadedError) as refused:
+        scheduler.check_room(10)
+    assert refused.value.retry_after == pytest.approx(9.2, rel=0.05)
