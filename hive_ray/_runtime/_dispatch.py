@@ -208,7 +208,8 @@ class Dispatch:
         if key is not None and len(payloads) == 1:
             existing = self._idempotency.get((pool.name, key))
             if existing is None and self._journal is not None:
-                existing = self._journal.find_idempotent(pool.name, key)
+                found = self._journal.find_idempotent(pool.name, key)  # a TaskEntry (branch journal)
+                existing = found.task_id if found is not None else None
             if existing is not None:
                 return pool, [existing], []
         ids = task_ids or [uuid.uuid4().hex for _ in payloads]

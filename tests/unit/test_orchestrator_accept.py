@@ -41,7 +41,7 @@ class ControlledJournal:
                 commit.set_exception(error)
         self.commits.clear()
 
-    def find_idempotent(self, pool: str, key: str) -> str | None:
+    def find_idempotent(self, pool: str, key: str) -> Any:
         return None
 
     def get(self, task_id: str) -> None:
