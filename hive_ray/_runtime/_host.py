@@ -117,8 +117,7 @@ class AgentHost(HostAdoption):
         stream (see :mod:`hive_ray._runtime._channel`); without it, or when it
         cannot be reached, batches arrive as Ray calls instead.
         """
-        self._ledger.contact()
-        self._watch()
+        self._called()
         with self._activating():
             if self._cls is None:
                 self._cls = materialize(self._reference)
@@ -208,8 +207,7 @@ class AgentHost(HostAdoption):
     async def shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
+        self._stop_watching.set()
         await self.deactivate(list(self._residents) + list(self._passivated))
         if self._channel is not None:
             self._channel.cancel()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,10 +43,15 @@ class HostAdoption:
         self._ledger = OutcomeLedger()
         self._orchestrator_name = orchestrator_name
         self._namespace = namespace
-        self._orphan_exit_seconds = orphan_exit_seconds
-        self._watchdog: asyncio.Task[None] | None = None
         self._activations_running = 0
         self._no_activation: asyncio.Event | None = None  # made on the actor's event loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the actor's, once a call arrived
+        self._stop_watching = threading.Event()
+        if orphan_exit_seconds is not None and orchestrator_name:
+            # A thread, started with the actor: a host that only starts once its orchestrator
+            # is gone (it waited for resources) never receives a call, yet must not stay.
+            threading.Thread(target=self._watch_orchestrator, args=(orphan_exit_seconds,),
+                             name="hive-orphan-watchdog", daemon=True).start()
 
     @contextlib.contextmanager
     def _activating(self) -> Iterator[None]:
@@ -77,7 +83,7 @@ class HostAdoption:
         the batches it is still running and the outcomes it kept (see
         :class:`~hive_ray._runtime._host_ledger.OutcomeLedger`).
         """
-        self._ledger.contact()
+        self._called()
         if orchestrator is not None:
             self._orchestrator = orchestrator
         await self._idle().wait()
@@ -86,7 +92,6 @@ class HostAdoption:
             self._channel = None
         if data_plane is not None:
             await self._connect_data_plane(data_plane)
-        self._watch()
         running, outcomes = self._ledger.snapshot()
         return {**self.where(), "agents": [*self._residents, *self._passivated],
                 "running": running, "outcomes": outcomes}
@@ -95,12 +100,13 @@ class HostAdoption:
         """Outcomes of tasks this host ran for an earlier orchestrator, once they ended."""
         return await self._ledger.claim(task_ids)
 
-    def _watch(self) -> None:
-        if self._orphan_exit_seconds is not None and self._orchestrator_name and self._watchdog is None:
-            self._watchdog = asyncio.ensure_future(self._watch_orchestrator(self._orphan_exit_seconds))
+    def _called(self) -> None:
+        """The orchestrator called: note the event loop, for an orphaned host's teardown."""
+        self._ledger.contact()
+        self._loop = asyncio.get_running_loop()
 
-    async def _watch_orchestrator(self, exit_seconds: float) -> None:
-        """Exit once the orchestrator is gone for good, within about ``exit_seconds``.
+    def _watch_orchestrator(self, exit_seconds: float) -> None:
+        """Exit once the orchestrator is gone for good, within about ``exit_seconds`` (a thread).
 
         A host is detached, so nothing else would ever stop it. It looks its
         orchestrator up by name only while it hears nothing from it (health
@@ -110,15 +116,14 @@ class HostAdoption:
         """
         period = exit_seconds / 3
         misses = 0
-        while True:
-            await asyncio.sleep(period)
+        while not self._stop_watching.wait(period):
             if time.monotonic() - self._ledger.last_contact < period:
                 misses = 0
                 continue
-            alive = await asyncio.to_thread(self._orchestrator_exists)
+            alive = self._orchestrator_exists()
             misses = misses + 1 if alive is False else 0
             if misses >= 2:
-                await self._exit_orphaned()
+                self._exit_orphaned()
                 return
 
     def _orchestrator_exists(self) -> bool | None:
@@ -132,13 +137,15 @@ class HostAdoption:
         mine = getattr(self._orchestrator, "_actor_id", None)
         return mine is None or getattr(found, "_actor_id", None) == mine
 
-    async def _exit_orphaned(self) -> None:
+    def _exit_orphaned(self) -> None:
         logger.warning("orchestrator %r (namespace %r) is gone for good; stopping %d agent(s) and exiting",
                        self._orchestrator_name, self._namespace, len(self._residents) + len(self._passivated))
-        try:
-            await asyncio.wait_for(self.shutdown(), 30)
-        except Exception:  # noqa: BLE001 - exiting anyway
-            logger.exception("teardown of an orphaned host failed")
+        loop = self._loop
+        if loop is not None and loop.is_running():  # agents were set up there: tear them down
+            try:
+                asyncio.run_coroutine_threadsafe(self.shutdown(), loop).result(30)
+            except Exception:  # noqa: BLE001 - exiting anyway
+                logger.exception("teardown of an orphaned host failed")
         try:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
         except Exception:  # noqa: BLE001 - Ray refused: leave the hard way
