@@ -409,8 +409,10 @@ class RayPlacement:
         prefix = host_name_prefix(self._namespace, self._orchestrator_name)
         named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
         known = {host.name for host in self._hosts.values()} | self._recorded
+        # The rest of a name is "<pool>:<n>"; "b:<pool>:<n>" is a host of orchestrator "<this>:b".
         strays = [actor["name"] for actor in named if actor.get("namespace") == self._namespace
-                  and actor["name"].startswith(prefix) and actor["name"] not in known]
+                  and actor["name"].startswith(prefix) and actor["name"] not in known
+                  and actor["name"][len(prefix):].count(":") == 1]
         for name in strays:
             logger.warning("stopping host actor %s: this orchestrator did not record it", name)
             with contextlib.suppress(Exception):
