@@ -110,13 +110,15 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         if self._placement is None:
             self._placement = await self._make_ray_placement()
             self._start_tracing()
+        if self._journal is not None:
+            # Quick (journal reads): pools adopt their hosts in the background. If it
+            # raises, every call gets the error, rather than answers without the pools.
+            self._recover()
+            self._spawn_background(self._prune_loop())
         self._started = True
         self._spawn_background(self._timer_loop())
         self._spawn_background(self._health_loop())
         self._spawn_background(self._autoscale_loop())
-        if self._journal is not None:
-            self._recover()  # quick: pools adopt their hosts in the background
-            self._spawn_background(self._prune_loop())
         self._spawn_background(self._stop_stray_hosts())
         self._recovery_seconds = time.monotonic() - began
         freeze_long_lived()
