@@ -136,6 +136,19 @@ class Settings(BaseSettings):
     autoscale_interval_seconds: float = Field(1.0, gt=0, description="How often autoscaled pools are sized.")
     health_check_interval_seconds: float = Field(5.0, gt=0)
     health_check_timeout_seconds: float = Field(10.0, gt=0)
+    host_adoption_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="After an orchestrator restart, how long a surviving host may take to be "
+        "adopted; one that does not answer in time is stopped, its agents start anew and its "
+        "tasks run again elsewhere.",
+    )
+    orphaned_host_exit_seconds: float = Field(
+        30.0, gt=0,
+        description="A host whose orchestrator is gone for good (dead and not restarting, e.g. "
+        "killed with no_restart) stops its agents and exits within about this long. Hosts are "
+        "detached actors so that they survive an orchestrator crash; this keeps them from "
+        "outliving it for good.",
+    )
 
     # -- API server -------------------------------------------------------------
     http_host: str = Field("127.0.0.1", description="Listen address; loopback unless you mean it.")

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import (
@@ -317,9 +317,11 @@ class Dispatch:
             self._wakeup.set()
 
     async def _dispatch(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
-                        envelopes: list[Envelope]) -> None:
+                        envelopes: list[Envelope], reclaimed: Awaitable[list[Outcome]] | None = None) -> None:
+        """Run a batch and settle its outcomes; ``reclaimed`` awaits those of a batch an
+        adopted host was already running (see _recovery.py) instead of sending it."""
         try:
-            outcomes = await self._placement.run_batch(agent_id, envelopes)
+            outcomes = await (reclaimed if reclaimed is not None else self._placement.run_batch(agent_id, envelopes))
         except AgentLost as lost:
             if self._tracer is not None:
                 self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")

@@ -6,6 +6,13 @@ FIFO), unless its class declares itself ``concurrent``. Synchronous handlers run
 on a worker thread, a whole batch per hop, so the event loop stays free for
 cancellation and for health checks, which also have their own concurrency
 group so that no handler can starve them.
+
+Hosts are detached actors: they outlive a crash of the orchestrator that
+started them. A restarted orchestrator adopts them (:meth:`AgentHost.adopt`):
+the agents keep their in-memory state, and what the host ran meanwhile is
+handed over from its :class:`~hive_ray._runtime._host_ledger.OutcomeLedger`.
+A host whose orchestrator is gone for good (dead and not restarting) stops
+its agents and exits by itself (:meth:`AgentHost._watch_orchestrator`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from hive_ray._registry import materialize
 from hive_ray._results import unwrap
 from hive_ray._runtime._channel import HostLink, connect_host
 from hive_ray._runtime._endpoint import Endpoint
+from hive_ray._runtime._host_adoption import HostAdoption
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
@@ -66,7 +74,7 @@ class _Resident:
         self.batches = 0  # batches in progress: a busy agent is never passivated
 
 
-class AgentHost:
+class AgentHost(HostAdoption):
     """A Ray actor hosting agents of one pool. Built by the placement layer."""
 
     def __init__(
@@ -78,6 +86,9 @@ class AgentHost:
         orchestrator: Any,
         max_threads: int = 8,
         passivate_after_seconds: float | None = None,
+        orchestrator_name: str | None = None,
+        namespace: str | None = None,
+        orphan_exit_seconds: float | None = None,
     ) -> None:
         self._pool = pool
         self._agent_type = agent_type
@@ -97,6 +108,7 @@ class AgentHost:
         self._tracer: Any = None  # hive_ray._tracing.Tracer when the orchestrator traces
         self._tracing_asked = False
         self._gc_pauses = gc_pauses()
+        self._init_adoption(orchestrator_name, namespace, orphan_exit_seconds)
 
     # -- lifecycle --------------------------------------------------------------
     async def activate(self, agent_ids: list[str], data_plane: Endpoint | None = None,
@@ -108,16 +120,18 @@ class AgentHost:
         under. Without it, or when it cannot be reached or authenticated, batches
         arrive as Ray calls instead.
         """
-        if self._cls is None:
-            self._cls = materialize(self._reference)
-        if not self._tracing_asked:
-            self._tracing_asked = True
-            self._tracer = await host_tracer(self._orchestrator)
-        if data_plane is not None and (self._link is None or not self._link.open):
-            await self._connect(data_plane, host_key)
-        for agent_id in agent_ids:
-            if agent_id not in self._residents:
-                await self._create(agent_id)
+        self._called()
+        with self._activating():
+            if self._cls is None:
+                self._cls = materialize(self._reference)
+            if not self._tracing_asked:
+                self._tracing_asked = True
+                self._tracer = await host_tracer(self._orchestrator)
+            if data_plane is not None and (self._link is None or not self._link.open):
+                await self._connect(data_plane, host_key)
+            for agent_id in agent_ids:
+                if agent_id not in self._residents:
+                    await self._create(agent_id)
         if self._passivate_after is not None and self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
         # The agents just built live as long as the host: keep them out of the garbage
@@ -186,6 +200,7 @@ class AgentHost:
 
     async def deactivate(self, agent_ids: list[str]) -> None:
         """Tear agents down (teardown hooks run) and forget them."""
+        self._ledger.contact()
         for agent_id in agent_ids:
             self._passivated.pop(agent_id, None)
             resident = self._residents.pop(agent_id, None)
@@ -201,6 +216,7 @@ class AgentHost:
     async def shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._stop_watching.set()
         await self.deactivate(list(self._residents) + list(self._passivated))
         if self._link is not None:
             self._link.close()
@@ -215,7 +231,21 @@ class AgentHost:
 
     # -- work -------------------------------------------------------------------
     async def run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
-        """Run envelopes for one agent, in order (or concurrently if it is concurrent)."""
+        """Run envelopes for one agent, in order (or concurrently if it is concurrent).
+
+        The ledger keeps the batch and its outcomes for an orchestrator that may
+        die before they reach it (see :meth:`adopt`).
+        """
+        batch = self._ledger.begin(agent_id, envelopes)
+        try:
+            outcomes = await self._run_batch(agent_id, envelopes)
+        except BaseException as error:
+            self._ledger.fail(batch, error)
+            raise
+        self._ledger.end(batch, outcomes)
+        return outcomes
+
+    async def _run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
         resident = self._residents.get(agent_id)
         if resident is None and agent_id in self._passivated:
             resident = await self._reactivate(agent_id)
@@ -343,6 +373,7 @@ class AgentHost:
     @ray.method(concurrency_group="health")
     async def health(self) -> dict[str, Any]:
         """Answered on its own concurrency group, so busy agents cannot starve it."""
+        self._ledger.last_contact = time.monotonic()
         return {"pid": os.getpid(), "active": len(self._residents), "passivated": len(self._passivated),
                 "activations": self._activations, "handled": self._handled,
                 "uptime_seconds": time.time() - self._started_at, "gc": self._gc_pauses.statistics()}

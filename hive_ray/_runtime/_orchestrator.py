@@ -25,8 +25,10 @@ in :mod:`hive_ray._operations`.
 Delivery is at-least-once: a task running on an agent that dies is queued
 again (up to its pool's ``retry.max_attempts``), and its result is recorded
 exactly once (a late duplicate is counted, not recorded). Accepted tasks are
-in the journal before ``submit`` answers; a restarted orchestrator re-creates
-its pools and re-queues every task that had not ended.
+in the journal before ``submit`` answers. Host actors are detached, so they
+outlive an orchestrator crash: a restarted orchestrator answers at once, adopts
+the hosts (their agents keep their state, the tasks they run finish there)
+and re-queues every other task that had not ended (see ``_recovery.py``).
 
 The class runs without Ray in unit tests: give it a fake ``placement``.
 """
@@ -76,7 +78,8 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         self._event_signal: asyncio.Event | None = None
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
-                          "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0}
+                          "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
+                          "adopted_agents": 0, "reclaimed": 0}
         # dispatch (timeouts and due retries)
         self._deadlines: list[tuple[float, int, str]] = []
         self._deadline_sequence = itertools.count()
@@ -106,13 +109,16 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         if self._placement is None:
             self._placement = await self._make_ray_placement()
             self._start_tracing()
+        if self._journal is not None:
+            # Quick (journal reads): pools adopt their hosts in the background. If it
+            # raises, every call gets the error, rather than answers without the pools.
+            self._recover()
+            self._spawn_background(self._prune_loop())
         self._started = True
         self._spawn_background(self._timer_loop())
         self._spawn_background(self._health_loop())
         self._spawn_background(self._autoscale_loop())
-        if self._journal is not None:
-            await self._recover()
-            self._spawn_background(self._prune_loop())
+        self._spawn_background(self._stop_stray_hosts())
         self._recovery_seconds = time.monotonic() - began
         freeze_long_lived()
 
@@ -127,6 +133,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         await self._ensure_started()
         return {"status": "ok", "pools": len(self._pools), "tasks": len(self._tasks),
                 "degraded_pools": sorted(p.name for p in self._pools.values() if p.supervisor.degraded),
+                "recovering_pools": sorted(p.name for p in self._pools.values() if p.recovering),
                 "uptime_seconds": time.time() - self._created_at}
 
     async def statistics(self) -> dict[str, Any]:
@@ -154,11 +161,14 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         """Stop every pool's agents (used by ``hive down`` and ``Hive.close``); keeps the journal."""
         pools = list(self._pools.values())
         self._pools.clear()  # from here on, a host that goes away is not restarted
+        growing = []  # agents starting, and recoveries adopting hosts: they stop what they took
         for pool in pools:
             for starting in list(pool.growing):
                 starting.cancel()
+                growing.append(starting)
             for record in pool.agents.values():
                 record.state = "stopping"
+        await asyncio.gather(*growing, return_exceptions=True)
         # Running tasks stay unfinished in the journal: the next start runs them again.
         await asyncio.gather(*(self._placement.deactivate(list(pool.agents)) for pool in pools),
                              return_exceptions=True)

@@ -51,7 +51,8 @@ class Transport:
             self.settings, node_id=context.get_node_id(), node_address=ray.util.get_node_ip_address(),
             call_handler=self._answer_client_call)
         return RayPlacement(context.current_actor, namespace=self.settings.namespace,
-                            data_plane=self._data_plane)
+                            data_plane=self._data_plane, orchestrator_name=self.settings.orchestrator_name,
+                            orphan_exit_seconds=self.settings.orphaned_host_exit_seconds)
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in DATA_PLANE_OPERATIONS:

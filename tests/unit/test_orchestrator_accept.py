@@ -48,7 +48,7 @@ class ControlledJournal:
                 commit.set_exception(error)
         self.commits.clear()
 
-    def find_idempotent(self, pool: str, key: str) -> str | None:
+    def find_idempotent(self, pool: str, key: str) -> Any:
         return None
 
     def get(self, task_id: str) -> None:
@@ -64,6 +64,15 @@ class ControlledJournal:
         pass
 
     def forget_pool(self, name: str) -> None:
+        pass
+
+    def hosts(self) -> dict[str, Any]:
+        return {}
+
+    def record_host(self, key: str, record: dict[str, Any]) -> None:
+        pass
+
+    def forget_host(self, key: str) -> None:
         pass
 
     def prune(self, **limits: Any) -> int:
