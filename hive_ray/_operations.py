@@ -38,6 +38,8 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("submit_many", True, False, "accept a chunk of tasks; durable when it answers"),
     Operation("wait", True, True, "a task's (state, result, error) once it ended"),
     Operation("wait_many", True, True, "answers for several task ids"),
+    Operation("fetch_result", False, True, "a reference to a large result in the object store "
+              "(a Ray call: Ray counts the reference only as a return value)"),
     Operation("cancel", True, False, "cancel a queued or running task"),
     Operation("resubmit", True, False, "submit an ended task again, as a new task"),
     Operation("report_progress", False, False, "an agent reports its task's progress"),

@@ -13,7 +13,8 @@ part (module)               responsibility
 ``_transport.py``           the data plane's start-up; calls arriving over it
 ``_pools.py``               pools: create, scale, stop, autoscale, describe
 ``_dispatch.py``            accept (route, queue bound, journal), dispatch, settle, timeouts
-``_host_supervision.py``    health checks, failed hosts, restarts by policy
+``_host_supervision.py``    health checks, failed hosts, who pays for a crash, restarts
+``_large_results.py``       results too large for the stream: kept in the object store
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
@@ -43,6 +44,7 @@ from typing import Any
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._runtime._dispatch import Dispatch
 from hive_ray._runtime._host_supervision import HostSupervision
+from hive_ray._runtime._large_results import LargeResults
 from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
 from hive_ray._runtime._recovery import Recovery
 from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
@@ -51,7 +53,7 @@ from hive_ray._settings import Settings
 from hive_ray._task import TaskEntry
 
 
-class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, TaskStore):
+class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:

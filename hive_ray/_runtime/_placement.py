@@ -58,15 +58,16 @@ class RayPlacement:
     """
 
     def __init__(self, orchestrator: Any, *, namespace: str, channels: ChannelServer | None = None,
-                 channel_token: str = "") -> None:
+                 channel_token: str = "", max_result_bytes: int = 64 * 1024) -> None:
         self._orchestrator = orchestrator
+        self._max_result_bytes = max_result_bytes
         self._namespace = namespace
         self._channels = channels
         self._channel_token = channel_token
         self._hosts: dict[str, _Host] = {}
         self._host_of: dict[str, _Host] = {}  # agent id -> its host
         self._numbers = itertools.count()
-        self._actor_class = ray.remote(concurrency_groups={"health": 2})(AgentHost)
+        self._actor_class = ray.remote(concurrency_groups={"health": 2, "results": 2})(AgentHost)
 
     async def activate(self, spec: PoolPlacementSpec, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Set agents up: in hosts of the pool with room, then in new hosts. Returns where each runs."""
@@ -104,6 +105,7 @@ class RayPlacement:
         handle = self._actor_class.options(**options).remote(
             pool=spec.pool, agent_type=spec.agent_type, reference=spec.reference,
             orchestrator=self._orchestrator, passivate_after_seconds=spec.passivate_after_seconds,
+            max_result_bytes=self._max_result_bytes,
         )
         host = _Host(key=f"{spec.pool}/host-{next(self._numbers)}", pool=spec.pool, handle=handle,
                      capacity=per_host, agents=list(agent_ids))
@@ -165,6 +167,19 @@ class RayPlacement:
         except asyncio.TimeoutError:
             return "health_check_failed", f"{detail}; no health answer within 5 s"
         return "process_killed", f"{detail}; the host answers Ray but lost its stream"
+
+    async def take_result(self, agent_id: str, key: str) -> Any:
+        """Have ``agent_id``'s host hand over a result it kept: returns the object reference
+        (owned by this orchestrator) once the value is in the object store."""
+        host = self._host_of.get(agent_id)
+        if host is None:
+            raise AgentLost(agent_id, "process_killed", "its host is gone")
+        size, value = host.handle.take_result.remote(key)
+        try:
+            await size
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as error:
+            raise AgentLost(agent_id, classify_actor_error(error), str(error)[:500]) from None
+        return value
 
     def _channel_of(self, host: _Host) -> HostChannel | None:
         if self._channels is None:

@@ -20,6 +20,7 @@ from typing import Any
 from hive_ray._autoscale import AutoscalePolicy, PoolAutoscaler
 from hive_ray._errors import ConfigurationError, HiveError, UnknownPoolError
 from hive_ray._gc_pauses import freeze_long_lived
+from hive_ray._isolation import Isolation
 from hive_ray._registry import AgentTypeInfo, describe
 from hive_ray._runtime._contracts import PoolPlacementSpec
 from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
@@ -60,6 +61,7 @@ class Pool:
     autoscaler: PoolAutoscaler | None = None
     queue_waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     growing: set[asyncio.Task[Any]] = field(default_factory=set)
+    isolation: Isolation = field(default_factory=Isolation)  # suspects of host crashes
 
     def queue_wait_p95(self) -> float | None:
         if not self.queue_waits:
@@ -353,7 +355,8 @@ class PoolManager:
             "starting": sum(1 for a in pool.agents.values() if a.state == "starting"),
             "queue_wait_p95": pool.queue_wait_p95(),
             "desired": pool.spec["count"], "state": pool.state, "policy": pool.spec["policy"],
-            "placement": pool.spec["placement"], "queued": stats.queued, "running": stats.inflight,
+            "placement": pool.spec["placement"], "queued": stats.queued + pool.isolation.waiting(),
+            "running": stats.inflight, "suspects": pool.isolation.suspects(),
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
             "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
             "recent_restarts": pool.supervisor.recent(20),

@@ -62,7 +62,8 @@ class Transport:
                 channels = None
         self._channels = channels
         return RayPlacement(me, namespace=self.settings.namespace, channels=channels,
-                            channel_token=self._channel_token)
+                            channel_token=self._channel_token,
+                            max_result_bytes=self.settings.max_result_bytes_in_memory)
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in DATA_PLANE_OPERATIONS:
