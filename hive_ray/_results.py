@@ -68,10 +68,10 @@ def result_lost(task_id: str, size: int, why: str) -> ResultLostError:
     """The error for a stored result that is gone, with what to do about it."""
     return ResultLostError(
         f"task {task_id} succeeded, but its result ({size:,} bytes, kept in Ray's object store "
-        f"because it was larger than max_result_bytes_in_memory) is gone: {why}. Stored results "
-        "live as long as the task's record in the orchestrator's memory (finished_retention_count, "
-        "finished_retention_seconds) and the orchestrator itself; run the task again to get it, "
-        "and fetch large results soon after they are ready.",
+        f"because it was larger than max_result_bytes_in_memory) is gone: {why}. A stored result "
+        "lives while its task's record is in the orchestrator's memory (finished_retention_count, "
+        "finished_retention_seconds), within max_stored_result_bytes, and as long as that "
+        "orchestrator runs; run the task again to get it, and fetch large results soon after.",
         task_id=task_id, state="succeeded")
 
 

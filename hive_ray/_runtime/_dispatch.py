@@ -250,12 +250,12 @@ class Dispatch:
         except AgentLost as lost:
             if self._tracer is not None:
                 self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
-            # Everything the host held is judged together (who pays for the crash), before
-            # anything can yield: see _isolation.py. A batch of an incarnation that was
-            # restarted meanwhile reports an old failure, already handled.
             record = pool.agents.get(agent_id)
-            failed, decision = ([], None) if record is None or record.restarts != incarnation else \
-                self._host_lost(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
+            if record is not None and record.restarts != incarnation:
+                return  # a batch of an incarnation restarted since: that failure was handled then
+            # Everything the host held is judged together (who pays for the crash), before
+            # anything can yield: see _isolation.py.
+            failed, decision = self._host_lost(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
             self._release_batch(pool, agent_id, entries)
             for entry in entries:  # its agent was not ready (stopping, or already failed)
                 if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:

@@ -28,6 +28,7 @@ import pickle
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import ConfigurationError
@@ -37,6 +38,7 @@ from hive_ray._task import Outcome, TaskEntry, TaskState
 
 if TYPE_CHECKING:
     from hive_ray._runtime._pools import Pool
+    from hive_ray._settings import Settings
 
 logger = logging.getLogger("hive_ray.results")
 
@@ -161,8 +163,12 @@ class ResultStash:
 class LargeResults:
     """The orchestrator's half: take stored results into the object store, hand them out."""
 
+    settings: Settings
     _placement: Any
     _counters: dict[str, int]
+    _tasks: dict[str, TaskEntry]
+    _stored_results: OrderedDict[str, int]
+    _stored_bytes: int
 
     async def _settle_stored(self, pool: Pool, agent_id: str, entry: TaskEntry, outcome: Outcome) -> None:
         """Settle a task whose result stayed on its host, once the value is in the object store."""
@@ -189,7 +195,20 @@ class LargeResults:
             return  # it ended meanwhile: the value is dropped with its reference
         self._settle(pool, entry, dataclasses.replace(
             outcome, value=StoredResult(stored.key, stored.size, reference)))
+        self._hold_stored(entry.task_id, stored.size)
         self._signal_events()
+
+    def _hold_stored(self, task_id: str, size: int) -> None:
+        """Count a kept result; release the oldest beyond ``max_stored_result_bytes``."""
+        held = self._stored_results
+        held[task_id] = size
+        self._stored_bytes += size
+        while self._stored_bytes > self.settings.max_stored_result_bytes and len(held) > 1:
+            oldest, oldest_size = held.popitem(last=False)
+            self._stored_bytes -= oldest_size
+            entry = self._tasks.get(oldest)
+            if entry is not None and type(entry.result) is StoredResult:
+                entry.result.ref = None  # its last reference: Ray frees the value
 
     def _discard_stored(self, agent_id: str, outcome: Outcome) -> None:
         """A late outcome's stored value is not wanted: free the host of it."""
@@ -212,8 +231,8 @@ class LargeResults:
             raise ConfigurationError(f"task {task_id} ({entry.state.value}) has no result in the object "
                                      "store; read it with hive.result(task_id)")
         if result.ref is None:
-            raise result_lost(task_id, result.size, "the orchestrator that owned it restarted, or the "
-                              "task left its memory")
+            raise result_lost(task_id, result.size, "the orchestrator that owned it restarted, the task "
+                              "left its memory, or newer results pushed it out (max_stored_result_bytes)")
         return [result.ref]
 
 

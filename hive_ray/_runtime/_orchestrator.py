@@ -80,6 +80,9 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0}
+        # large results: task id -> size of each result kept in the object store, oldest first
+        self._stored_results: OrderedDict[str, int] = OrderedDict()
+        self._stored_bytes = 0
         # dispatch (timeouts and due retries)
         self._deadlines: list[tuple[float, int, str]] = []
         self._deadline_sequence = itertools.count()

@@ -188,3 +188,18 @@ def test_a_late_large_result_is_taken_off_its_host_and_dropped(tmp_path):
                 break
         assert placement.kept == {} and (await orch.task(task_id))["state"] == "cancelled"
     asyncio.run(scenario())
+
+
+def test_stored_results_beyond_their_total_budget_are_released_oldest_first(tmp_path):
+    async def scenario():
+        placement = FakePlacement()
+        orch = orchestrator(tmp_path, placement, max_stored_result_bytes=2_500_000)
+        await orch.create_pool({"name": "p", "agent_type": "echo", "count": 1, "restart": RESTART},
+                               "hive_ray.actors.echo:EchoAgent", ["echo"], 1)
+        ids = [(await orch.run({"pool": "p"}, ("big", 1_000_000)))[0] for _ in range(3)]
+        with pytest.raises(ResultLostError, match="max_stored_result_bytes"):
+            await orch.fetch_result(ids[0])
+        for task_id in ids[1:]:
+            assert (await orch.fetch_result(task_id))[0][0] == "ref"
+        assert orch._stored_bytes == 2_000_000
+    asyncio.run(scenario())
