@@ -49,6 +49,23 @@ KEEP_SECONDS = 300.0
 FRAME_SHARE = 0.5
 
 _TINY = frozenset({type(None), bool, float})
+_TEXT = frozenset({str, bytes, bytearray})
+
+
+def _size_at_most(value: Any) -> int | None:
+    """An upper bound of ``value``'s pickled size found without pickling it, or None.
+
+    Covers what most handlers return (numbers, short text) so that they cost a
+    type check, not a pickling pass, on the hot path.
+    """
+    kind = type(value)
+    if kind in _TINY:
+        return 16
+    if kind is int:
+        return 16 + value.bit_length() // 8
+    if kind in _TEXT:
+        return 32 + (4 if kind is str else 1) * len(value)  # UTF-8 takes at most 4 bytes a character
+    return None
 
 
 class _AboveLimit(Exception):
@@ -112,10 +129,14 @@ class ResultStash:
         budget = self._frame_budget
         prepared = outcomes
         for index, outcome in enumerate(outcomes):
-            value = outcome.value
-            if outcome.status != "ok" or type(value) in _TINY:
+            if outcome.status != "ok":
                 continue
+            value = outcome.value
             limit = max(0, min(self._limit, budget))
+            bound = _size_at_most(value)
+            if bound is not None and bound <= limit:
+                budget -= bound
+                continue
             try:
                 size = pickled_size(value, limit)
                 if size is None:
