@@ -49,15 +49,20 @@ logger = logging.getLogger("hive_ray.host")
 SYNC_THREADS = 1024
 #: How often the host's event loop proves it runs; health answers carry the silence.
 LOOP_HEARTBEAT_SECONDS = 0.5
+#: Longest error message an outcome carries (the traceback is cut to 4,000 characters).
+MAX_ERROR_MESSAGE = 10_000
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:
     """A structured, picklable description of an exception raised by a handler."""
     cls = type(error)
     qualified = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    message = str(error) or cls.__name__
+    if len(message) > MAX_ERROR_MESSAGE:  # it travels in the batch's frame, beside its siblings
+        message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message):,} characters in all)"
     return {
         "type": qualified,
-        "message": str(error) or cls.__name__,
+        "message": message,
         "traceback": "".join(traceback.format_exception(cls, error, error.__traceback__))[-4000:],
     }
 

@@ -59,3 +59,11 @@ def test_unwrap_hands_a_stored_result_back_for_resolving():
     marker = StoredResult("k", 123)
     assert unwrap("t", ("succeeded", marker, None)) is marker
     assert "123 bytes kept in Ray's object store" in repr(marker)
+
+
+def test_an_error_message_too_long_for_a_frame_is_cut():
+    from hive_ray._runtime._host import MAX_ERROR_MESSAGE, describe_error
+
+    described = describe_error(ValueError("x" * 1_000_000))
+    assert len(described["message"]) < MAX_ERROR_MESSAGE + 100
+    assert described["message"].endswith("(1,000,000 characters in all)")
