@@ -146,6 +146,12 @@ class HostSupervision:
         assert isolation.reserved is not None and isolation.runner is not None
         if any(pool.agents[a].inflight for a in isolation.reserved if a in pool.agents):
             return  # draining; the last outcome pumps again
+        # Agents placed on the host since it was set aside (they join accepting) take no work either.
+        isolation.reserved = [a for a in self._placement.siblings(isolation.runner) if a in pool.agents]
+        for agent_id in isolation.reserved:
+            pool.scheduler.set_accepting(agent_id, False)
+        if any(pool.agents[a].inflight for a in isolation.reserved):
+            return
         isolation.pop()
         self._start_batch(pool, isolation.runner, [suspect])
 
