@@ -213,10 +213,10 @@ def _poison_in_a_packed_pool(hive: Any, tasks: int = 1000) -> list[dict[str, Any
     hive.spawn(PoisonWorker, count=8, pool="poison", placement="packed", agents_per_host=8,
                retry={"max_attempts": 3},
                restart={"max_restarts": 20, "window_seconds": 60, "backoff_initial_seconds": 0.05})
-    payloads: list[Any] = list(range(tasks - 1))
-    payloads.insert(len(payloads) // 2, "poison")
+    middle = tasks // 2
+    payloads: list[Any] = [*range(middle), "poison", *range(middle, tasks - 1)]
     handles = hive.submit_many(None, payloads, pool="poison")
-    poison = handles[len(payloads) // 2]
+    poison = handles[middle]
     for handle in handles:
         try:
             handle.result(timeout=300)
