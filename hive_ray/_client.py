@@ -16,6 +16,7 @@ are also awaitable (``await hive.submit(...)`` works at a notebook's top level).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError
+from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError, ResultLostError
 from hive_ray._operations import DATA_PLANE_OPERATIONS, RETRYABLE_OPERATIONS
-from hive_ray._results import unwrap
+from hive_ray._results import StoredResult, resolve, resolve_async, unwrap
 from hive_ray._tracing import inject_client_context, traced_call
 
 if TYPE_CHECKING:
@@ -84,14 +85,14 @@ class TaskHandle:
         # The orchestrator answers at ``timeout``; the client gives up shortly after even if
         # no answer comes (settings.client_timeout_margin_seconds).
         answer = self._hive._call("wait", self.task_id, timeout, timeout=timeout)
-        return unwrap(self.task_id, answer)
+        return self._hive._value(self.task_id, answer, timeout)
 
     def __await__(self) -> Any:
         return self._await_result().__await__()
 
     async def _await_result(self) -> Any:
         answer = await self._hive._call_async("wait", self.task_id, None)
-        return unwrap(self.task_id, answer)
+        return await self._hive._value_async(self.task_id, answer)
 
     def status(self) -> TaskRecord:
         return self._hive.task(self.task_id)
@@ -413,7 +414,7 @@ class Hive:
             if self._recover_submission(template, payload, task_id) is None:
                 raise
             answer = self._call("wait", task_id, wait_timeout, timeout=wait_timeout)
-        return unwrap(task_id, answer)
+        return self._value(task_id, answer, wait_timeout)
 
     def _recover_submission(self, template: dict[str, Any], payload: Any, task_id: str) -> dict[str, Any] | None:
         from hive_ray._errors import TaskNotFoundError
@@ -435,7 +436,7 @@ class Hive:
         """:meth:`run` for ``async`` code (and a notebook's top-level ``await``)."""
         template = self._template(agent, options)
         task_id, answer = await self._call_async("run", template, payload, wait_timeout, timeout=wait_timeout)
-        return unwrap(task_id, answer)
+        return await self._value_async(task_id, answer)
 
     async def _call_async(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """An orchestrator call that does not block the running event loop; ``timeout``
@@ -532,7 +533,7 @@ class Hive:
         for chunk_ids, chunk_answers in zip(ids, answers, strict=True):
             for task_id, answer in zip(chunk_ids, chunk_answers, strict=True):
                 try:
-                    results.append(unwrap(task_id, answer))
+                    results.append(self._value(task_id, answer, timeout))
                 except HiveError as error:
                     first_error = first_error or error
                     results.append(error)
@@ -548,6 +549,15 @@ class Hive:
             self._call_once("cancel_many", task_ids, timeout=MAP_CANCEL_SECONDS)
         except BaseException as error:  # noqa: BLE001 - already failing: say so, do not mask it
             logger.warning("could not cancel %d task(s) of an interrupted map: %s", len(task_ids), error)
+
+    def _value(self, task_id: str, answer: tuple[str, Any, Any], timeout: float | None = None) -> Any:
+        """The result in ``answer``, fetched from the object store if it was kept there."""
+        return resolve(task_id, unwrap(task_id, answer),
+                       lambda task: self._call("fetch_result", task, timeout=timeout), timeout)
+
+    async def _value_async(self, task_id: str, answer: tuple[str, Any, Any]) -> Any:
+        return await resolve_async(task_id, unwrap(task_id, answer),
+                                   lambda task: self._call_async("fetch_result", task))
 
     def _fire(self, method: str, *args: Any) -> Any:
         """Send a call without waiting: a Future on the data plane, else an ObjectRef."""
@@ -591,7 +601,11 @@ class Hive:
     def task(self, task_id: str) -> TaskRecord:
         from hive_ray._models import TaskRecord
 
-        return TaskRecord(**self._call("task", task_id))
+        record = self._call("task", task_id)
+        if type(record["result"]) is StoredResult:  # kept in the object store: the value, if still there
+            with contextlib.suppress(ResultLostError):
+                record["result"] = self._value(task_id, ("succeeded", record["result"], None))
+        return TaskRecord(**record)
 
     def tasks(self, *, state: str | None = None, pool: str | None = None, limit: int = 100) -> list[TaskRecord]:
         """Recent tasks, newest first, optionally filtered by state and pool."""

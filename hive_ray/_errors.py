@@ -16,7 +16,8 @@
     └── TaskError                   a task ended without a result
         ├── TaskFailedError         its handler raised
         ├── TaskCancelledError      it was cancelled
-        └── TaskTimeoutError        it ran past its timeout
+        ├── TaskTimeoutError        it ran past its timeout
+        └── ResultLostError         it succeeded, but its large result is gone
 
 Every error crosses Ray process boundaries intact: each keeps the keyword
 arguments it was built with and rebuilds itself from them in ``__reduce__``
@@ -183,6 +184,10 @@ class TaskTimeoutError(TaskError):
     """The task ran past its timeout (or ``result(timeout=...)`` ran out)."""
 
 
+class ResultLostError(TaskError):
+    """The task succeeded, but its result, kept in Ray's object store, is no longer there."""
+
+
 __all__ = [
     "CapacityError",
     "ConfigurationError",
@@ -192,6 +197,7 @@ __all__ = [
     "JournalError",
     "NoRouteError",
     "OverloadedError",
+    "ResultLostError",
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",

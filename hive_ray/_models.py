@@ -208,6 +208,8 @@ class PoolInfo(_Model):
     dead_letters: int = 0
     starting: int = 0
     queue_wait_p95: float | None = None
+    suspects: int = Field(0, description="Tasks of a crashed host that run alone until cleared "
+                          "(poison isolation); counted in queued while they wait.")
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} type={self.agent_type} agents={self.size}/{self.desired} "

@@ -71,7 +71,16 @@ class Settings(BaseSettings):
         24 * 3600.0, gt=0, description="Finished tasks older than this are pruned."
     )
     max_result_bytes_in_memory: int = Field(
-        64 * 1024, ge=0, description="Larger results are kept in Ray's object store, not the heap."
+        64 * 1024, ge=0,
+        description="Results whose pickled size is larger travel through Ray's object store (owned by "
+        "the orchestrator, fetched by whoever reads them) instead of the task stream and the "
+        "orchestrator's memory; so do results that would overfill a data-plane frame, whatever this says.",
+    )
+    max_stored_result_bytes: int = Field(
+        4 * 1024**3, ge=0,
+        description="Total size of the results kept in Ray's object store for their tasks; beyond it "
+        "the oldest are released, and reading one of those raises ResultLostError. Each also goes "
+        "when its task leaves the orchestrator's memory (finished_retention_count).",
     )
     event_buffer: int = Field(10_000, ge=100, description="Recent task events kept for streams.")
     max_batch: int = Field(64, ge=1, le=4096, description="Most tasks sent to one agent per Ray call.")

@@ -18,6 +18,15 @@ Ray takes to restart a killed actor (the baseline).
 agents (the count lives in ``self.state``, in memory only) whose count goes on
 where it was after that kill instead of starting over (see
 :func:`_orchestrator_kill`).
+
+Measured in the same run:
+
+- ``hung_calls``: while the chaos runs, a prober makes calls with a timeout
+  (``run`` with ``wait_timeout``, ``result(timeout)``); a call that has not
+  returned (a value or an error) within its timeout plus 5 s is hung.
+- ``poison_dead_lettered`` and ``sibling_attempts_lost``: afterwards, one task
+  that kills its process (``os._exit(1)``) among 1,000 in a packed pool must
+  end dead-lettered, and the other 999 must not lose a single attempt.
 """
 
 from __future__ import annotations
@@ -34,6 +43,18 @@ from typing import Any
 from _measure import row
 
 from hive_ray import Agent
+
+
+class PoisonWorker(Agent):
+    """Works a little on each task; the payload "poison" kills the whole host process."""
+
+    agent_type = "chaos-poison-worker"
+
+    def handle(self, task: Any) -> Any:
+        if task.payload == "poison":
+            os._exit(1)
+        time.sleep(0.002)
+        return task.payload
 
 
 class ChaosWorker(Agent):
@@ -121,6 +142,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         threads = [threading.Thread(target=submitter, daemon=True), threading.Thread(target=killer, daemon=True)]
         for thread in threads:
             thread.start()
+        hung_calls = _hung_calls(hive, stop, (0.01, str(workdir / "probe.log")))
         time.sleep(duration / 3)
         cluster.remove_node(doomed)
         time.sleep(duration / 6)
@@ -140,6 +162,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         print(f"chaos: accepted {len(accepted)}, refused submits {refused}, succeeded {succeeded}, "
               f"dead-lettered {dead_lettered}, lost {lost}, duplicate executions {duplicates}, "
               f"restarts since the orchestrator restart {hive.pool('chaos').restarts}")
+        extra_rows = hung_calls()
+        extra_rows += _poison_in_a_packed_pool(hive)
         hive.close()
     finally:
         ray.shutdown()
@@ -154,6 +178,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             baseline_restart, goal="<= 5 s"),
         row("agent_state_kept@orchestrator_kill", orchestrator_kill["agent_state_kept"], "fraction of agents",
             goal="== 1.0", agents=orchestrator_kill["agents"]),
+        *extra_rows,
     ]
 
 
@@ -194,6 +219,76 @@ def _counter_readings(hive: Any, agents: int, timeout: float = 120.0) -> dict[st
         for agent_id, count in answers:
             readings.setdefault(agent_id, []).append(count)
     return readings
+
+
+def _hung_calls(hive: Any, stop: threading.Event, payload: Any, timeout: float = 5.0) -> Any:
+    """Probe calls with a timeout while the chaos runs; returns a function giving the row.
+
+    Each call runs in its own thread: one that has not returned within ``timeout``
+    plus 5 s counts as hung, and is left behind rather than waited for.
+    """
+    calls = {"made": 0, "hung": 0}
+
+    def one_call(kind: int) -> None:
+        if kind % 2:
+            hive.run(pool="chaos", payload=payload, wait_timeout=timeout)
+        else:
+            hive.submit(pool="chaos", payload=payload).result(timeout=timeout)
+
+    def probe() -> None:
+        kind = 0
+        while not stop.wait(0.5):
+            kind += 1
+            call = threading.Thread(target=_quietly, args=(one_call, kind), daemon=True)
+            call.start()
+            call.join(timeout + 5.0)
+            calls["made"] += 1
+            calls["hung"] += call.is_alive()
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+
+    def finish() -> list[dict[str, Any]]:
+        prober.join(timeout=2 * timeout + 15)
+        print(f"chaos: {calls['made']} probe calls with a {timeout:g} s timeout, {calls['hung']} hung")
+        return [row("hung_calls", calls["hung"], "calls", goal="== 0", calls=calls["made"])]
+
+    return finish
+
+
+def _quietly(function: Any, *args: Any) -> None:
+    try:
+        function(*args)
+    except Exception:  # noqa: BLE001 - an error is an answer: only silence counts
+        pass
+
+
+def _poison_in_a_packed_pool(hive: Any, tasks: int = 1000) -> list[dict[str, Any]]:
+    """One task that kills its host process among ``tasks`` in a packed pool."""
+    from hive_ray import HiveError
+
+    hive.spawn(PoisonWorker, count=8, pool="poison", placement="packed", agents_per_host=8,
+               retry={"max_attempts": 3},
+               restart={"max_restarts": 20, "window_seconds": 60, "backoff_initial_seconds": 0.05})
+    middle = tasks // 2
+    payloads: list[Any] = [*range(middle), "poison", *range(middle, tasks - 1)]
+    handles = hive.submit_many(None, payloads, pool="poison")
+    poison = handles[middle]
+    for handle in handles:
+        try:
+            handle.result(timeout=300)
+        except HiveError:
+            pass
+    dead = {record.task_id for record in hive.dead_letters(limit=100_000)}
+    poison_record = hive.task(poison.task_id)
+    dead_lettered = int(poison.task_id in dead and poison_record.state.value == "failed")
+    lost_attempts = sum(max(0, hive.task(h.task_id).attempts - 1) for h in handles if h is not poison)
+    pool = hive.pool("poison")
+    print(f"poison: dead-lettered {dead_lettered} after {poison_record.attempts} attempt(s); attempts lost "
+          f"by the other {tasks - 1} tasks: {lost_attempts}; pool restarts {pool.restarts}, state {pool.state}")
+    hive.stop("poison")
+    return [row("poison_dead_lettered", dead_lettered, "tasks", goal="== 1", restarts=pool.restarts),
+            row("sibling_attempts_lost", lost_attempts, "attempts", goal="== 0")]
 
 
 def _plain_actor_restart_seconds() -> float:

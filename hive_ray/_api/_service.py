@@ -9,6 +9,7 @@ rules and read through the same caches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,8 @@ from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import ApiMetrics
 from hive_ray._api._perf import PerfReader
 from hive_ray._api._telemetry import TERMINAL, TaskWindow, follow_events
-from hive_ray._errors import IdempotencyConflictError
+from hive_ray._errors import IdempotencyConflictError, ResultLostError
+from hive_ray._results import StoredResult, resolve_async
 from hive_ray._settings import Settings
 
 logger = logging.getLogger("hive_ray.api")
@@ -140,7 +142,12 @@ class ApiService:
         return await self.call("submit", template, payload)
 
     async def run(self, template: dict[str, Any], payload: Any, wait: float) -> tuple[str, tuple[str, Any, Any]]:
-        return await self.call("run", template, payload, wait)
+        task_id, (state, result, error) = await self.call("run", template, payload, wait)
+        return task_id, (state, await self._resolve(task_id, result), error)
+
+    async def _resolve(self, task_id: str, result: Any) -> Any:
+        """A result kept in Ray's object store (too large for the task stream), fetched."""
+        return await resolve_async(task_id, result, lambda task: self.call("fetch_result", task))
 
     async def task_json(self, task_id: str) -> tuple[bytes, bool]:
         """A task's record as JSON; a finished one may come from the cache (it cannot change)."""
@@ -148,8 +155,12 @@ class ApiService:
         if cached is not None:
             return cached, True
         record = await self.call("task", task_id)
+        stored = type(record["result"]) is StoredResult
+        if stored:
+            with contextlib.suppress(ResultLostError):  # gone: the record says what it was
+                record["result"] = await self._resolve(task_id, record["result"])
         body = dumps(record)
-        if record["state"] in TERMINAL:
+        if record["state"] in TERMINAL and not stored:  # large results are not cached here
             self._finished.put(task_id, body)
         return body, False
 

@@ -94,6 +94,11 @@ class Placement(Protocol):
 
     def cancel(self, agent_id: str, task_id: str) -> None: ...
 
+    async def take_result(self, agent_id: str, key: str) -> Any:
+        """The object reference of a result ``agent_id``'s host kept (too large for a
+        frame), once the value is in the object store; raises :class:`AgentLost`."""
+        ...
+
     async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]: ...
 
     def health_targets(self) -> list[tuple[str, str, list[str]]]:

@@ -27,7 +27,7 @@ from hive_ray._errors import (
     NoRouteError,
     TaskNotFoundError,
 )
-from hive_ray._results import PENDING
+from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._settings import Settings
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition
@@ -292,32 +292,41 @@ class Dispatch:
     def _pump(self, pool: Pool) -> None:
         if self._pools.get(pool.name) is not pool:
             return
+        isolation = pool.isolation
+        if isolation.reserved is not None or isolation.waiting():
+            self._isolate(pool)  # suspects of a host crash run alone (see _isolation.py)
         for agent_id, entries in pool.scheduler.assign():
-            record = pool.agents.get(agent_id)
-            now = time.time()
-            envelopes = []
-            # Sampled tasks get queue spans and the context of their batch's dispatch span.
-            traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
-            for entry in entries:
-                check_transition(entry.state, TaskState.RUNNING)
-                entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
-                entry.attempts += 1
-                pool.queue_waits.append(now - entry.created_at)
-                if record is not None:
-                    record.inflight.add(entry.task_id)
-                envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
-                                          attempt=entry.attempts, deadline=entry.deadline(),
-                                          metadata=entry.metadata,
-                                          trace_context=entry.trace_context if traced is None
-                                          else traced.get(id(entry.trace_context))))
-                self._emit(entry, "running", agent_id=agent_id)
-            self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes))
+            self._start_batch(pool, agent_id, entries)
         next_retry = pool.scheduler.next_retry_at()
         if next_retry is not None and self._wakeup is not None:
             self._wakeup.set()
 
+    def _start_batch(self, pool: Pool, agent_id: str, entries: list[TaskEntry]) -> None:
+        """Mark ``entries`` running on ``agent_id`` and send them as one batch."""
+        record = pool.agents.get(agent_id)
+        now = time.time()
+        envelopes = []
+        # Sampled tasks get queue spans and the context of their batch's dispatch span.
+        traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
+        for entry in entries:
+            check_transition(entry.state, TaskState.RUNNING)
+            entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
+            entry.attempts += 1
+            pool.queue_waits.append(now - entry.created_at)
+            if record is not None:
+                record.inflight.add(entry.task_id)
+            envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
+                                      attempt=entry.attempts, deadline=entry.deadline(),
+                                      metadata=entry.metadata,
+                                      trace_context=entry.trace_context if traced is None
+                                      else traced.get(id(entry.trace_context))))
+            self._emit(entry, "running", agent_id=agent_id)
+        incarnation = record.restarts if record is not None else -1
+        self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes, incarnation))
+
     async def _dispatch(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
-                        envelopes: list[Envelope], reclaimed: Awaitable[list[Outcome]] | None = None) -> None:
+                        envelopes: list[Envelope], incarnation: int = -1,
+                        reclaimed: Awaitable[list[Outcome]] | None = None) -> None:
         """Run a batch and settle its outcomes; ``reclaimed`` awaits those of a batch an
         adopted host was already running (see _recovery.py) instead of sending it."""
         try:
@@ -325,15 +334,22 @@ class Dispatch:
         except AgentLost as lost:
             if self._tracer is not None:
                 self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
-            self._release_batch(pool, agent_id, entries)
             if self._pools.get(pool.name) is not pool:
+                self._release_batch(pool, agent_id, entries)
                 return  # the pool was stopped (or the orchestrator is shutting down): nothing to redo
-            for entry in entries:
+            record = pool.agents.get(agent_id)
+            if record is not None and record.restarts != incarnation:
+                return  # a batch of an incarnation restarted since: that failure was handled then
+            # Everything the host held is judged together (who pays for the crash), before
+            # anything can yield: see _isolation.py.
+            failed, decision = self._host_lost(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
+            self._release_batch(pool, agent_id, entries)
+            for entry in entries:  # its agent was not ready (stopping, or already failed)
                 if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
-                    self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
-            await self._on_host_failed(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
+                    self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})", count_attempt=False)
+            await self._restart_hosts(pool, failed, decision, lost.cause, lost.detail)
             return
-        except Exception as error:  # noqa: BLE001 - e.g. a result that cannot be pickled
+        except Exception as error:  # noqa: BLE001 - e.g. a batch the host could not answer
             logger.exception("batch on %s failed", agent_id)
             outcomes = [Outcome(task_id=e.task_id, status="error",
                                 error={"type": type(error).__name__, "message": str(error)[:2000]})
@@ -341,6 +357,7 @@ class Dispatch:
         if self._tracer is not None:
             self._tracer.end_dispatch(envelopes)
         record = pool.agents.get(agent_id)
+        isolation = pool.isolation if pool.isolation.active else None
         by_id = {entry.task_id: entry for entry in entries}
         for outcome in outcomes:
             entry = by_id.get(outcome.task_id)
@@ -349,6 +366,8 @@ class Dispatch:
             if record is not None:
                 record.inflight.discard(entry.task_id)
                 record.tasks_done += 1
+            if isolation is not None:
+                isolation.cleared(entry.task_id)  # it ran without crashing its host
             if outcome.finished_at:
                 pool.scheduler.observe_handle_seconds(max(0.0, outcome.finished_at - outcome.started_at))
             if entry.state != TaskState.RUNNING or entry.agent_id != agent_id:
@@ -356,6 +375,11 @@ class Dispatch:
                 self._counters["late_results"] += 1
                 if outcome.status == "ok" and entry.state == TaskState.SUCCEEDED:
                     self._counters["duplicate_executions"] += 1
+                self._discard_stored(agent_id, outcome)
+                continue
+            if type(outcome.value) is StoredResult and outcome.status == "ok":
+                # Too large for the stream: settled once the value is safe in the object store.
+                self._spawn_background(self._settle_stored(pool, agent_id, entry, outcome))
                 continue
             self._settle(pool, entry, outcome)
         pool.scheduler.release(agent_id, len(entries))
@@ -395,16 +419,24 @@ class Dispatch:
         if not count_attempt:
             entry.attempts = max(0, entry.attempts - 1)
         if entry.attempts >= (entry.max_attempts or 1):
+            pool.isolation.forget(entry.task_id)
             self._end(entry, TaskState.FAILED, dead_letter=True, error={
                 "type": "AgentLost", "message": f"{reason}; gave up after {entry.attempts} attempt(s)"})
             return
         self._counters["redelivered"] += 1
-        delay = pool.retry.decide(entry.attempts, "AgentLost", self._rng).delay_seconds
+        # An attempt that does not count was not the task's doing: no backoff either.
+        delay = pool.retry.decide(entry.attempts, "AgentLost", self._rng).delay_seconds if count_attempt else 0.0
         self._requeue(pool, entry, delay, reason)
 
     def _requeue(self, pool: Pool, entry: TaskEntry, delay: float, reason: str) -> None:
         check_transition(entry.state, TaskState.QUEUED)
         entry.state, entry.agent_id = TaskState.QUEUED, None
+        if pool.isolation.is_suspect(entry.task_id):
+            # Suspects wait for an isolated host, not in the queue; the host's restart
+            # (with the pool's backoff) paces them, so no retry delay applies.
+            pool.isolation.push(entry)
+            self._emit(entry, "queued", message=f"{reason}; it runs alone until cleared")
+            return
         entry.not_before = time.monotonic() + delay
         pool.scheduler.requeue(entry)
         self._emit(entry, "queued", message=reason)

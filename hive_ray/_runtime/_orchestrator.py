@@ -13,7 +13,8 @@ part (module)               responsibility
 ``_transport.py``           the data plane's start-up; calls arriving over it
 ``_pools.py``               pools: create, scale, stop, autoscale, describe
 ``_dispatch.py``            accept (route, queue bound, journal), dispatch, settle, timeouts
-``_host_supervision.py``    health checks, failed hosts, restarts by policy
+``_host_supervision.py``    health checks, failed hosts, who pays for a crash, restarts
+``_large_results.py``       results too large for the stream: kept in the object store
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
@@ -45,6 +46,7 @@ from typing import Any
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._runtime._dispatch import Dispatch
 from hive_ray._runtime._host_supervision import HostSupervision
+from hive_ray._runtime._large_results import LargeResults
 from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
 from hive_ray._runtime._recovery import Recovery
 from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
@@ -53,7 +55,7 @@ from hive_ray._settings import Settings
 from hive_ray._task import TaskEntry
 
 
-class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, TaskStore):
+class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
@@ -80,6 +82,9 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
                           "adopted_agents": 0, "reclaimed": 0}
+        # large results: task id -> size of each result kept in the object store, oldest first
+        self._stored_results: OrderedDict[str, int] = OrderedDict()
+        self._stored_bytes = 0
         # dispatch (timeouts and due retries)
         self._deadlines: list[tuple[float, int, str]] = []
         self._deadline_sequence = itertools.count()

@@ -92,8 +92,10 @@ class RayPlacement:
     """
 
     def __init__(self, orchestrator: Any, *, namespace: str, data_plane: DataPlane | None = None,
-                 orchestrator_name: str | None = None, orphan_exit_seconds: float | None = 30.0) -> None:
+                 orchestrator_name: str | None = None, orphan_exit_seconds: float | None = 30.0,
+                 max_result_bytes: int = 64 * 1024) -> None:
         self._orchestrator = orchestrator
+        self._max_result_bytes = max_result_bytes
         self._namespace = namespace
         self._data_plane = data_plane
         self._orchestrator_name = orchestrator_name or ray.get_runtime_context().get_actor_name() or ""
@@ -103,7 +105,7 @@ class RayPlacement:
         self._next_number = 0
         self._book: HostBook | None = None
         self._recorded: set[str] = set()  # names an earlier incarnation recorded
-        self._actor_class = ray.remote(concurrency_groups={"health": 2})(AgentHost)
+        self._actor_class = ray.remote(concurrency_groups={"health": 2, "results": 2})(AgentHost)
 
     async def activate(self, spec: PoolPlacementSpec, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Set agents up: in hosts of the pool with room, then in new hosts. Returns where each runs."""
@@ -165,7 +167,7 @@ class RayPlacement:
                     pool=spec.pool, agent_type=spec.agent_type, reference=spec.reference,
                     orchestrator=self._orchestrator, passivate_after_seconds=spec.passivate_after_seconds,
                     orchestrator_name=self._orchestrator_name, namespace=self._namespace,
-                    orphan_exit_seconds=self._orphan_exit_seconds,
+                    orphan_exit_seconds=self._orphan_exit_seconds, max_result_bytes=self._max_result_bytes,
                 )
             except ActorAlreadyExistsError:
                 continue
@@ -252,6 +254,19 @@ class RayPlacement:
         except asyncio.TimeoutError:
             return "health_check_failed", f"{detail}; no health answer within 5 s"
         return "process_killed", f"{detail}; the host answers Ray but lost its stream"
+
+    async def take_result(self, agent_id: str, key: str) -> Any:
+        """Have ``agent_id``'s host hand over a result it kept: returns the object reference
+        (owned by this orchestrator) once the value is in the object store."""
+        host = self._host_of.get(agent_id)
+        if host is None:
+            raise AgentLost(agent_id, "process_killed", "its host is gone")
+        size, value = host.handle.take_result.remote(key)
+        try:
+            await size
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as error:
+            raise AgentLost(agent_id, classify_actor_error(error), str(error)[:500]) from None
+        return value
 
     def _channel_of(self, host: _Host) -> HostChannel | None:
         return None if self._data_plane is None else self._data_plane.channel(host.key)

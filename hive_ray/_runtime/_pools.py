@@ -21,6 +21,7 @@ from hive_ray._autoscale import AutoscalePolicy, PoolAutoscaler
 from hive_ray._capacity import CapacityLimits, check_pool_size, hosts_for, room_for
 from hive_ray._errors import CapacityError, ConfigurationError, HiveError, UnknownPoolError
 from hive_ray._gc_pauses import freeze_long_lived
+from hive_ray._isolation import Isolation
 from hive_ray._registry import AgentTypeInfo, describe
 from hive_ray._runtime._contracts import PoolPlacementSpec
 from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
@@ -68,6 +69,7 @@ class Pool:
     # and its agents are back; ``adopted`` is set once its surviving hosts are taken over.
     recovering: bool = False
     adopted: asyncio.Event | None = None
+    isolation: Isolation = field(default_factory=Isolation)  # suspects of host crashes
 
     def queue_wait_p95(self) -> float | None:
         if not self.queue_waits:
@@ -421,7 +423,8 @@ class PoolManager:
             "starting": sum(1 for a in pool.agents.values() if a.state == "starting"),
             "queue_wait_p95": pool.queue_wait_p95(),
             "desired": pool.spec["count"], "state": pool.state, "policy": pool.spec["policy"],
-            "placement": pool.spec["placement"], "queued": stats.queued, "running": stats.inflight,
+            "placement": pool.spec["placement"], "queued": stats.queued + pool.isolation.waiting(),
+            "running": stats.inflight, "suspects": pool.isolation.suspects(),
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
             "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
             "recent_restarts": pool.supervisor.recent(20),

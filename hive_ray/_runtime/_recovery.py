@@ -201,7 +201,7 @@ class Recovery:
                 envelopes = [Envelope(task_id=entry.task_id, agent_id=batch.agent_id, payload=None,
                                       attempt=entry.attempts) for entry in entries]
                 reclaimed = self._placement.reclaim(batch.agent_id, [entry.task_id for entry in entries])
-                self._spawn_background(self._dispatch(pool, batch.agent_id, entries, envelopes, reclaimed))
+                self._spawn_background(self._dispatch(pool, batch.agent_id, entries, envelopes, reclaimed=reclaimed))
         for host in adopted:
             for kept in host.outcomes:
                 entry = self._reclaimable(pool, kept.outcome.task_id, kept.agent_id, kept.attempt, now)

@@ -52,7 +52,8 @@ class Transport:
             call_handler=self._answer_client_call)
         return RayPlacement(context.current_actor, namespace=self.settings.namespace,
                             data_plane=self._data_plane, orchestrator_name=self.settings.orchestrator_name,
-                            orphan_exit_seconds=self.settings.orphaned_host_exit_seconds)
+                            orphan_exit_seconds=self.settings.orphaned_host_exit_seconds,
+                            max_result_bytes=self.settings.max_result_bytes_in_memory)
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in DATA_PLANE_OPERATIONS:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hive_ray import Agent
 from tests.integration.test_api_support import ApiServer, admin_client, api  # noqa: F401
 
 pytestmark = pytest.mark.ray
@@ -141,6 +142,27 @@ def test_submit_with_wait_returns_the_result_inline(admin_client: httpx.Client, 
     # agent_type may route to any echo pool; this one exists, so the answer is immediate.
     assert answer.status_code == 200, answer.text
     assert answer.json()["state"] == "succeeded" and answer.json()["result"] == [1, 2]
+
+
+class Inflate(Agent):
+    """A result far larger than its request: kept in Ray's object store, not the stream."""
+
+    agent_type = "inflate-api-test"
+
+    def handle(self, task):
+        return "x" * task.payload
+
+
+def test_a_result_kept_in_the_object_store_comes_back_inline_and_in_the_record(
+        admin_client: httpx.Client, hive: Any, unique_name: str) -> None:
+    hive.spawn(Inflate, count=1, pool=unique_name)
+    size = 200_000  # above max_result_bytes_in_memory (64 KiB)
+    answer = admin_client.post("/v1/tasks", params={"wait": 10}, json={"pool": unique_name, "payload": size})
+    assert answer.status_code == 200, answer.text[:500]
+    assert answer.json()["result"] == "x" * size
+    record = admin_client.get(f"/v1/tasks/{answer.json()['task_id']}")
+    assert record.json()["result"] == "x" * size
+    hive.stop(unique_name)
 
 
 def test_wait_that_runs_out_is_a_504_and_the_task_can_be_cancelled(
