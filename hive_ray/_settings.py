@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     spawn_wait_seconds: float = Field(
         120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
         "keep starting in the background (their demand reaches the autoscaler).")
+    # Above the 5,000 packed agents of `perf/run.py scale`; far below the 22,605-agent request
+    # that once took a control plane down. Whether the cluster can hold a size is checked
+    # separately, against the resources Ray reports.
+    max_agents_per_pool: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="Most agents one pool may ask for (count, scale, autoscale max_agents). The API "
+        "refuses larger requests with 422 and says so in its OpenAPI document; an admin raises it "
+        "for big clusters.",
+    )
     autoscale_interval_seconds: float = Field(1.0, gt=0, description="How often autoscaled pools are sized.")
     health_check_interval_seconds: float = Field(5.0, gt=0)
     health_check_timeout_seconds: float = Field(10.0, gt=0)

@@ -169,6 +169,8 @@ class Sampler:
     def from_environment(cls, default_ratio: float, environ: Mapping[str, str] = os.environ) -> Sampler:
         name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
         if not name:
+            if environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip():
+                logger.warning(lone_sampler_argument_note())
             return cls(default_ratio)
         argument = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
         try:
@@ -188,10 +190,41 @@ class Sampler:
                        name, default_ratio)
         return cls(default_ratio)
 
+    def __repr__(self) -> str:
+        return f"Sampler(ratio={self.ratio}, parent_based={self.parent_based})"
+
     def sample_root(self, trace_id: int) -> bool:
         # The lower 64 bits against ratio * 2**64, as TraceIdRatioBased does, so that
         # services sharing a ratio agree on a trace.
         return (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound
+
+
+def lone_sampler_argument_note(environ: Mapping[str, str] = os.environ) -> str:
+    """Why ``OTEL_TRACES_SAMPLER_ARG`` alone changes nothing, and what does."""
+    argument = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    return (f"OTEL_TRACES_SAMPLER_ARG={argument} is ignored: the OpenTelemetry specification applies "
+            "it only with a ratio sampler named in OTEL_TRACES_SAMPLER. Set "
+            f"OTEL_TRACES_SAMPLER=parentbased_traceidratio as well, or use "
+            f"HIVE_TRACING_SAMPLE_RATIO={argument or '1.0'} instead")
+
+
+def effective_sampling(settings: Any, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """What this process's settings and environment make of sampling, for reports and advice.
+
+    ``ratio`` is the share of root calls traced here; ``note`` explains a
+    variable that has no effect (None when everything set is used).
+    """
+    lone_argument = (not environ.get("OTEL_TRACES_SAMPLER", "").strip()
+                     and bool(environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()))
+    used = {k: v for k, v in environ.items() if k != "OTEL_TRACES_SAMPLER_ARG"} if lone_argument else environ
+    sampler = Sampler.from_environment(float(settings.tracing_sample_ratio), used)
+    return {
+        "tracing": bool(settings.tracing),
+        "ratio": sampler.ratio,
+        "from": "OTEL_TRACES_SAMPLER" if environ.get("OTEL_TRACES_SAMPLER", "").strip()
+        else "tracing_sample_ratio",
+        "note": lone_sampler_argument_note(environ) if lone_argument else None,
+    }
 
 
 # ---------------------------------------------------------------------- spans
