@@ -19,7 +19,9 @@ Every fenced block is one of:
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,3 +132,25 @@ def synopsis_commands(block: Block) -> list[tuple[list[str], list[str]]]:
         flags = sorted(set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", usage)))
         commands.append((command, flags))
     return commands
+
+
+def fresh_environment(home: Path) -> dict[str, str]:
+    """The environment of a reader on a fresh machine, for the processes that run the blocks.
+
+    A fresh ``HOME`` (so ``~/.hive`` and ``~/.ray`` are this run's), a private
+    ``RAY_TMPDIR`` (no "current cluster" pointer left for anyone else; keep
+    ``home`` short, Ray's socket paths live under it), no ``RAY_*``, ``HIVE_*``
+    or ``OTEL_*`` variables from the test run, this checkout first on
+    ``PYTHONPATH`` and this interpreter's ``bin`` first on ``PATH``.
+    """
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("HIVE_", "RAY_", "OTEL_", "PYTEST_", "JUPYTER"))}
+    (home / "r").mkdir(parents=True, exist_ok=True)
+    env.update({
+        "HOME": str(home),
+        "RAY_TMPDIR": str(home / "r"),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    })
+    return env

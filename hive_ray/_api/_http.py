@@ -121,7 +121,7 @@ def build_http_app(service: ApiService) -> FastAPI:
               responses={**auth_errors, **_problem_responses(404, 409, 422)},
               summary="Create a pool (or add agents to it) and wait until its agents are ready",
               description="An existing pool of the same agent type gets `count` more agents (409 if "
-              "that would pass max_agents_per_pool, 422 if it runs another agent type). An unknown "
+              "that would pass max_agents_per_pool or the pool runs another agent type). An unknown "
               "agent type is a 404.")
     async def create_pool(spec: PoolRequest) -> Response:  # type: ignore[valid-type]
         info = await service.create_pool(spec.model_dump())

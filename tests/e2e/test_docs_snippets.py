@@ -26,13 +26,11 @@ merges a change that breaks one, can see which and why.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from tests.docs_snippets import REPOSITORY, Block, all_blocks, synopsis_commands
+from tests.docs_snippets import REPOSITORY, Block, all_blocks, fresh_environment, synopsis_commands
 
 pytestmark = pytest.mark.slow
 
@@ -102,16 +100,7 @@ class Sandbox:
 def sandbox() -> Iterator[Sandbox]:
     # Short: Ray's socket paths live under RAY_TMPDIR and must stay below ~107 characters.
     home = Path(tempfile.mkdtemp(prefix="hd-", dir="/tmp"))
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("HIVE_", "RAY_", "OTEL_", "PYTEST_", "JUPYTER"))}
-    env.update({
-        "HOME": str(home),
-        "RAY_TMPDIR": str(home / "r"),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    })
-    (home / "r").mkdir()
+    env = fresh_environment(home)
     ports = {}
     for documented, setting in ((8000, "HIVE_HTTP_PORT"), (9000, "HIVE_GRPC_PORT")):
         used = documented if _port_free(documented) else _free_port()
@@ -151,13 +140,17 @@ def _kernel(box: Sandbox, document: str) -> Any:
 def _stop_kernel(box: Sandbox, document: str) -> None:
     manager, client = box.kernels.pop(document)
     try:
+        # Not part of any block: stop an embedded Ray the blocks started, before the kernel goes.
+        client.execute_interactive("import ray as _ray\n_ray.shutdown()", timeout=120)
         client.stop_channels()
     finally:
-        # A graceful shutdown runs the kernel's atexit handlers: an embedded Ray stops with it.
+        manager.shutdown_wait_time = 30.0
         manager.shutdown_kernel(now=False)
 
 
 def _run_python(box: Sandbox, block: Block) -> None:
+    if block.document not in CLUSTER_DOCUMENTS:
+        _ensure_no_cluster(box)
     client = _kernel(box, block.document)
     outputs: list[str] = []
 
@@ -186,6 +179,17 @@ def _last_python_block(document: str) -> Block | None:
 
 
 # ---------------------------------------------------------------------- shell
+def _ensure_no_cluster(box: Sandbox) -> None:
+    """Blocks of other documents run as on a machine without a cluster (the sizing one says so)."""
+    if not box.cluster_up:
+        return
+    down = box.hive("down")
+    box.cluster_up = False
+    if down.returncode != 0:
+        pytest.fail(f"`hive down` after the README's blocks failed:\n{_tail(down.stdout + down.stderr)}",
+                    pytrace=False)
+
+
 def _ensure_cluster(box: Sandbox) -> None:
     if box.cluster_up:
         return
@@ -201,6 +205,8 @@ def _ensure_cluster(box: Sandbox) -> None:
 def _run_shell(box: Sandbox, block: Block) -> None:
     if block.document in CLUSTER_DOCUMENTS:
         _ensure_cluster(box)
+    else:
+        _ensure_no_cluster(box)
     code = box.rewrite(block.code)
     ran = box.run(["bash", "-e", "-o", "pipefail", "-c", CURL + code], SHELL_TIMEOUT)
     if ran.returncode != 0:
@@ -220,6 +226,7 @@ def _check_synopsis(box: Sandbox, block: Block) -> None:
 def _check_toml(block: Block) -> None:
     from hive_ray._registry import ENTRY_POINT_GROUP
 
+    tomllib = pytest.importorskip("tomllib", reason="reading TOML needs Python 3.11 or later")
     try:
         data = tomllib.loads(block.code)
     except tomllib.TOMLDecodeError as error:
