@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -30,9 +31,19 @@ RESOURCE_UNIT = 0.0001
 #: Resource names Ray refuses in ``resources`` (they have their own options).
 _RESERVED_RESOURCES = frozenset({"CPU", "GPU"})
 
-# Numbers at the boundary are strict: ``"3"`` or ``3.0`` for a count is refused, not read as 3,
-# so that what the OpenAPI document says is an integer is exactly what is accepted.
-Count = StrictInt
+def _integer_written_as_an_integer(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        raise PydanticCustomError(
+            "int_from_float", "write {value} as the integer {integer}: this field takes integers only",
+            {"value": value, "integer": int(value)})
+    return value
+
+
+# Numbers at the boundary are strict: ``"3"`` or ``3.0`` for a count is refused, not read as 3.
+# JSON Schema cannot say "not 3.0" (to it 3.0 is an integer), so that refusal has its own error
+# code, ``int_from_float``, which the OpenAPI document's description of the API names.
+INTEGER_ONLY = BeforeValidator(_integer_written_as_an_integer)
+Count = Annotated[StrictInt, INTEGER_ONLY]
 Number = StrictFloat
 Flag = StrictBool
 Target = Annotated[str, Field(min_length=1, max_length=256)]

@@ -57,7 +57,10 @@ def build_http_app(service: ApiService) -> FastAPI:
         description="Pools of supervised agents and the tasks they run. Authenticate with "
         "`Authorization: Bearer <key>` (all but /healthz and /readyz); errors are RFC 9457 "
         "`application/problem+json`. A pool holds at most "
-        f"{settings.max_agents_per_pool} agents (the max_agents_per_pool setting).",
+        f"{settings.max_agents_per_pool} agents (the max_agents_per_pool setting). Integers are "
+        "strict: `2.0` where an integer is expected is a 422 with the code `int_from_float` (JSON "
+        "Schema cannot tell 2.0 from 2). A 422 whose errors have the code `fields_disagree` names "
+        "fields valid one by one but not together, which no schema can state either.",
         # Served below: the document needs a key, and the docs page asks for one.
         openapi_url=None,
         docs_url=None,
@@ -153,7 +156,7 @@ def build_http_app(service: ApiService) -> FastAPI:
     @app.post(
         "/v1/tasks", tags=["tasks"], dependencies=admin, status_code=202, response_model=TaskAccepted,
         responses={200: {"model": TaskOutcome, "description": "With `wait`: the task ended in time."},
-                   **auth_errors, **_problem_responses(409, 413, 422, 429, 504)},
+                   **auth_errors, **_problem_responses(404, 409, 413, 422, 429, 504)},
         summary="Submit a task",
         description="Answers 202 with a Location at once. With `wait` (seconds), answers 200 with "
         "the result if the task ends in time, else 504 (the task keeps running). An "

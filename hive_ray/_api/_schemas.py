@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, create_model
 
-from hive_ray._models import AutoscaleSpec, Count, PoolSpec
+from hive_ray._models import INTEGER_ONLY, AutoscaleSpec, PoolSpec
 
 
 class _Body(BaseModel):
@@ -36,9 +36,13 @@ def pool_request_models(limit: int) -> tuple[type[PoolSpec], type[BaseModel]]:
 
         return AfterValidator(check)
 
+    def bounded(field: str, minimum: int) -> Any:
+        # The constraint before the validators, so that the schema shows it as "minimum".
+        return Annotated[StrictInt, Field(ge=minimum, json_schema_extra={"maximum": limit}),
+                         INTEGER_ONLY, at_most(field)]
+
     def size(field: str, default: int, minimum: int, description: str) -> Any:
-        bounded = Annotated[Count, Field(ge=minimum, json_schema_extra={"maximum": limit}), at_most(field)]
-        return (bounded, Field(min(default, limit), description=f"{description} At most {limit} "
+        return (bounded(field, minimum), Field(min(default, limit), description=f"{description} At most {limit} "
                                                   "(the max_agents_per_pool setting)."))
 
     autoscale = create_model(
@@ -53,7 +57,7 @@ def pool_request_models(limit: int) -> tuple[type[PoolSpec], type[BaseModel]]:
     )
     scale = create_model(
         "PoolScale", __base__=_Body, __doc__="The size a pool should have.",
-        count=(Annotated[Count, Field(ge=0, json_schema_extra={"maximum": limit}), at_most("count")],
+        count=(bounded("count", 0),
                Field(..., description=f"Agents the pool should have: an integer, at most {limit} "
                                       "(the max_agents_per_pool setting).")),
     )

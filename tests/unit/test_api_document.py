@@ -100,8 +100,9 @@ def test_pool_sizes_are_integers_up_to_the_setting(client: Any) -> None:
     assert schemas["PoolRequest"]["properties"]["count"]["maximum"] == 3
     assert schemas["AutoscaleRequest"]["properties"]["max_agents"]["maximum"] == 3
     as_float = problem(client.patch("/v1/pools/echo", json={"count": 22605.0}, headers=ADMIN), 422)
-    assert as_float["errors"] == [{"field": "count", "in": "body", "code": "int_type",
-                                   "message": "Input should be a valid integer, not 22605.0"}]
+    assert as_float["errors"] == [{"field": "count", "in": "body", "code": "int_from_float",
+                                   "message": "write 22605.0 as the integer 22605: this field takes "
+                                              "integers only"}]
     too_many = problem(client.patch("/v1/pools/echo", json={"count": 22605}, headers=ADMIN), 422)
     assert "above the max_agents_per_pool setting (3)" in too_many["detail"]
     problem(client.patch("/v1/pools/echo", json={"count": "2"}, headers=ADMIN), 422)
