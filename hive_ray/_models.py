@@ -69,7 +69,7 @@ class TaskSpec(_Model):
     payload: Any = Field(None, description="The task's input, passed to the agent's handle().")
     priority: Count = Field(0, ge=-1000, le=1000, description="Higher runs first.")
     timeout: Number | None = Field(
-        None, gt=0, le=86_400, description="Number from submission until the task is timed out."
+        None, gt=0, le=86_400, description="Seconds from submission until the task is timed out."
     )
     affinity_key: str | None = Field(
         None, max_length=256, description="Tasks with the same key run on the same agent while it lives."
@@ -77,8 +77,9 @@ class TaskSpec(_Model):
     idempotency_key: str | None = Field(
         None, max_length=256, description="A repeated submit with this key returns the first task."
     )
-    max_attempts: Count | None = Field(
-        None, ge=1, le=100, description="Deliveries before the task is dead-lettered (pool default if unset)."
+    # Constraints of an optional integer sit inside its Annotated, so that the schema states them.
+    max_attempts: Annotated[StrictInt, Field(ge=1, le=100), INTEGER_ONLY] | None = Field(
+        None, description="Deliveries before the task is dead-lettered (pool default if unset)."
     )
     metadata: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
 
@@ -239,7 +240,8 @@ class PoolSpec(_Model):
     count: Count = Field(1, ge=0, le=100_000, description="Agents to start (added to an existing pool).")
     num_cpus: ResourceQuantity = Field(0.0, description="CPUs per agent: 0, or at least 0.0001.")
     num_gpus: ResourceQuantity = Field(0.0, description="GPUs per agent: 0, or at least 0.0001.")
-    memory: Count | None = Field(None, gt=0, description="Bytes of memory reserved per agent host.")
+    memory: Annotated[StrictInt, Field(gt=0), INTEGER_ONLY] | None = Field(
+        None, description="Bytes of memory reserved per agent host.")
     resources: dict[Annotated[str, Field(min_length=1, max_length=200)], ResourceQuantity] = Field(
         default_factory=dict, max_length=64,
         description="Custom Ray resources per agent, e.g. {\"agent_slot\": 1}: each 0, or at least "

@@ -60,11 +60,20 @@ def traced_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
         yield SimpleNamespace(root=root, hive=hive)
     finally:
         try:
-            hive._call("shutdown", timeout=60)
-            ray.kill(hive._orchestrator, no_restart=True)
+            stop_orchestrator(hive)
         finally:
-            hive.close()
             patch.undo()
+
+
+def stop_orchestrator(hive: object) -> None:
+    """Stop a test's own orchestrator (and its agents), then the client."""
+    import ray
+
+    try:
+        hive._call("shutdown", timeout=60)  # type: ignore[attr-defined]
+        ray.kill(hive._orchestrator, no_restart=True)  # type: ignore[attr-defined]
+    finally:
+        hive.close()  # type: ignore[attr-defined]
 
 
 def hive_cli(*arguments: str) -> int:
@@ -110,7 +119,6 @@ def test_an_empty_report_says_sampling_was_the_cause(ray_session: None, tmp_path
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Tracing on, traffic seen, nothing sampled: the report names the ratio and the fix."""
-    import ray
 
     from hive_ray import Hive
 
@@ -128,11 +136,7 @@ def test_an_empty_report_says_sampling_was_the_cause(ray_session: None, tmp_path
         assert "no operations recorded, although 300 tasks ran" in text
         assert "the sampling ratio is 0" in text and "HIVE_TRACING_SAMPLE_RATIO=1.0" in text
     finally:
-        try:
-            hive._call("shutdown", timeout=60)
-            ray.kill(hive._orchestrator, no_restart=True)
-        finally:
-            hive.close()
+        stop_orchestrator(hive)
 
 
 def test_json_report_is_machine_readable(traced_run: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:

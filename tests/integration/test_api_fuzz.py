@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.integration.test_api_support import READ_KEY, ApiServer, api, wait_ready  # noqa: F401
+from tests.integration.test_api_support import READ_KEY, ApiServer, api, side_app  # noqa: F401
 
 pytestmark = pytest.mark.ray
 
@@ -41,12 +41,6 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 def fuzzed(api: ApiServer, hive_settings: dict[str, object],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """The API at ``/fuzz`` over its own orchestrator, with one echo agent and small limits."""
-    import ray
-    from ray import serve
-
-    from hive_ray import Hive
-    from hive_ray._api._deployment import build_application
-    from hive_ray._api._keys import key_digests
     from hive_ray._settings import Settings
 
     root = tmp_path_factory.mktemp("api-fuzz")
@@ -58,24 +52,13 @@ def fuzzed(api: ApiServer, hive_settings: dict[str, object],
         "max_agents_per_pool": 2, "api_max_wait_seconds": 2.0, "api_stream_max_seconds": 2.0,
         "api_max_body_bytes": 64 * 1024, "api_keys": {READ_KEY: "read"},
     })
-    hive = Hive.connect(settings=settings.model_dump(mode="json", exclude={"api_keys"}))
-    try:
-        hive.spawn("echo", count=1, pool="echo", placement="packed", agents_per_host=2)
-        digests = key_digests(settings.api_keys, Path(str(hive_settings["state_dir"])))
-        serve.run(build_application(settings, digests), name=FUZZ_APP, route_prefix="/fuzz",
-                  blocking=False)
-        base_url = api.base_url + "/fuzz"
-        wait_ready(base_url, "the fuzzed API")
+
+    def prepare(hive: object) -> None:
+        hive.spawn("echo", count=1, pool="echo", placement="packed", agents_per_host=2)  # type: ignore[attr-defined]
+
+    with side_app(api, hive_settings, settings, app_name=FUZZ_APP, route_prefix="/fuzz",
+                  prepare=prepare) as (base_url, _):
         yield SimpleNamespace(base_url=base_url, api=api, state_dir=root)
-    finally:
-        try:
-            serve.delete(FUZZ_APP)
-        finally:
-            try:
-                hive._call("shutdown", timeout=60)
-            finally:
-                ray.kill(hive._orchestrator, no_restart=True)
-                hive.close()
 
 
 def test_schemathesis_finds_nothing_with_every_check_and_phase(fuzzed: SimpleNamespace) -> None:
