@@ -29,9 +29,9 @@ from hive_ray._api._problems import ProblemError
 from hive_ray._api._schemas import Problem, Ready, TaskAccepted, TaskOutcome, pool_request_models
 from hive_ray._api._service import ApiService, dumps
 from hive_ray._api._streams import SSE_END, sse_frame, task_events
+from hive_ray._api._trace_ingress import inject_into
 from hive_ray._models import PoolInfo, TaskPage, TaskRecord, TaskSpec
 from hive_ray._task import TaskState
-from hive_ray._tracing import inject_into
 
 JSON = "application/json"
 SWAGGER_CDN = "https://cdn.jsdelivr.net"
