@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from hive_ray._agent import Agent
     from hive_ray._models import AgentInfo, PoolInfo, TaskRecord
     from hive_ray._settings import Settings
+    from hive_ray._tables import RecordList
 
 logger = logging.getLogger("hive_ray.client")
 
@@ -345,21 +346,24 @@ class Hive:
 
         return PoolInfo(**self._call("stop_pool", pool))
 
-    def pools(self) -> list[PoolInfo]:
+    def pools(self) -> RecordList[PoolInfo]:
+        """Every pool; a list that renders as one table in Jupyter (``.to_pandas()`` too)."""
         from hive_ray._models import PoolInfo
+        from hive_ray._tables import RecordList
 
-        return [PoolInfo(**info) for info in self._call("pools")]
+        return RecordList((PoolInfo(**info) for info in self._call("pools")), "pools")
 
     def pool(self, name: str) -> PoolInfo:
         from hive_ray._models import PoolInfo
 
         return PoolInfo(**self._call("pool", name))
 
-    def agents(self, pool: str | None = None) -> list[AgentInfo]:
-        from hive_ray._models import AgentInfo
+    def agents(self, pool: str | None = None) -> RecordList[AgentInfo]:
+        """Every agent (of one pool, or all); a list that renders as one table in Jupyter."""
+        from hive_ray._tables import RecordList
 
         pools = [self.pool(pool)] if pool else self.pools()
-        return [AgentInfo(**a.model_dump()) for p in pools for a in p.agents]
+        return RecordList((agent for p in pools for agent in p.agents), "agents")
 
     # ------------------------------------------------------------------ tasks
     def _template(self, agent: str | type[Agent] | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -607,18 +611,22 @@ class Hive:
                 record["result"] = self._value(task_id, ("succeeded", record["result"], None))
         return TaskRecord(**record)
 
-    def tasks(self, *, state: str | None = None, pool: str | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Recent tasks, newest first, optionally filtered by state and pool."""
+    def tasks(self, *, state: str | None = None, pool: str | None = None,
+              limit: int = 100) -> RecordList[TaskRecord]:
+        """Recent tasks, newest first, optionally filtered by state and pool (a table in Jupyter)."""
         from hive_ray._models import TaskRecord
+        from hive_ray._tables import RecordList
 
         page = self._call("tasks", state, pool, limit, None)
-        return [TaskRecord(**record) for record in page["tasks"]]
+        return RecordList((TaskRecord(**record) for record in page["tasks"]), "tasks")
 
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        """Tasks that failed after every allowed attempt, newest first."""
+    def dead_letters(self, limit: int = 100) -> RecordList[TaskRecord]:
+        """Tasks that failed after every allowed attempt, newest first (a table in Jupyter)."""
         from hive_ray._models import TaskRecord
+        from hive_ray._tables import RecordList
 
-        return [TaskRecord(**record) for record in self._call("dead_letters", limit)]
+        return RecordList((TaskRecord(**record) for record in self._call("dead_letters", limit)),
+                          "dead letters")
 
     def resubmit(self, task_id: str) -> TaskHandle:
         """Submit an ended (typically dead-lettered) task again, as a new task."""
@@ -629,10 +637,13 @@ class Hive:
         """The host actors of a pool: pid, agents, how many are active or passivated."""
         return self._call("hosts", pool)
 
-    def restarts(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def restarts(self, pool: str | None = None, limit: int = 100) -> RecordList[dict[str, Any]]:
         """Recent agent restarts with their causes (exception, process_killed, oom_killed,
-        node_lost, health_check_failed, timeout_unresponsive)."""
-        return self._call("restart_events", pool, limit)
+        node_lost, health_check_failed, timeout_unresponsive); a table in Jupyter."""
+        from hive_ray._models import RESTART_COLUMNS
+        from hive_ray._tables import RecordList
+
+        return RecordList(self._call("restart_events", pool, limit), "restarts", RESTART_COLUMNS)
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         return TaskHandle(self, task_id, "").result(timeout)

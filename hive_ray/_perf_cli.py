@@ -11,8 +11,11 @@
                                    nothing could be compared, 0 otherwise: a CI gate
 
 FILE defaults to ``perf-baseline.json`` in the state directory. The analyzer
-sees operations only while tracing is on (``HIVE_TRACING=1`` for the cluster);
-memory, queues and restarts are profiled regardless, from when it first runs.
+sees operations only while tracing is on (``HIVE_TRACING=1`` for the cluster
+and for the process that submits work) and only the sampled share of root
+calls (``HIVE_TRACING_SAMPLE_RATIO``, 0.01 by default); an empty report says
+which of these is the cause. Memory, queues and restarts are profiled
+regardless, from when the analyzer first runs.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _analyzer_call(method: str, *args: Any) -> tuple[Any, Any]:
     """Call the analyzer of the running cluster; returns ``(answer, settings)``."""
+    answer, settings, _ = _analyzer_call_and_traffic(method, *args)
+    return answer, settings
+
+
+def _analyzer_call_and_traffic(method: str, *args: Any) -> tuple[Any, Any, int | None]:
+    """:func:`_analyzer_call`, plus how many tasks the orchestrator accepted since it started."""
     import ray
 
     from hive_ray._client import Hive
@@ -70,7 +79,9 @@ def _analyzer_call(method: str, *args: Any) -> tuple[Any, Any]:
     hive = Hive.connect(settings=settings, embedded=False)
     try:
         analyzer = hive._call("analyzer")
-        return ray.get(getattr(analyzer, method).remote(*args), timeout=60), settings
+        answer = ray.get(getattr(analyzer, method).remote(*args), timeout=60)
+        submitted = hive.statistics().get("counters", {}).get("submitted")
+        return answer, settings, submitted
     finally:
         hive.close()
 
@@ -89,7 +100,7 @@ def _report(args: argparse.Namespace) -> int:
     from hive_ray._analyzer import PerformanceReport, load_baseline, render_html, render_text
 
     baseline = load_baseline(args.baseline).to_dict() if args.baseline else None
-    data, _ = _analyzer_call("report", baseline)
+    data, _, submitted = _analyzer_call_and_traffic("report", baseline)
     report = PerformanceReport.from_dict(data)
     if args.html:
         Path(args.html).write_text(render_html(report), encoding="utf-8")
@@ -97,18 +108,25 @@ def _report(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     print(render_text(report), end="")
-    print(_analyzer_note(data.get("analyzer", {})))
+    print(analyzer_note(data.get("analyzer", {}), submitted, empty=not report.operations))
     if args.html:
         print(f"HTML report written to {args.html}")
     return 0
 
 
-def _analyzer_note(statistics: dict[str, Any]) -> str:
+def analyzer_note(statistics: dict[str, Any], tasks_submitted: int | None, *, empty: bool) -> str:
+    """The closing lines of ``hive perf report``: what the analyzer saw, and, for an empty
+    report, why (tracing off, no traffic, or sampling too sparse) and what fixes it."""
+    from hive_ray._analyzer import explain_empty
+
     received = statistics.get("spans_received", 0)
     dropped = statistics.get("spans_dropped", 0)
-    note = f"\nanalyzer: {received} spans in the window, {dropped} dropped"
-    if not received:
-        note += " (no spans yet: turn tracing on for the cluster with HIVE_TRACING=1 and run work)"
+    sampling = statistics.get("sampling") or {}
+    traced = (f"tracing on, sampling {float(sampling.get('ratio', 0)):g} of root calls"
+              if sampling.get("tracing") else "tracing off")
+    note = f"\nanalyzer: {received} spans in the window, {dropped} dropped ({traced})"
+    if empty:
+        note += "\n" + explain_empty(statistics, tasks_submitted)
     return note
 
 
@@ -118,8 +136,11 @@ def _baseline_save(args: argparse.Namespace) -> int:
     data, settings = _analyzer_call("baseline")
     baseline = Baseline.from_dict(data)
     if not baseline.operations:
-        print("hive perf: no latencies recorded yet, so there is nothing to save; turn tracing on "
-              "(HIVE_TRACING=1) and run a representative workload first", file=sys.stderr)
+        from hive_ray._analyzer import explain_empty
+
+        statistics, _, submitted = _analyzer_call_and_traffic("statistics")
+        print(f"hive perf: nothing to save as a baseline; {explain_empty(statistics, submitted)}",
+              file=sys.stderr)
         return EXIT_NOT_COMPARABLE
     path = _baseline_path(args.file, settings)
     path.parent.mkdir(parents=True, exist_ok=True)

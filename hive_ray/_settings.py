@@ -131,9 +131,11 @@ class Settings(BaseSettings):
         120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
         "keep starting in the background (their demand reaches the autoscaler).")
     max_agents_per_pool: int = Field(
-        100_000, ge=1,
+        100_000, ge=1, le=1_000_000,
         description="Most agents one pool may have (spawn, scale, autoscaling's max_agents); a "
-        "larger request is refused with CapacityError (HTTP 422). An admin's limit.",
+        "larger request is refused with CapacityError (HTTP 422, also stated in the OpenAPI "
+        "document). An admin's limit; whether the cluster can hold a size is checked as well "
+        "(max_host_processes).",
     )
     max_host_processes: int | None = Field(
         None, ge=1,

@@ -99,11 +99,33 @@ class ApiService:
     async def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         agent_type, count, name = spec.pop("agent_type"), spec.pop("count"), spec.pop("name")
+        await self._check_added_size(name, agent_type, count)
         try:
             info = await self.blocking("spawn", agent_type, count, pool=name, **spec)
         finally:
             self._pools_cache.clear()
         return info.model_dump(mode="json")
+
+    async def _check_added_size(self, name: str, agent_type: str, count: int) -> None:
+        """Creating an existing pool adds agents of its type: refuse (409) another type, or a sum
+        above max_agents_per_pool, before any agent starts."""
+        from hive_ray._api._problems import ProblemError
+        from hive_ray._errors import UnknownPoolError
+
+        limit = self.settings.max_agents_per_pool
+        try:
+            pool = await self.call("pool", name)
+        except UnknownPoolError:
+            return
+        if pool["agent_type"] != agent_type:
+            raise ProblemError(
+                409, f"pool {name!r} already runs agent type {pool['agent_type']!r}, not "
+                f"{agent_type!r}; choose another pool name", slug="pool-type-conflict", pool=name)
+        if pool["desired"] + count > limit:
+            raise ProblemError(
+                409, f"pool {name!r} has {pool['desired']} agents; adding {count} would make "
+                f"{pool['desired'] + count}, above the max_agents_per_pool setting ({limit}). Add "
+                "fewer, or have an admin raise the setting", slug="too-many-agents", pool=name)
 
     async def scale_pool(self, name: str, count: int) -> dict[str, Any]:
         try:
