@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except HiveError as error:
-        from hive_ray._errors import HiveConnectionError
-
-        console.error(str(error) + (_see_log(console) if isinstance(error, HiveConnectionError) else ""))
+        console.error(str(error))
         return 1
     except KeyboardInterrupt:
         return 130

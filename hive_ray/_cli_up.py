@@ -18,6 +18,7 @@ altogether they take a few seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hive_ray._cli_output import Console, StatusLine, is_terminal, plural
+from hive_ray._errors import HiveConnectionError
 from hive_ray._local_head import (
     CLUSTER_FILE,
     STOP_GRACE_SECONDS,
@@ -98,13 +100,14 @@ def up(args: argparse.Namespace, console: Console) -> int:
     try:
         hive = _connect_or_start(args, settings, directory, run)
         _create_pools(hive, config)
+        api_url = None
         if config.api.enabled and not args.no_api:
-            api = _start_api(settings)
+            api_url = _start_api(settings)
             if run.record is not None:
+                api = {"http": int(settings.http_port), "grpc": int(settings.grpc_port)}
                 run.record = replace(run.record, api=api)
                 run.record.save(directory)
-        _print_hints(settings, config, api_running=config.api.enabled and not args.no_api,
-                     no_block=args.no_block, console=console)
+        _print_hints(hints(settings, config, api_url=api_url), no_block=args.no_block, console=console)
         if args.no_block:
             hive.close()
             return 0
@@ -115,12 +118,12 @@ def up(args: argparse.Namespace, console: Console) -> int:
         print(f"hive up: {reason}; stopping ...", flush=True)
         orchestrator = hive._orchestrator
         hive.close()
-        clean = stop_cluster(settings, record=run.record, child=run.child, orchestrator=orchestrator)
-        return 0 if clean else exit_now(0)
+        stopped = stop_cluster(settings, record=run.record, child=run.child, orchestrator=orchestrator)
+        return 0 if stopped.disconnected else exit_now(0)
     except KeyboardInterrupt:
         signals.phase = "stopping"
         print("\nhive up: interrupted while starting; stopping what it started ...", flush=True)
-        if run.child is not None and not stop_cluster(settings, record=run.record, child=run.child):
+        if run.child is not None and not stop_cluster(settings, record=run.record, child=run.child).disconnected:
             exit_now(130)
         return 130
     except BaseException:
@@ -155,7 +158,14 @@ def _connect_or_start(args: argparse.Namespace, settings: Any, directory: Path, 
     if token is not None:
         print(f"hive up: {token.describe()}")
     print("hive up: starting a local Ray head ...", flush=True)
-    run.record, run.child = start_head(directory, node_ip=args.node_ip_address)
+    try:
+        run.record, run.child = start_head(directory, node_ip=args.node_ip_address)
+    except HiveConnectionError as error:
+        if not error.details.get("slow"):
+            raise
+        print("  Ray's own agents started too slowly for it (a busy machine?); trying once more ...",
+              flush=True)
+        run.record, run.child = start_head(directory, node_ip=args.node_ip_address)
     record = run.record
     print(f"  Ray head {record.address} (pid {record.pid}; its log: {record.log})", flush=True)
     return Hive.connect(record.address, settings=settings)
@@ -171,7 +181,8 @@ def _create_pools(hive: Any, config: Any) -> None:
         print(f"  pool {pool.name!r}: {plural(pool.size, pool.agent_type + ' agent')}", flush=True)
 
 
-def _start_api(settings: Any) -> dict[str, int]:
+def _start_api(settings: Any) -> str:
+    """Deploy the API; returns its HTTP base URL."""
     from hive_ray._api import ensure_api_key, start_api
     from hive_ray._api import key_file as api_key_file
 
@@ -180,28 +191,26 @@ def _start_api(settings: Any) -> dict[str, int]:
     print(f"  API {urls['http']} (docs {urls['docs']}, dashboard {urls['dashboard']}); gRPC {urls['grpc']}")
     key_file = api_key_file(Path(settings.state_dir))
     print(f"  API key {'created in' if created else 'in'} {key_file} (readable by you only)", flush=True)
-    return {"http": int(settings.http_port), "grpc": int(settings.grpc_port)}
+    return urls["http"]
 
 
-def hints(settings: Any, config: Any, *, api_running: bool) -> list[str]:
+def hints(settings: Any, config: Any, *, api_url: str | None) -> list[str]:
     """The commands ``hive up`` suggests; each works when pasted (tests run every one)."""
     lines = ["hive status"]
     if any(spec.agent_type == "echo" for spec in config.pools):
         lines.append("hive submit echo '{\"hello\": \"world\"}'")
-    if api_running:
+    if api_url is not None:
         from hive_ray._api import key_file as api_key_file
-        from hive_ray._api._deployment import _url_host
 
         key = shlex.quote(str(api_key_file(Path(settings.state_dir))))
-        lines.append(f'curl -H "Authorization: Bearer $(cat {key})" '
-                     f"http://{_url_host(settings.http_host)}:{settings.http_port}/v1/pools")
+        lines.append(f'curl -H "Authorization: Bearer $(cat {key})" {api_url}/v1/pools')
     lines.append("python -c 'from hive_ray import Hive; print(Hive.connect().pools())'")
     return lines
 
 
-def _print_hints(settings: Any, config: Any, *, api_running: bool, no_block: bool, console: Console) -> None:
+def _print_hints(lines: list[str], *, no_block: bool, console: Console) -> None:
     print("\nTry:")
-    for line in hints(settings, config, api_running=api_running):
+    for line in lines:
         print(f"  {line}")
     print("Stop everything:  hive down" + ("" if no_block else "  (or Ctrl-C here)"))
     if console.log is not None:
@@ -241,10 +250,13 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
         return "orchestrator busy (no answer within a second)", "busy"
     except RayActorError:
         try:
-            ray.get_actor(settings.orchestrator_name, namespace=settings.namespace)
-        except ValueError:
-            return None, ""
+            if _named(settings.orchestrator_name, settings.namespace) is None:
+                return None, ""
+        except Exception as error:  # noqa: BLE001 - the GCS itself: the watch loop checks the head next
+            return f"cluster unreachable ({type(error).__name__})", "unreachable"
         return "orchestrator restarting", "restarting"
+    except Exception as error:  # noqa: BLE001 - the watch loop checks the head next
+        return f"cluster unreachable ({type(error).__name__})", "unreachable"
     parts, shape = [], []
     for pool in pools:
         state = "" if pool.state == "ok" else f" [{pool.state}]"
@@ -259,10 +271,9 @@ def down(args: argparse.Namespace, console: Console) -> int:
     settings = settings_for()
     directory = Path(settings.state_dir)
     record = HeadRecord.load(directory)
-    if record is None and (directory / CLUSTER_FILE).exists():
-        print(f"hive down: {directory / CLUSTER_FILE} does not say which process hive up started (an "
-              "older hive wrote it), so no Ray head is stopped; stop it with `ray stop`, then "
-              f"`rm {shlex.quote(str(directory / CLUSTER_FILE))}`")
+    if record is None and (directory / CLUSTER_FILE).exists() and not os.environ.get("RAY_ADDRESS"):
+        print(_unprovable(directory / CLUSTER_FILE))
+        return 1
     if record is not None and not record.alive():
         print(f"hive down: the Ray head hive up recorded (pid {record.pid}) is not running; "
               "forgetting it")
@@ -277,19 +288,33 @@ def down(args: argparse.Namespace, console: Console) -> int:
         print("hive down: no hive cluster is running (nothing to stop)")
         return 0
     print(f"hive down: stopping hive on {address} ...", flush=True)
-    return 0 if stop_cluster(settings, record=record, address=address) else exit_now(0)
+    stopped = stop_cluster(settings, record=record, address=address)
+    code = 0 if stopped.reached else 1
+    return code if stopped.disconnected else exit_now(code)
+
+
+def _unprovable(path: Path) -> str:
+    """What to do about a record that names a pid but not which process (an older hive)."""
+    pid = None
+    try:
+        pid = int(json.loads(path.read_text()).get("pid"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    check = (f"if `ps -p {pid} -o args=` shows the `ray start --head` it started, `kill {pid}`; then "
+             if pid is not None else "")
+    return (f"hive down: {path} does not prove which process hive up started (an older hive wrote it), "
+            f"so no Ray head is stopped: {check}`rm {shlex.quote(str(path))}`")
 
 
 def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None, address: str | None = None,
-                 orchestrator: Any = None) -> bool:
+                 orchestrator: Any = None) -> _Stopped:
     """Stop hive on the cluster (its API application, the orchestrator, agents, analyzer),
     then the head if ``record`` names one ``hive up`` started. Safe to call twice, and from
-    two processes at once. Returns False if Ray did not disconnect in time (the caller
-    then leaves with :func:`exit_now`)."""
+    two processes at once."""
     import ray
 
     head_alive = record is not None and record.alive()
-    clean = True
+    clean = reached = True
     if (record is None or head_alive) and (ray.is_initialized() or _attach(address, settings)):
         api_removed = _remove_api() if record is None else False  # a head of ours takes it along
         orchestrator_stopped = _stop_orchestrator(settings, orchestrator)
@@ -300,6 +325,8 @@ def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None,
             print("  orchestrator, its agents and the analyzer stopped")
     elif ray.is_initialized():
         clean = _disconnect()  # the head is gone: do not wait for it
+    else:
+        reached = record is not None
     if record is not None:
         report = stop_head(record, child)
         if report.stopped:
@@ -314,7 +341,16 @@ def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None,
             print("  Ray's current-cluster pointer removed: a plain ray.init() starts a new local Ray")
         _forget(Path(settings.state_dir), record)
     sys.stdout.flush()
-    return clean
+    return _Stopped(disconnected=clean, reached=reached)
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """``disconnected``: Ray let go in time (else the caller leaves with :func:`exit_now`);
+    ``reached``: there was something to stop."""
+
+    disconnected: bool
+    reached: bool
 
 
 def _forget(directory: Path, record: HeadRecord) -> None:
@@ -376,8 +412,11 @@ def _stop_orchestrator(settings: Any, orchestrator: Any = None) -> bool:
     try:
         ray.get(orchestrator.shutdown.remote(), timeout=SHUTDOWN_SECONDS)
     except RayActorError:
-        if _named(settings.orchestrator_name, settings.namespace) is None:
-            return False  # already stopped (by `hive down` from elsewhere)
+        try:
+            if _named(settings.orchestrator_name, settings.namespace) is None:
+                return False  # already stopped (by `hive down` from elsewhere)
+        except Exception:  # noqa: BLE001 - the cluster is going away; the head is next
+            return False
     except Exception as error:  # noqa: BLE001 - restarting or slow: removed below either way
         print(f"  the orchestrator did not stop its agents within {SHUTDOWN_SECONDS:.0f} s "
               f"({type(error).__name__}); removing it")

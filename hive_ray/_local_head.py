@@ -46,6 +46,8 @@ POINTER_NAME = "ray_current_cluster"
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: The line ``ray start`` logs once the head runs (its own CLI's wording).
 STARTED_LINE = b"Ray runtime started"
+#: What ``ray start`` says when the raylet gave up waiting for its agents (a busy machine).
+SLOW_START_LINE = b"timed out during startup"
 #: Seconds ``ray start`` may take (on 2 busy cores it has taken over a minute).
 START_TIMEOUT_SECONDS = 120.0
 #: Seconds the head gets to stop its processes after SIGTERM, before the rest are killed.
@@ -294,7 +296,8 @@ def start_head(state_dir: Path, node_ip: str = "127.0.0.1") -> tuple[HeadRecord,
 
     Raises:
         HiveConnectionError: ``ray start`` failed or did not come up in time; the message
-            names its log.
+            names its log. ``details["slow"]``: Ray's own agents started too slowly for its
+            raylet (a busy machine); another attempt may well succeed.
     """
     log_path = Path(state_dir) / "logs" / "ray-head.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +334,7 @@ def _wait_started(process: subprocess.Popen[bytes], log_path: Path) -> None:
         if process.poll() is not None:
             raise HiveConnectionError(
                 f"`ray start` exited with code {process.returncode}: {_last_line(log_path)} "
-                f"(the whole log: {log_path})")
+                f"(the whole log: {log_path})", slow=SLOW_START_LINE in log_path.read_bytes())
         if time.monotonic() > deadline:
             raise HiveConnectionError(
                 f"the local Ray head did not start in {START_TIMEOUT_SECONDS:.0f} s; see {log_path}")

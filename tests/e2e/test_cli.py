@@ -336,3 +336,48 @@ def test_sigterm_on_a_foreground_up_stops_the_cluster_an_earlier_up_started(tmp_
     finally:
         if running.process.poll() is None:
             running.kill()
+
+
+def test_an_embedded_connect_works_on_a_fresh_home(tmp_path):
+    env = fresh_env(tmp_path)
+    code = ("from hive_ray import Hive\n"
+            "with Hive.connect() as hive:\n"
+            "    hive.spawn('echo')\n"
+            "    print(hive.run('echo', {'fresh': True}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=START_SECONDS,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("{'fresh': True}")
+    token = Path(env["HOME"]) / ".ray" / "auth_token"
+    assert oct(token.stat().st_mode & 0o777) == "0o600"
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def test_down_never_signals_a_process_it_cannot_prove_and_its_advice_works(tmp_path):
+    """No Ray here: records that name a live process which is not the head."""
+    env = fresh_env(tmp_path)
+    state = Path(env["HOME"]) / ".hive"
+    state.mkdir(mode=0o700)
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        process = psutil.Process(stranger.pid)
+        recycled = {"address": "127.0.0.1:1", "pid": stranger.pid, "create_time": process.create_time() - 100,
+                    "cmdline": process.cmdline(), "log": "x", "started_at": time.time()}
+        (state / "cluster.json").write_text(json.dumps(recycled))  # the pid, not the process
+        down = hive("down", env=env)
+        assert down.returncode == 0 and "is not running" in down.stdout, down.stdout + down.stderr
+        assert stranger.poll() is None and not (state / "cluster.json").exists()
+
+        (state / "cluster.json").write_text(json.dumps({"address": "127.0.0.1:1", "pid": stranger.pid}))
+        down = hive("down", env=env)  # an older hive's record: no proof at all
+        assert down.returncode == 1 and stranger.poll() is None, down.stdout
+        advice = [command for command in re.findall(r"`([^`]+)`", down.stdout) if not command.startswith("ray ")]
+        assert [command.split()[0] for command in advice] == ["ps", "kill", "rm"], down.stdout
+        assert "sleep 300" in shell(advice[0], env).stdout  # what the user would look at
+        for command in advice[1:]:
+            assert shell(command, env).returncode == 0
+        assert stranger.wait(10) == -signal.SIGTERM and not (state / "cluster.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)

@@ -158,3 +158,21 @@ def test_spawn_says_it_adds_and_scale_sets():
 def test_verbose_is_accepted_before_and_after_the_command(argv):
     assert build_parser().parse_args(argv).verbose is True
     assert build_parser().parse_args(["up"]).verbose is False
+
+
+def test_the_hints_quote_the_key_path_and_use_the_versioned_route(tmp_path):
+    import shlex
+
+    from hive_ray._cli_up import hints
+    from hive_ray._config import load_config
+    from hive_ray._settings import Settings
+
+    state = tmp_path / "my state"
+    settings = Settings(state_dir=state)
+    lines = hints(settings, load_config(None), api_url="http://127.0.0.1:8123")
+    curl = next(line for line in lines if line.startswith("curl"))
+    assert curl.endswith(" http://127.0.0.1:8123/v1/pools")
+    assert f"$(cat {shlex.quote(str(state / 'api_key'))})" in curl
+    assert shlex.split(curl)[2] == f"Authorization: Bearer $(cat {shlex.quote(str(state / 'api_key'))})"
+    assert "hive submit echo '{\"hello\": \"world\"}'" in lines and "hive status" in lines
+    assert not [line for line in hints(settings, load_config(None), api_url=None) if "curl" in line]
