@@ -230,7 +230,8 @@ def _watch(hive: Any, settings: Any, run: _Run, signals: _Signals, line: StatusL
             text, shape = _status(hive, settings)
             if text is None:
                 return "the orchestrator is gone (stopped by `hive down`?)"
-            line.show(text, shape)
+            if text:
+                line.show(text, shape)
             signals.requested.wait(WATCH_SECONDS)
         return "stop requested"
     finally:
@@ -238,7 +239,8 @@ def _watch(hive: Any, settings: Any, run: _Run, signals: _Signals, line: StatusL
 
 
 def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
-    """``(line, shape)`` of the pools; ``(None, "")`` once the orchestrator is gone for good."""
+    """``(line, shape)`` of the pools; ``(None, "")`` once the orchestrator is gone for good,
+    ``("", "")`` if it did not answer within a second."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -247,7 +249,7 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
     try:
         pools = [PoolInfo(**info) for info in ray.get(hive._orchestrator.pools.remote(), timeout=WATCH_SECONDS)]
     except GetTimeoutError:
-        return "orchestrator busy (no answer within a second)", "busy"
+        return "", ""  # busy: keep the last line rather than flicker
     except RayActorError:
         try:
             if _named(settings.orchestrator_name, settings.namespace) is None:
@@ -330,7 +332,8 @@ def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None,
     if record is not None:
         report = stop_head(record, child)
         if report.stopped:
-            forced = f" ({report.killed} killed after {STOP_GRACE_SECONDS:.0f} s)" if report.killed else ""
+            forced = (f" ({report.killed} of them killed: still running {STOP_GRACE_SECONDS:.0f} s after SIGTERM)"
+                      if report.killed else "")
             print(f"  local Ray head (pid {record.pid}) and "
                   f"{plural(report.processes - 1, 'process', 'processes')} it started stopped{forced}")
             if record.api:

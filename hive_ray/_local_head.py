@@ -392,9 +392,11 @@ def stop_head(record: HeadRecord, child: subprocess.Popen[bytes] | None = None,
               grace_seconds: float = STOP_GRACE_SECONDS) -> StopReport:
     """Stop the recorded head and every process it started, if it is provably the same one.
 
-    SIGTERM lets ``ray start --block`` stop its own processes; whatever of them is left after
-    ``grace_seconds`` is killed. ``child``: the head's :class:`subprocess.Popen` when this
-    process started it (it is then reaped here, never left a zombie).
+    Every one of them gets SIGTERM at once (as ``ray stop`` does; one after the other, as
+    ``ray start --block`` itself does on SIGTERM, takes many seconds on a busy machine);
+    whatever is left after ``grace_seconds`` is killed. ``child``: the head's
+    :class:`subprocess.Popen` when this process started it (it is reaped here, never left a
+    zombie).
     """
     import psutil
 
@@ -411,27 +413,22 @@ def stop_head(record: HeadRecord, child: subprocess.Popen[bytes] | None = None,
         tree = [head, *head.children(recursive=True), *_session_members(record.pid, exclude=head)]
     except psutil.NoSuchProcess:
         return StopReport(False, reason="it exited meanwhile")
-    unique = {process.pid: process for process in tree}
-    try:
-        head.send_signal(signal.SIGTERM)
-    except psutil.NoSuchProcess:
-        pass
-    deadline = time.monotonic() + grace_seconds
-    if child is not None:
+    members = list({process.pid: process for process in tree}.values())
+    for process in members:
         try:
-            child.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
+            process.terminate()  # psutil checks the start time first: never a recycled pid
+        except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(list(unique.values()), timeout=max(0.0, deadline - time.monotonic()))
+    _, alive = psutil.wait_procs(members, timeout=grace_seconds)
     for process in alive:
         try:
-            process.kill()  # psutil checks the start time first: never a recycled pid
+            process.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=3)
     if child is not None:
         child.wait()
-    return StopReport(True, processes=len(unique), killed=len(alive))
+    return StopReport(True, processes=len(members), killed=len(alive))
 
 
 def _session_members(session_id: int, exclude: Any) -> list[Any]:
