@@ -17,7 +17,6 @@ are also awaitable (``await hive.submit(...)`` works at a notebook's top level).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
     from hive_ray._tables import RecordList
 
 logger = logging.getLogger("hive_ray.client")
-
-#: File in the state directory where ``hive up`` records the cluster it started.
-CLUSTER_FILE = "cluster.json"
 
 #: Calls that go over the data plane when it is open (the rest are Ray calls), and calls
 #: that are safe to send again after the stream broke: see hive_ray/_operations.py.
@@ -150,6 +146,9 @@ class Hive:
         if not ray.is_initialized():
             target = address or os.environ.get("RAY_ADDRESS") or local_cluster_address(settings)
             if target:
+                from hive_ray._local_head import prepare_driver
+
+                prepare_driver(target)  # a head on loopback (hive up's) needs its drivers told
                 try:
                     ray.init(address=target, namespace=settings.namespace, logging_level=logging.WARNING,
                              log_to_driver=False)
@@ -164,6 +163,9 @@ class Hive:
                     "to a running Ray cluster"
                 )
             else:
+                from hive_ray._local_head import ensure_ray_token
+
+                ensure_ray_token()  # Ray would create it too, but readable by everyone
                 # address="local": a new Ray even if some other cluster runs on this machine.
                 ray.init(address="local", namespace=settings.namespace, logging_level=logging.WARNING,
                          include_dashboard=False)
@@ -707,20 +709,12 @@ def get_or_create_orchestrator(settings: Settings, *, detached: bool) -> Any:
 
 
 def local_cluster_address(settings: Settings) -> str | None:
-    """The address ``hive up`` recorded, if that cluster's head process still runs."""
-    path = Path(settings.state_dir) / CLUSTER_FILE
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = recorded.get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return recorded.get("address")
+    """The address of the head ``hive up`` started, if that very process still runs (its
+    pid, start time and command line are compared: a pid alone may name another process)."""
+    from hive_ray._local_head import running_head
+
+    record = running_head(Path(settings.state_dir))
+    return record.address if record is not None else None
 
 
 class _MapWindow:

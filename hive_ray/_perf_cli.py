@@ -26,35 +26,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hive_ray._cli_output import plural
+
 BASELINE_FILE = "perf-baseline.json"
 
 #: Exit codes of ``hive perf baseline compare``.
 EXIT_OK, EXIT_REGRESSION, EXIT_NOT_COMPARABLE = 0, 1, 2
 
 
-def register(commands: Any) -> None:
-    """Add the ``perf`` command to the ``hive`` parser's subcommands."""
+def register(commands: Any, parents: list[argparse.ArgumentParser] | None = None) -> None:
+    """Add the ``perf`` command to the ``hive`` parser's subcommands (``parents``: the options
+    every command takes)."""
+    parents = parents or []
     perf = commands.add_parser("perf", help="performance report and baselines (the analyzer)",
-                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    perf.set_defaults(handler=lambda args: _usage(perf))
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                               parents=parents)
+    perf.set_defaults(handler=lambda args: _usage(perf), command_name="perf")
     verbs = perf.add_subparsers(title="perf commands")
 
-    report = verbs.add_parser("report", help="latencies, memory, queues and recommendations")
+    report = verbs.add_parser("report", help="latencies, memory, queues and recommendations",
+                              parents=parents)
     report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--baseline", metavar="FILE", help="include a comparison with this baseline")
-    report.set_defaults(handler=_report)
+    report.set_defaults(handler=_report, command_name="perf report")
 
-    baseline = verbs.add_parser("baseline", help="save or compare a latency baseline")
-    baseline.set_defaults(handler=lambda args: _usage(baseline))
+    baseline = verbs.add_parser("baseline", help="save or compare a latency baseline", parents=parents)
+    baseline.set_defaults(handler=lambda args: _usage(baseline), command_name="perf baseline")
     actions = baseline.add_subparsers(title="baseline commands")
-    save = actions.add_parser("save", help="record the current window as the baseline")
+    save = actions.add_parser("save", help="record the current window as the baseline", parents=parents)
     save.add_argument("file", nargs="?", help=f"where (default: <state_dir>/{BASELINE_FILE})")
-    save.set_defaults(handler=_baseline_save)
-    compare = actions.add_parser("compare", help="exit 1 if the current window regressed")
+    save.set_defaults(handler=_baseline_save, command_name="perf baseline save")
+    compare = actions.add_parser("compare", help="exit 1 if the current window regressed", parents=parents)
     compare.add_argument("file", nargs="?", help=f"the baseline (default: <state_dir>/{BASELINE_FILE})")
     compare.add_argument("--json", action="store_true", help="print the results as JSON")
-    compare.set_defaults(handler=_baseline_compare)
+    compare.set_defaults(handler=_baseline_compare, command_name="perf baseline compare")
+
+
+def _errors(args: argparse.Namespace) -> Any:
+    """The terminal's error stream (``sys.stderr`` is the log file unless --verbose)."""
+    console = getattr(args, "console", None)
+    return console.err if console is not None else sys.stderr
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -140,12 +152,12 @@ def _baseline_save(args: argparse.Namespace) -> int:
 
         statistics, _, submitted = _analyzer_call_and_traffic("statistics")
         print(f"hive perf: nothing to save as a baseline; {explain_empty(statistics, submitted)}",
-              file=sys.stderr)
+              file=_errors(args))
         return EXIT_NOT_COMPARABLE
     path = _baseline_path(args.file, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_baseline(path, baseline)
-    print(f"baseline of {len(baseline.operations)} operation(s) saved to {path}")
+    print(f"baseline of {plural(len(baseline.operations), 'operation')} saved to {path}")
     for each in baseline.operations:
         print(f"  {each.operation}: p95 {each.p95 * 1000:.2f} ms over {each.count} calls")
     return EXIT_OK
@@ -158,7 +170,7 @@ def _baseline_compare(args: argparse.Namespace) -> int:
     try:
         baseline = load_baseline(path)
     except BaselineError as error:
-        print(f"hive perf: {error}", file=sys.stderr)
+        print(f"hive perf: {error}", file=_errors(args))
         return EXIT_NOT_COMPARABLE
     results, _ = _analyzer_call("compare", baseline.to_dict())
     if args.json:
@@ -192,5 +204,5 @@ def format_comparison(results: list[dict[str, Any]]) -> str:
     regressed = [result["operation"] for result in results if result["regressed"]]
     lines.append("")
     lines.append(f"{len(regressed)} regression(s): {', '.join(regressed)}" if regressed
-                 else f"no regression in {len(results)} operation(s)")
+                 else f"no regression in {plural(len(results), 'operation')}")
     return "\n".join(lines)
