@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _measure import row
+from _measure import WAIT_SECONDS, row
 
 from hive_ray import Agent
 
@@ -148,7 +148,7 @@ def _plain_actor_restart_seconds() -> float:
             return os.getpid()
 
     actor = Plain.remote()
-    pid = ray.get(actor.pid.remote())
+    pid = ray.get(actor.pid.remote(), timeout=WAIT_SECONDS)
     started = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     while True:
@@ -157,6 +157,9 @@ def _plain_actor_restart_seconds() -> float:
                 break
         except Exception:  # noqa: BLE001 - restarting
             time.sleep(0.05)
+        if time.monotonic() - started > WAIT_SECONDS:
+            raise RuntimeError(f"a plain actor killed with SIGKILL was not restarted within {WAIT_SECONDS:.0f} s; "
+                               "the baseline cannot be measured on this cluster")
     seconds = time.monotonic() - started
     ray.kill(actor, no_restart=True)
     return seconds
@@ -164,7 +167,7 @@ def _plain_actor_restart_seconds() -> float:
 
 def _wait_until_answering(hive: Any, since: float) -> float:
     """Seconds from ``since`` until the restarted orchestrator answers with its pool back."""
-    while True:
+    while time.monotonic() - since < WAIT_SECONDS:
         try:
             pool = hive.pool("chaos")
             if pool.size > 0 and hive.statistics().get("recovery_seconds") is not None:
@@ -172,6 +175,8 @@ def _wait_until_answering(hive: Any, since: float) -> float:
         except Exception:  # noqa: BLE001 - still restarting
             pass
         time.sleep(0.1)
+    raise RuntimeError(f"the orchestrator did not answer with its pool back within {WAIT_SECONDS:.0f} s of its "
+                       "SIGKILL; recovery is broken or the machine is overloaded")
 
 
 def _wait_for_ends(hive: Any, task_ids: list[str], timeout: float) -> dict[str, str]:
