@@ -81,7 +81,7 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
         sizes = [50, 1_000, 10_000] if quick else [50, 1_000, 10_000, 100_000]
         seconds = 2.0 if quick else 3.0
         min_rounds, max_rounds = (6, 40) if quick else (10, 80)
-        budget = 100.0 if quick else 1200.0  # seconds of measured rounds, at most
+        budget = 90.0 if quick else 1200.0  # seconds of measured rounds, at most (quick: whole run < 6 min)
         hive.spawn("echo", count=1, pool="empty-host", placement="packed", agents_per_host=1)
         spawned: dict[int, float] = {}
         for size in sizes:
@@ -111,6 +111,7 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
         rates: dict[int, list[float]] = {size: [] for size in sizes}
         intervals: dict[int, Degradation] = {}
         curve_started = time.monotonic()
+        stopped = f"the round limit ({max_rounds})"
         for number in range(max_rounds):
             round_started = time.monotonic()
             for size in (sizes if number % 2 == 0 else sizes[::-1]):  # alternate the order
@@ -124,10 +125,12 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
             progress(f"scale: round {number + 1}, half-widths " + ", ".join(
                 f"{size:,}: {interval.half_width:.1f}" for size, interval in intervals.items()) + " points")
             if rounds_settled(list(intervals.values()), HALF_WIDTH_POINTS):
+                stopped = f"every half-width at most {HALF_WIDTH_POINTS:g} points"
                 break
             if spent + (time.monotonic() - round_started) > budget:  # the next round would not fit
+                stopped = f"the time budget ({budget:.0f} s of rounds)"
                 break
-        rows.extend(_curve_rows(sizes, windows, rates, intervals, load, capacity))
+        rows.extend(_curve_rows(sizes, windows, rates, intervals, load, capacity, stopped))
         for size in sizes:
             hive.stop(f"curve-{size}")
 
@@ -156,7 +159,7 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
             rows.extend(comparison.rows(measured, actor_pool_goal="ratio >= 3 and >= 10,000/s"))
 
         # -- the curve, dedicated (one process per agent) ---------------------------------------
-        dedicated_sizes = [10, 50] if quick else [10, 25, 50]
+        dedicated_sizes = [10, 25] if quick else [10, 25, 50]
         dedicated: dict[int, dict[str, float]] = {}
         progress("scale: the curve on dedicated agents")
         for size in dedicated_sizes:
@@ -265,8 +268,8 @@ def _paced(hive: Any, template: dict[str, Any], seconds: float, rate: float,
 
 
 def _curve_rows(sizes: list[int], windows: dict[int, list[list[float]]], rates: dict[int, list[float]],
-                intervals: dict[int, Degradation], load: float,
-                capacity: dict[int, float]) -> list[dict[str, Any]]:
+                intervals: dict[int, Degradation], load: float, capacity: dict[int, float],
+                stopped: str) -> list[dict[str, Any]]:
     base_size = sizes[0]
     pooled = {size: [latency for window in windows[size] for latency in window] for size in sizes}
     p50 = {size: percentile(pooled[size], 0.5) * 1000 for size in sizes}
@@ -296,8 +299,9 @@ def _curve_rows(sizes: list[int], windows: dict[int, list[list[float]]], rates: 
                         goal="<= 10 at 1000" if size == 1000 else "", samples=len(pooled[size]),
                         rounds=rounds, ci95_pct=[round(interval.low_pct, 1), round(interval.high_pct, 1)],
                         half_width_pct=round(interval.half_width, 2),
-                        half_width_target_met=settled))
+                        half_width_target_met=settled, rounds_stopped_by=stopped))
         rows.append(row(f"degradation_pct_upper95@{size}", interval.high_pct, "%",
                         goal="<= 10 at 10000" if size == 10_000 else "", rounds=rounds,
-                        half_width_pct=round(interval.half_width, 2), half_width_target_met=settled))
+                        half_width_pct=round(interval.half_width, 2), half_width_target_met=settled,
+                        rounds_stopped_by=stopped))
     return rows
