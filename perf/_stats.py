@@ -1,6 +1,6 @@
 """Interval arithmetic for the benchmarks: percentiles, round-resampled intervals, stopping rules.
 
-Pure functions (numpy, no Ray), unit-tested in ``tests/unit/test_perf_stats.py``.
+Pure functions (standard library only, no Ray), unit-tested in ``tests/unit/test_perf_stats.py``.
 
 The latency curve of ``bench_scale`` compares the p99 of one configuration with
 the p99 of a reference measured side by side in the same rounds. A stall on a
@@ -11,20 +11,25 @@ independent samples; whole rounds are. The interval therefore resamples rounds
 
 from __future__ import annotations
 
+import heapq
+import math
 import random
+import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 
-
-def quantile(values: Sequence[float] | np.ndarray, fraction: float) -> float:
+def quantile(values: Sequence[float], fraction: float) -> float:
     """The sample at rank ``round(fraction * (n - 1))`` (no interpolation); NaN when empty."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
+    if not values:
         return float("nan")
-    index = min(data.size - 1, max(0, int(round(fraction * (data.size - 1)))))
-    return float(np.partition(data, index)[index])
+    ordered = sorted(values)
+    return ordered[_rank(len(ordered), fraction)]
+
+
+def _rank(count: int, fraction: float) -> int:
+    return min(count - 1, max(0, int(round(fraction * (count - 1)))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,31 +60,51 @@ def degradation(rounds: Sequence[Sequence[float]], reference_rounds: Sequence[Se
         seed: the resampling is deterministic for a given seed.
 
     Raises:
-        ValueError: the two sides have different numbers of rounds, or none.
+        ValueError: the two sides have different numbers of rounds, or none, or an empty round.
     """
     if len(rounds) != len(reference_rounds):
         raise ValueError(f"paired rounds needed: {len(rounds)} rounds against {len(reference_rounds)} "
                          "reference rounds; measure both sides in every round")
     if not rounds:
         raise ValueError("no rounds to compare; measure at least one round of both sides")
-    measured = [np.asarray(window, dtype=float) for window in rounds]
-    reference = [np.asarray(window, dtype=float) for window in reference_rounds]
-    point = _ratio(measured, reference, range(len(measured)), fraction)
-    rng = random.Random(seed)
+    if not all(rounds) or not all(reference_rounds):
+        raise ValueError("a round without latencies cannot be resampled; measure every round for longer")
+    measured = [sorted(window, reverse=True) for window in rounds]
+    reference = [sorted(window, reverse=True) for window in reference_rounds]
     count = len(measured)
-    ratios = np.sort([_ratio(measured, reference, [rng.randrange(count) for _ in range(count)], fraction)
-                      for _ in range(resamples)])
-    low = float(ratios[int(0.025 * resamples)])
-    high = float(ratios[max(0, int(np.ceil(0.975 * resamples)) - 1)])
+    everything = Counter(range(count))
+    point = _pooled(measured, everything, fraction) / _pooled(reference, everything, fraction)
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        chosen = Counter(rng.randrange(count) for _ in range(count))
+        ratios.append(_pooled(measured, chosen, fraction) / _pooled(reference, chosen, fraction))
+    ratios.sort()
+    low = ratios[int(0.025 * resamples)]
+    high = ratios[max(0, -(-975 * resamples // 1000) - 1)]  # ceil(0.975 * resamples) - 1
     return Degradation(pct=(point - 1) * 100, low_pct=(low - 1) * 100, high_pct=(high - 1) * 100,
                        rounds=count)
 
 
-def _ratio(measured: list[np.ndarray], reference: list[np.ndarray], chosen: Sequence[int] | range,
-           fraction: float) -> float:
-    sample = np.concatenate([measured[index] for index in chosen])
-    base = np.concatenate([reference[index] for index in chosen])
-    return quantile(sample, fraction) / quantile(base, fraction)
+def _pooled(descending: list[list[float]], chosen: Counter[int], fraction: float) -> float:
+    """The ``fraction``-quantile of the rounds in ``chosen``, each taken as often as counted.
+
+    A tail quantile lies near the top, so the rounds (each sorted, highest first)
+    are merged from the top until the rank is reached, instead of pooling and
+    sorting every latency for each of the hundreds of resamples.
+    """
+    total = sum(len(descending[index]) * times for index, times in chosen.items())
+    above = total - 1 - _rank(total, fraction)  # samples ranked above the one wanted
+    heap = [(-descending[index][0], index, 0) for index in chosen]
+    heapq.heapify(heap)
+    seen = 0
+    while True:
+        negative, index, position = heapq.heappop(heap)
+        seen += chosen[index]
+        if seen > above:
+            return -negative
+        if position + 1 < len(descending[index]):
+            heapq.heappush(heap, (-descending[index][position + 1], index, position + 1))
 
 
 def rounds_settled(intervals: Sequence[Degradation], max_half_width: float) -> bool:
@@ -87,8 +112,20 @@ def rounds_settled(intervals: Sequence[Degradation], max_half_width: float) -> b
     return all(interval.half_width <= max_half_width for interval in intervals)
 
 
+def rounds_needed(rounds: int, half_width: float, target: float) -> int:
+    """About how many rounds bring ``half_width`` (after ``rounds``) down to ``target``.
+
+    An interval from resampling narrows like one over the square root of the
+    rounds; the estimate is never less than two more rounds, so a check costs
+    little against the rounds between checks.
+    """
+    if half_width <= target:
+        return rounds
+    return max(rounds + 2, math.ceil(rounds * (half_width / target) ** 2))
+
+
 def median(values: Sequence[float]) -> float:
     """The median (the mean of the middle two for an even count); NaN when empty."""
     if not values:
         return float("nan")
-    return float(np.median(np.asarray(values, dtype=float)))
+    return float(statistics.median(values))

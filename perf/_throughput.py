@@ -202,6 +202,8 @@ class ThroughputComparison:
             throughput("throughput_tasks_per_s", "actor_pool", ACTOR_POOL, actor_pool_goal),
         ]
         for name, label in (("batched_calls", BATCHED), ("mp_pool", mp_pool_name(self.mp_chunk))):
+            if not self._pids[name]["actors"]:
+                continue  # its processes are unknown (the Pool's internals changed): no honest CPU figure
             by_role = {role: round(measured[name].cpu_median(role), 2) for role in measured[name].cpu}
             rows.append(row(f"cpu_us_per_task@vs_{name}", measured[hive].total_cpu_median(), "µs CPU/task",
                             label + " (driver + actors)", measured[name].total_cpu_median(),

@@ -50,7 +50,7 @@ from _measure import (
     row,
     uss_bytes,
 )
-from _stats import Degradation, degradation, median, rounds_settled
+from _stats import Degradation, degradation, median, rounds_needed, rounds_settled
 from _throughput import ThroughputComparison, plain_echo_class
 
 HOSTS = 4  # every size of the curve is spread over this many host actors
@@ -93,15 +93,12 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
             # Every agent warm (activated, its first task handled).
             hive.map(None, list(range(2 * size)), pool=f"curve-{size}", progress=False, timeout=WAIT_SECONDS)
             progress(f"scale: {size:,} agents warm")
-        time.sleep(1.0)
-        empty_host = uss_bytes([host["pid"] for host in hive.hosts("empty-host")])
+        empty_host = uss_bytes(_host_pids(hive, "empty-host", 1))
         idle_kib: dict[int, float] = {}
         for size in sizes:
-            hosts = hive.hosts(f"curve-{size}")
-            if len(hosts) < HOSTS:
-                raise RuntimeError(f"curve-{size}: {len(hosts)} hosts, expected {HOSTS}; the curve would not "
-                                   "measure agents spread over hosts")
-            idle_kib[size] = (uss_bytes([host["pid"] for host in hosts]) - len(hosts) * empty_host) / size / 1024
+            pids = _host_pids(hive, f"curve-{size}", HOSTS)
+            idle_kib[size] = (uss_bytes(pids) - len(pids) * empty_host) / size / 1024
+        restarts_before = {size: hive.pool(f"curve-{size}").restarts for size in sizes}
         capacity = {size: _capacity(hive, f"curve-{size}", seconds) for size in sizes}
         load = LOAD_FRACTION * capacity[sizes[0]]
         progress("scale: capacity " + ", ".join(f"{size:,}: {rate:,.0f}/s" for size, rate in capacity.items())
@@ -112,25 +109,30 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
         intervals: dict[int, Degradation] = {}
         curve_started = time.monotonic()
         stopped = f"the round limit ({max_rounds})"
+        check_at = min_rounds  # intervals cost seconds to compute: only when they may have settled
         for number in range(max_rounds):
             round_started = time.monotonic()
             for size in (sizes if number % 2 == 0 else sizes[::-1]):  # alternate the order
                 measured = _measured_window(hive, f"curve-{size}", seconds, load)
                 windows[size].append(measured["latencies"])
                 rates[size].append(measured["throughput"])
-            if number + 1 < min_rounds:
+            done = number + 1
+            # Stop before a round that would not fit in the budget.
+            out_of_time = time.monotonic() - curve_started + (time.monotonic() - round_started) > budget
+            if done < check_at and not out_of_time and done < max_rounds:
                 continue
             intervals = {size: degradation(windows[size], windows[sizes[0]]) for size in sizes[1:]}
-            spent = time.monotonic() - curve_started
-            progress(f"scale: round {number + 1}, half-widths " + ", ".join(
-                f"{size:,}: {interval.half_width:.1f}" for size, interval in intervals.items()) + " points")
+            widest = max(interval.half_width for interval in intervals.values())
+            progress(f"scale: {done} rounds, widest half-width {widest:.1f} points")
             if rounds_settled(list(intervals.values()), HALF_WIDTH_POINTS):
                 stopped = f"every half-width at most {HALF_WIDTH_POINTS:g} points"
                 break
-            if spent + (time.monotonic() - round_started) > budget:  # the next round would not fit
+            if out_of_time:
                 stopped = f"the time budget ({budget:.0f} s of rounds)"
                 break
-        rows.extend(_curve_rows(sizes, windows, rates, intervals, load, capacity, stopped))
+            check_at = rounds_needed(done, widest, HALF_WIDTH_POINTS)
+        restarts = {size: hive.pool(f"curve-{size}").restarts - restarts_before[size] for size in sizes}
+        rows.extend(_curve_rows(sizes, windows, rates, intervals, load, capacity, stopped, restarts))
         for size in sizes:
             hive.stop(f"curve-{size}")
 
@@ -201,6 +203,19 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _host_pids(hive: Any, pool: str, expected: int) -> list[int]:
+    """The pids of ``pool``'s hosts once all ``expected`` answer (a busy machine may be restarting one)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        pids = [host["pid"] for host in hive.hosts(pool) if "pid" in host]
+        if len(pids) >= expected:
+            return pids
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{pool}: {len(pids)} of {expected} hosts answered within {WAIT_SECONDS:.0f} s; "
+                               "the curve needs its agents spread over every host")
+        time.sleep(1.0)
+
+
 def _spawn_goal(size: int) -> str:
     return {1_000: "<= 10 s", 100_000: "<= 30 s"}.get(size, "")
 
@@ -242,7 +257,10 @@ def _measured_window(hive: Any, pool: str, seconds: float, rate: float) -> dict[
         answered, elapsed = _paced(hive, template, seconds, rate, latencies)
     finally:
         gc.enable()
-    return {"latencies": latencies or [float("nan")], "throughput": answered / elapsed}
+    if not latencies:
+        raise RuntimeError(f"{pool}: no latency was recorded; the curve needs the client on hive-ray's data "
+                           "plane (its calls answer with futures), which this run does not have")
+    return {"latencies": latencies, "throughput": answered / elapsed}
 
 
 def _paced(hive: Any, template: dict[str, Any], seconds: float, rate: float,
@@ -269,7 +287,7 @@ def _paced(hive: Any, template: dict[str, Any], seconds: float, rate: float,
 
 def _curve_rows(sizes: list[int], windows: dict[int, list[list[float]]], rates: dict[int, list[float]],
                 intervals: dict[int, Degradation], load: float, capacity: dict[int, float],
-                stopped: str) -> list[dict[str, Any]]:
+                stopped: str, restarts: dict[int, int]) -> list[dict[str, Any]]:
     base_size = sizes[0]
     pooled = {size: [latency for window in windows[size] for latency in window] for size in sizes}
     p50 = {size: percentile(pooled[size], 0.5) * 1000 for size in sizes}
@@ -284,7 +302,10 @@ def _curve_rows(sizes: list[int], windows: dict[int, list[list[float]]], rates: 
     rows.append(row("offered_load_tasks_per_s", load, "tasks/s", f"capacity at {base_size} agents",
                     capacity[base_size], note="open loop, the same at every size of the curve"))
     for size in sizes:
-        extra = {"samples": len(pooled[size]), "rounds": rounds, "hosts": HOSTS}
+        # Agent restarts while measuring (a host failing its health check on a busy machine)
+        # would show in the tail: the rows say how many there were.
+        extra = {"samples": len(pooled[size]), "rounds": rounds, "hosts": HOSTS,
+                 "agent_restarts_while_measured": restarts[size]}
         rows.append(row(f"latency_p50_ms@{size}", p50[size], "ms", baseline, p50[base_size], **extra))
         rows.append(row(f"latency_p99_ms@{size}", p99[size], "ms", baseline, p99[base_size], **extra))
         rows.append(row(f"throughput_tasks_per_s@{size}", throughput[size], "tasks/s", baseline,

@@ -97,6 +97,12 @@ def quantity(value: float | None, unit: str) -> str:
         return f"{number(value)} requests/s"
     if unit == "s" and abs(value) < 1:
         return f"{number(value * 1000)} ms"
+    if unit == "s" and abs(value) >= 3600:
+        return f"{number(value / 3600)} h"
+    if unit == "s" and abs(value) >= 120:
+        return f"{number(value / 60)} min"
+    if unit == "KiB" and abs(value) >= 10 * 1024:
+        return f"{number(value / 1024)} MiB"
     if unit == "%":
         return f"{value:+.1f} %"
     if unit.startswith("µs CPU/"):
@@ -119,14 +125,16 @@ class Entry:
     """Rows of a table: one per metric found in the benchmark's run.
 
     With several metrics that share a value (one figure against several
-    baselines), the rows are ordered by baseline value, the highest first:
-    the strongest baseline leads.
+    baselines) and ``strongest_first``, the strongest baseline leads: the
+    highest baseline value first, or the lowest when ``lower_is_better``.
+    ``{n}`` in the label stands for the metric's parameter (``@1000``: 1,000).
     """
 
     benchmark: str
     metrics: tuple[str, ...]
     label: str
     strongest_first: bool = False
+    lower_is_better: bool = False
     value: Callable[[dict[str, Any], dict[str, dict[str, Any]]], str] | None = None
     baseline: Callable[[dict[str, Any], dict[str, dict[str, Any]]], str] | None = None
 
@@ -169,7 +177,8 @@ DATA_PLANE_OFF = Entry("overhead", ("throughput_tasks_per_s@data_plane_off",),
                        "`hive.map` with the data plane off (tasks as Ray calls, still batched)")
 DATA_PLANE_GAIN = Entry("overhead", ("throughput_tasks_per_s@vs_data_plane_off",),
                         "`hive.map`, data plane on against off")
-IDLE_MEMORY = Entry("scale", tuple(f"idle_agent_kib@{size}" for size in CURVE_SIZES), "memory per idle packed agent")
+IDLE_MEMORY = Entry("scale", tuple(f"idle_agent_kib@{size}" for size in CURVE_SIZES),
+                    "memory per idle packed agent, {n} agents")
 
 TABLES: dict[str, list[Entry]] = {
     "readme": [
@@ -177,21 +186,21 @@ TABLES: dict[str, list[Entry]] = {
         Entry("overhead", ("submit_result_latency_p50_ms",), "`hive.submit(...).result()`, p50"),
         MAP_THROUGHPUT,
         Entry("overhead", ("cpu_us_per_task@vs_batched_calls", "cpu_us_per_task@vs_mp_pool"),
-              "CPU per echo task, every process (lower is better)", strongest_first=True),
+              "CPU per echo task, every process (lower is better)", strongest_first=True, lower_is_better=True),
         DATA_PLANE_OFF,
         DATA_PLANE_GAIN,
         Entry("overhead", ("throughput_tasks_per_s@vs_journal_off",), "`hive.map`, journal on against off"),
         Entry("overhead", ("orchestrator_cpu_us_per_task",), "orchestrator CPU per task, journal on against off"),
         Entry("overhead", ("host_cpu_us_per_task",), "agent hosts' CPU per task, journal on against off"),
         Entry("overhead", ("import_seconds",), "`import hive_ray`"),
-        Entry("scale", tuple(f"spawn_seconds@{size}" for size in CURVE_SIZES), "packed agents ready (4 hosts)"),
+        Entry("scale", tuple(f"spawn_seconds@{size}" for size in CURVE_SIZES), "{n} packed agents ready (4 hosts)"),
         IDLE_MEMORY,
-        Entry("scale", ("capacity_tasks_per_s@50",), "single-task `run` capacity, 50 packed agents"),
+        Entry("scale", ("capacity_tasks_per_s@50",), "single-task `run` capacity, {n} packed agents"),
         Entry("scale", tuple(f"degradation_pct@{size}" for size in CURVE_SIZES),
-              "task latency p99 from 50 packed agents to N, at half the capacity",
+              "task latency p99, 50 → {n} packed agents, at half the capacity",
               value=_degradation_value, baseline=_degradation_baseline),
         Entry("scale", tuple(f"degradation_pct_upper95@{size}" for size in CURVE_SIZES),
-              "the same, upper bound of the 95 % interval"),
+              "the same, upper bound of its 95 % interval, {n} agents"),
         Entry("scale", ("orchestrator_rss_growth_mb",), "orchestrator RSS growth over 100,000 tasks"),
         Entry("chaos", ("lost",), "accepted tasks lost under chaos", value=_with_total("accepted")),
         Entry("chaos", ("recovery_seconds",), "orchestrator answering again after SIGKILL"),
@@ -234,7 +243,8 @@ def render(name: str, runs: dict[str, Run], document: Path, root: Path = ROOT) -
         rows = run.rows()
         found = [rows[metric] for metric in entry.metrics if metric in rows]
         if entry.strongest_first:
-            found.sort(key=lambda result: -(result.get("baseline") or {}).get("value", 0.0))
+            sign = 1 if entry.lower_is_better else -1
+            found.sort(key=lambda result: sign * (result.get("baseline") or {}).get("value", 0.0))
         for result in found:
             lines.append(_line(entry, result, rows, run))
             if run not in used:
@@ -256,13 +266,11 @@ def _line(entry: Entry, result: dict[str, Any], rows: dict[str, dict[str, Any]],
     if entry.baseline:
         base = entry.baseline(result, rows)
     elif baseline:
-        base = f"{quantity(baseline['value'], unit)} ({baseline['name']})"
+        base = f"{baseline['name']}: {quantity(baseline['value'], unit)}"
     else:
         base = ""
-    label = entry.label
     parameter = result["metric"].split("@", 1)[1] if "@" in result["metric"] else ""
-    if parameter.isdigit():
-        label = f"{label}, {int(parameter):,}"
+    label = entry.label.replace("{n}", f"{int(parameter):,}" if parameter.isdigit() else parameter)
     cells = [label, value, base, ratio_text(result), result.get("goal", ""),
              f"`{run.benchmark}`" + (" quick" if run.quick else "")]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"

@@ -72,3 +72,32 @@ def test_median() -> None:
     assert median([3.0, 1.0, 2.0]) == 2.0
     assert median([1.0, 2.0]) == 1.5
     assert math.isnan(median([]))
+
+
+def test_the_pooled_quantile_of_a_resample_is_that_of_its_rounds_concatenated() -> None:
+    from collections import Counter
+
+    from perf._stats import _pooled
+
+    rng = random.Random(11)
+    rounds = [[rng.lognormvariate(0, 1) for _ in range(rng.randrange(50, 300))] for _ in range(7)]
+    descending = [sorted(window, reverse=True) for window in rounds]
+    for _ in range(50):
+        chosen = Counter(rng.randrange(len(rounds)) for _ in range(len(rounds)))
+        pooled = [value for index, times in chosen.items() for _ in range(times) for value in rounds[index]]
+        for fraction in (0.5, 0.9, 0.99, 1.0, 0.0):
+            assert _pooled(descending, chosen, fraction) == quantile(pooled, fraction)
+
+
+def test_an_empty_round_is_refused() -> None:
+    with pytest.raises(ValueError, match="a round without latencies"):
+        degradation([[1.0], []], [[1.0], [1.0]])
+
+
+def test_rounds_needed_follows_the_square_root_law_and_always_moves_on() -> None:
+    from perf._stats import rounds_needed
+
+    assert rounds_needed(10, 10.0, 5.0) == 40  # half as wide takes four times the rounds
+    assert rounds_needed(10, 5.5, 5.0) == 13
+    assert rounds_needed(10, 5.01, 5.0) == 12  # at least two more
+    assert rounds_needed(10, 4.0, 5.0) == 10  # already there
