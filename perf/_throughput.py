@@ -206,7 +206,7 @@ class ThroughputComparison:
                 continue  # its processes are unknown (the Pool's internals changed): no honest CPU figure
             by_role = {role: round(measured[name].cpu_median(role), 2) for role in measured[name].cpu}
             rows.append(row(f"cpu_us_per_task@vs_{name}", measured[hive].total_cpu_median(), "µs CPU/task",
-                            label + " (driver + actors)", measured[name].total_cpu_median(),
+                            label + ", driver and actors", measured[name].total_cpu_median(),
                             by_process=_roles(measured[hive]), baseline_by_process=by_role))
         if self._variants:
             off, no_journal = "hive_data_plane_off", "hive_journal_off"

@@ -73,7 +73,7 @@ def test_the_strongest_baseline_comes_first_and_every_row_names_its_run(tmp_path
     text = tables.render("readme", tables.load_runs(tmp_path), Path("README.md"), root=tmp_path)
     lines = [line for line in text.splitlines() if "20,000 echo items" in line]
     assert [line.split("|")[3].strip() for line in lines] == [
-        "780,000/s (batched calls)", "93,000/s (mp Pool)", "3,600/s (pipelined calls)", "2,100/s (ActorPool)"]
+        "batched calls: 780,000/s", "mp Pool: 93,000/s", "pipelined calls: 3,600/s", "ActorPool: 2,100/s"]
     assert all(line.split("|")[2].strip() == "15,000/s" for line in lines)
     assert all(line.rstrip().endswith("| `overhead` quick |") for line in lines)
     assert "[overhead-x.json](overhead-x.json), quick run" in text
@@ -90,8 +90,7 @@ def test_a_degradation_row_shows_its_interval_and_the_two_tails(tmp_path: Path) 
     ]
     _write(tmp_path, "scale-x.json", "scale", quick=False, started_at="2026-01-01T00:00:00+00:00", results=results)
     text = tables.render("readme", tables.load_runs(tmp_path), Path("README.md"), root=tmp_path)
-    line = next(line for line in text.splitlines() if "from 50 packed agents to N" in line)
-    assert "N, at half the capacity, 10,000" in line
+    line = next(line for line in text.splitlines() if "task latency p99, 50 → 10,000 packed agents" in line)
     assert "+8.3 % (95 % interval +2.0 … +14.5, ±6.2 points, 14 rounds)" in line
     assert "p99 4.80 ms → 5.20 ms" in line
 
@@ -126,6 +125,9 @@ def test_missing_or_misplaced_markers_are_refused_with_the_fix(text: str) -> Non
     (208.0, "µs CPU/task", "208 µs"),
     (8050, "tasks", "8,050"),
     (4.8, "KiB", "4.80 KiB"),
+    (50_852, "KiB", "49.7 MiB"),
+    (6_713, "s", "1.86 h"),
+    (345, "s", "5.75 min"),
     (0.00004, "fraction", "4e-05"),
 ])
 def test_quantities_read_as_a_person_writes_them(value: float, unit: str, expected: str) -> None:
@@ -138,3 +140,13 @@ def test_an_interval_wider_than_aimed_at_says_so(tmp_path: Path) -> None:
     _write(tmp_path, "scale-x.json", "scale", quick=True, started_at="2026-01-01T00:00:00+00:00", results=results)
     text = tables.render("readme", tables.load_runs(tmp_path), Path("README.md"), root=tmp_path)
     assert "±12.0 points, wider than the ±5 aimed at, 40 rounds" in text
+
+
+def test_for_cpu_the_lowest_baseline_is_the_strongest(tmp_path: Path) -> None:
+    cpu = [{"metric": f"cpu_us_per_task@vs_{name}", "value": 200.0, "unit": "µs CPU/task",
+            "baseline": {"name": name, "value": value}, "ratio": 200.0 / value}
+           for name, value in (("mp_pool", 49.0), ("batched_calls", 4.0))]
+    _write(tmp_path, "overhead-x.json", "overhead", quick=True, started_at="2026-01-01T00:00:00+00:00", results=cpu)
+    text = tables.render("readme", tables.load_runs(tmp_path), Path("README.md"), root=tmp_path)
+    lines = [line for line in text.splitlines() if "CPU per echo task" in line]
+    assert [line.split("|")[3].strip() for line in lines] == ["batched_calls: 4.00 µs", "mp_pool: 49.0 µs"]
