@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _measure import row
+from _measure import WAIT_SECONDS, row
 
 from hive_ray import Agent
 
@@ -300,7 +300,7 @@ def _plain_actor_restart_seconds() -> float:
             return os.getpid()
 
     actor = Plain.remote()
-    pid = ray.get(actor.pid.remote())
+    pid = ray.get(actor.pid.remote(), timeout=WAIT_SECONDS)
     started = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     while True:
@@ -309,6 +309,9 @@ def _plain_actor_restart_seconds() -> float:
                 break
         except Exception:  # noqa: BLE001 - restarting
             time.sleep(0.05)
+        if time.monotonic() - started > WAIT_SECONDS:
+            raise RuntimeError(f"a plain actor killed with SIGKILL was not restarted within {WAIT_SECONDS:.0f} s; "
+                               "the baseline cannot be measured on this cluster")
     seconds = time.monotonic() - started
     ray.kill(actor, no_restart=True)
     return seconds
@@ -316,13 +319,15 @@ def _plain_actor_restart_seconds() -> float:
 
 def _wait_until_answering(hive: Any, since: float, old_pid: int) -> float:
     """Seconds from ``since`` until the restarted orchestrator (a new process) answers."""
-    while True:
+    while time.monotonic() - since < WAIT_SECONDS:
         try:
             if hive.statistics()["pid"] != old_pid:
                 return time.monotonic() - since
         except Exception:  # noqa: BLE001 - still restarting
             pass
         time.sleep(0.05)
+    raise RuntimeError(f"the orchestrator did not answer within {WAIT_SECONDS:.0f} s of its "
+                       "SIGKILL; recovery is broken or the machine is overloaded")
 
 
 def _wait_for_ends(hive: Any, task_ids: list[str], timeout: float) -> dict[str, str]:
