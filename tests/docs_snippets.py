@@ -56,7 +56,9 @@ class Block:
         if self.language == "toml":
             return "toml"
         lines = [line for line in self.code.splitlines() if line.strip()]
-        if self.language in ("", "text") and lines and all(line.startswith("hive ") for line in lines):
+        # A synopsis: every line a `hive` command, or an indented continuation of the one above.
+        if self.language in ("", "text") and lines and lines[0].startswith("hive ") and all(
+                line.startswith(("hive ", " ")) for line in lines):
             return "synopsis"
         return "unrunnable"
 
@@ -118,9 +120,16 @@ def _marker_before(lines: list[str], index: int) -> str | None:
 def synopsis_commands(block: Block) -> list[tuple[list[str], list[str]]]:
     """``(command words, flags)`` of each synopsis line: ``hive spawn TYPE -n N [--pool P]``
     gives ``(["spawn"], ["-n", "--pool"])``. The description after two spaces is ignored."""
-    commands = []
+    commands: list[tuple[list[str], list[str]]] = []
     for line in block.code.splitlines():
         if not line.strip():
+            continue
+        if line.startswith(" "):  # a continuation: more flags of the command above, or its description
+            if line.strip().startswith(("[", "-")) and commands:
+                usage = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+                command, flags = commands[-1]
+                more = re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", usage)
+                commands[-1] = (command, sorted(set(flags) | set(more)))
             continue
         usage = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
         words = usage.split()[1:]
