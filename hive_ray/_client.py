@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hive_ray._calls import _RETRYABLE_METHODS, OrchestratorCalls, _NoAnswer  # noqa: F401 - _api/_gateway.py imports it from here
 from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError, ResultLostError
-from hive_ray._operations import DATA_PLANE_OPERATIONS, RETRYABLE_OPERATIONS
 from hive_ray._results import StoredResult, resolve, resolve_async, unwrap
 from hive_ray._tracing import inject_client_context, traced_call
 
@@ -37,29 +37,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hive_ray.client")
 
-#: Calls that go over the data plane when it is open (the rest are Ray calls), and calls
-#: that are safe to send again after the stream broke: see hive_ray/_operations.py.
-_CHANNEL_METHODS = DATA_PLANE_OPERATIONS
-_RETRYABLE_METHODS = RETRYABLE_OPERATIONS
-
-
-#: How long reads keep retrying while the orchestrator restarts.
-RECONNECT_SECONDS = 60.0
 #: The longest ``map`` waits before offering a chunk to a full pool again.
 MAP_MAX_BACKOFF_SECONDS = 5.0
 #: How long ``map`` waits to learn the pool's queue bound when it has no timeout of its own.
 MAP_ADMISSION_SECONDS = 30.0
 #: How long an interrupted ``map`` spends cancelling the tasks it leaves behind.
 MAP_CANCEL_SECONDS = 10.0
-
-
-class _Interrupted(Exception):
-    """The orchestrator went away mid-call (it may be restarting)."""
-
-
-class _NoAnswer(HiveConnectionError):
-    """The orchestrator did not answer within the call's timeout plus the margin: unlike a
-    broken connection, nothing is retried or recovered (that would wait past the timeout)."""
 
 
 class TaskHandle:
@@ -107,7 +90,7 @@ class TaskHandle:
         return self.status()._repr_html_()
 
 
-class Hive:
+class Hive(OrchestratorCalls):
     """A connection to hive-ray's orchestrator. Build it with :meth:`Hive.connect`."""
 
     def __init__(self, orchestrator: Any, settings: Settings, *, owns_ray: bool) -> None:
@@ -116,6 +99,7 @@ class Hive:
         self._owns_ray = owns_ray
         self._closed = False
         self._channel: Any = None
+        self._reopening = False
 
     # ------------------------------------------------------------------ connecting
     @classmethod
@@ -204,112 +188,6 @@ class Hive:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _open_channel(self) -> None:
-        """Use the orchestrator's data plane when it can be reached and authenticated from here.
-
-        The orchestrator says where to dial for this driver's Ray node (its loopback on its
-        own node, its node address elsewhere) and how (TLS, the certificate to pin); a
-        stream that cannot be opened leaves every call on Ray.
-        """
-        if not self.settings.data_plane:
-            return
-        import ray
-        from ray.exceptions import GetTimeoutError
-
-        from hive_ray._runtime._channel_client import ChannelClient
-        from hive_ray._runtime._frames import ChannelLimits
-
-        node_id = ray.get_runtime_context().get_node_id()
-        try:
-            endpoint = ray.get(self._orchestrator.client_endpoint.remote(node_id), timeout=60)
-        except GetTimeoutError:
-            logger.info("no data-plane endpoint from the orchestrator within 60 s; using Ray calls")
-            return
-        if endpoint is None:
-            return
-        try:
-            self._channel = ChannelClient(endpoint, name=f"driver-{os.getpid()}",
-                                          limits=ChannelLimits.from_settings(self.settings))
-        except (OSError, HiveError) as error:  # unreachable, refused, TLS: Ray calls still work
-            logger.info("data plane at %s unusable (%s: %s); using Ray calls", endpoint.address,
-                        type(error).__name__, error)
-
-    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call the orchestrator; reads are retried while it restarts (up to a limit).
-
-        ``timeout`` bounds the client's wait: it gives up ``client_timeout_margin_seconds``
-        after it with :class:`HiveConnectionError`, whether or not an answer came.
-        """
-        if self._closed:
-            raise HiveConnectionError("this Hive client is closed; call Hive.connect() again")
-        now = time.monotonic()
-        reconnect_deadline = now + RECONNECT_SECONDS
-        deadline = None if timeout is None else now + timeout + self.settings.client_timeout_margin_seconds
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return self._call_once(method, *args, timeout=remaining)
-            except _Interrupted as interrupted:
-                now = time.monotonic()
-                if method not in _RETRYABLE_METHODS or now > reconnect_deadline or \
-                        (deadline is not None and now + 0.2 >= deadline):
-                    raise HiveConnectionError(
-                        f"lost the orchestrator during {method}() ({interrupted}); it may be "
-                        "restarting. Try again in a few seconds, or run `hive status`."
-                    ) from None
-                time.sleep(0.2)
-                self._reopen_channel()
-
-    def _call_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        channel = self._channel
-        if channel is not None and not channel.closed and method in _CHANNEL_METHODS:
-            from hive_ray._runtime._channel_client import CallTimedOut
-            from hive_ray._runtime._frames import ChannelClosed, FrameError
-
-            try:
-                return channel.call(method, *args, timeout=timeout)
-            except CallTimedOut:
-                raise self._no_answer(method, timeout) from None
-            except FrameError as error:
-                # This call's answer (or the stream) was unreadable here: sending it again
-                # would fail the same way, so it fails now; later calls open a new stream.
-                self._channel = None
-                raise HiveConnectionError(f"{method}() failed on the data plane: {error}") from None
-            except ChannelClosed as closed:
-                self._channel = None  # the orchestrator restarted or went away
-                raise _Interrupted(str(closed)) from None
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-        try:
-            return ray.get(getattr(self._orchestrator, method).remote(*args), timeout=timeout)
-        except GetTimeoutError:
-            raise self._no_answer(method, timeout) from None
-        except RayTaskError as error:
-            cause = error.cause if hasattr(error, "cause") else None
-            if isinstance(cause, HiveError):
-                raise cause from None
-            raise
-        except RayActorError as error:
-            raise _Interrupted(type(error).__name__) from None
-
-    def _no_answer(self, method: str, waited: float | None) -> HiveConnectionError:
-        return _NoAnswer(
-            f"the orchestrator did not answer {method}() within its timeout plus "
-            f"{self.settings.client_timeout_margin_seconds:g} s ({waited or 0:.1f} s in all); it "
-            "may be overloaded or restarting, and the call may still take effect. Try again, or "
-            "run `hive status`."
-        )
-
-    def _reopen_channel(self) -> None:
-        if self._channel is not None and not self._channel.closed:
-            return
-        self._channel = None
-        try:
-            self._open_channel()
-        except Exception:  # noqa: BLE001 - not back yet; Ray calls queue until it is
-            pass
 
     # ------------------------------------------------------------------ pools
     def spawn(self, agent: str | type[Agent], count: int = 1, *, pool: str | None = None,
@@ -444,27 +322,6 @@ class Hive:
         task_id, answer = await self._call_async("run", template, payload, wait_timeout, timeout=wait_timeout)
         return await self._value_async(task_id, answer)
 
-    async def _call_async(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """An orchestrator call that does not block the running event loop; ``timeout``
-        bounds the wait as in :meth:`_call`."""
-        import asyncio
-
-        bound = None if timeout is None else timeout + self.settings.client_timeout_margin_seconds
-        channel = self._channel
-        if channel is not None and not channel.closed and method in _CHANNEL_METHODS:
-            pending = channel.call_async(method, *args)
-            try:
-                return await asyncio.wait_for(asyncio.wrap_future(pending), bound)
-            except asyncio.TimeoutError:
-                channel.forget(pending)
-                raise self._no_answer(method, bound) from None
-        try:
-            return await asyncio.wait_for(getattr(self._orchestrator, method).remote(*args), bound)
-        except asyncio.TimeoutError:
-            raise self._no_answer(method, bound) from None
-        except Exception as error:  # noqa: BLE001
-            raise _unwrap_ray_error(error) from None
-
     @traced_call("submit_many")
     def submit_many(self, agent: str | type[Agent] | None, payloads: Iterable[Any], *,
                     chunk_size: int = 1000, **options: Any) -> list[TaskHandle]:
@@ -500,6 +357,9 @@ class Hive:
         window = _MapWindow.for_pool(admission, chunk_size, len(items))
         chunks = _chunks(items, window.chunk_size)
         ids = [[uuid.uuid4().hex for _ in chunk] for chunk in chunks]  # known even if a reply is lost
+        # With a timeout, each chunk's answer is given up on at the timeout plus the margin
+        # after it was sent, whether or not the orchestrator answers.
+        bound = None if timeout is None else timeout + self.settings.client_timeout_margin_seconds
         bar = _progress_bar(len(items), progress if progress is not None else len(chunks) > 1)
         answers: list[Any] = [None] * len(chunks)
         in_flight: dict[int, Any] = {}
@@ -512,11 +372,9 @@ class Hive:
                     in_flight[index] = self._fire("run_many", template, chunks[index], timeout, ids[index])
                     sent_at[index] = time.monotonic()
                 index = min(in_flight)
-                # The orchestrator answers at `timeout`; the client gives up a margin later.
-                remaining = None if timeout is None else \
-                    max(0.0, sent_at[index] + timeout + self.settings.client_timeout_margin_seconds - time.monotonic())
+                remaining = None if bound is None else max(0.0, sent_at[index] + bound - time.monotonic())
                 try:
-                    _, answers[index] = self._collect(in_flight[index], remaining, "run_many")
+                    _, answers[index] = self._collect(in_flight[index], remaining)
                 except OverloadedError as full:
                     # Nothing of that chunk was accepted: send it again once the pool has room.
                     del in_flight[index]
@@ -564,40 +422,6 @@ class Hive:
     async def _value_async(self, task_id: str, answer: tuple[str, Any, Any]) -> Any:
         return await resolve_async(task_id, unwrap(task_id, answer),
                                    lambda task: self._call_async("fetch_result", task))
-
-    def _fire(self, method: str, *args: Any) -> Any:
-        """Send a call without waiting: a Future on the data plane, else an ObjectRef."""
-        channel = self._channel
-        if channel is not None and not channel.closed and method in _CHANNEL_METHODS:
-            return channel.call_async(method, *args)
-        return getattr(self._orchestrator, method).remote(*args)
-
-    def _collect(self, pending: Any, timeout: float | None = None, method: str = "call") -> Any:
-        """The answer of a call sent by :meth:`_fire`, waiting at most ``timeout`` seconds."""
-        from hive_ray._runtime._channel_client import CallTimedOut, PendingCall
-
-        if isinstance(pending, PendingCall):
-            from hive_ray._runtime._frames import ChannelClosed
-
-            try:
-                return pending.wait(timeout)
-            except CallTimedOut:
-                raise self._no_answer(method, timeout) from None
-            except ChannelClosed as closed:
-                raise HiveConnectionError(f"lost the orchestrator mid-call: {closed}") from None
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
-        try:
-            return ray.get(pending, timeout=timeout)
-        except GetTimeoutError:
-            raise self._no_answer(method, timeout) from None
-        except RayActorError as error:
-            raise HiveConnectionError(
-                f"lost the orchestrator mid-call ({type(error).__name__}); it may be restarting"
-            ) from None
-        except Exception as error:  # noqa: BLE001
-            raise _unwrap_ray_error(error) from None
 
     def cancel(self, task_id: str) -> TaskRecord:
         from hive_ray._models import TaskRecord
@@ -758,9 +582,3 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="task", desc="hive map")
-
-
-def _unwrap_ray_error(error: BaseException) -> BaseException:
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, HiveError) else error
-

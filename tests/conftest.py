@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,18 +97,13 @@ def hive_overrides() -> dict[str, object]:
     return {}
 
 
-@pytest.fixture
-def isolated_hive(ray_session: None, tmp_path: Path, request: pytest.FixtureRequest,
-                  hive_overrides: dict[str, object]) -> Iterator[object]:
-    """A client of a private orchestrator (own name and journal), for tests that break it."""
+@contextmanager
+def _private_hive(settings: dict[str, object]) -> Iterator[object]:
+    """A client of a private orchestrator (own name and journal), stopped and killed after."""
     import ray
 
     from hive_ray import Hive
 
-    overrides = dict(hive_overrides)
-    name = f"orchestrator-{request.node.name[:40]}-{next(_names)}"
-    settings = {"orchestrator_name": name, "state_dir": str(tmp_path / "state"),
-                "journal_dir": str(tmp_path / "journal"), **overrides}
     client = Hive.connect(settings=settings)
     try:
         yield client
@@ -117,3 +113,21 @@ def isolated_hive(ray_session: None, tmp_path: Path, request: pytest.FixtureRequ
         finally:
             ray.kill(client._orchestrator, no_restart=True)
             client.close()
+
+
+@pytest.fixture(scope="session")
+def private_hive(ray_session: None) -> Callable[[dict[str, object]], AbstractContextManager[object]]:
+    """``with private_hive(settings) as hive``: for fixtures of any scope that need their own
+    orchestrator (settings must name it and its journal)."""
+    return _private_hive
+
+
+@pytest.fixture
+def isolated_hive(ray_session: None, tmp_path: Path, request: pytest.FixtureRequest,
+                  hive_overrides: dict[str, object]) -> Iterator[object]:
+    """A client of a private orchestrator (own name and journal), for tests that break it."""
+    name = f"orchestrator-{request.node.name[:40]}-{next(_names)}"
+    settings = {"orchestrator_name": name, "state_dir": str(tmp_path / "state"),
+                "journal_dir": str(tmp_path / "journal"), **hive_overrides}
+    with _private_hive(settings) as client:
+        yield client

@@ -72,8 +72,13 @@ class DataPlane:
         return plane
 
     async def endpoint_for(self, node_id: str | None) -> Endpoint | None:
-        """What a peer on Ray node ``node_id`` dials; None: it uses Ray calls."""
-        if node_id is not None and node_id == self.node_id:
+        """What a peer on Ray node ``node_id`` dials; None: it uses Ray calls.
+
+        A peer that does not say where it runs is given loopback (which it reaches only if
+        it shares the orchestrator's machine): nothing listens beyond loopback unless a
+        peer elsewhere asks for it.
+        """
+        if node_id is None or node_id == self.node_id:
             listener = self._loopback
         else:
             listener = await self._remote_listener()

@@ -85,8 +85,8 @@ class ServerTls:
         context.load_cert_chain(files.certificate, files.key)
         context.load_verify_locations(files.ca)
         context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS, as Ray does
-        der = ssl.PEM_cert_to_DER_cert(Path(files.certificate).read_text())
-        return cls(context=context, fingerprint=fingerprint(der), mode="ray")
+        return cls(context=context, fingerprint=fingerprint(_leaf_der(Path(files.certificate).read_text())),
+                   mode="ray")
 
     @classmethod
     def ephemeral(cls) -> ServerTls:
@@ -104,6 +104,15 @@ class ServerTls:
             context.load_cert_chain(str(cert_path), str(key_path))
         der = ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii"))
         return cls(context=context, fingerprint=fingerprint(der), mode="pinned")
+
+
+def _leaf_der(pem: str) -> bytes:
+    """The first certificate of a PEM file (the one served; a chain may follow it)."""
+    footer = "-----END CERTIFICATE-----"
+    if footer not in pem:
+        raise ConfigurationError("Ray's TLS certificate file holds no PEM certificate")
+    first = pem[pem.index("-----BEGIN CERTIFICATE-----"):pem.index(footer) + len(footer)]
+    return ssl.PEM_cert_to_DER_cert(first)
 
 
 def _self_signed() -> tuple[bytes, bytes]:

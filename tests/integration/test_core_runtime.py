@@ -29,24 +29,14 @@ both_transports = pytest.mark.parametrize("hive", ["stream", "ray-calls"], indir
 
 
 @pytest.fixture(scope="module")
-def ray_calls_hive(ray_session, tmp_path_factory):
+def ray_calls_hive(private_hive, tmp_path_factory):
     """A client of a private orchestrator whose data plane is off: everything is a Ray call."""
-    import ray
-
-    from hive_ray import Hive
-
     state = tmp_path_factory.mktemp("ray-calls")
-    client = Hive.connect(settings={"orchestrator_name": "orchestrator-ray-calls", "data_plane": False,
-                                    "state_dir": str(state), "journal_dir": str(state / "journal")})
-    assert client._channel is None and client.statistics()["data_plane"] is None
-    try:
+    settings = {"orchestrator_name": "orchestrator-ray-calls", "data_plane": False,
+                "state_dir": str(state), "journal_dir": str(state / "journal")}
+    with private_hive(settings) as client:
+        assert client._channel is None and client.statistics()["data_plane"] is None
         yield client
-    finally:
-        try:
-            client._call("shutdown", timeout=60)
-        finally:
-            ray.kill(client._orchestrator, no_restart=True)
-            client.close()
 
 
 @pytest.fixture

@@ -80,6 +80,17 @@ def start_server(loop: LoopThread, *, handler: Any = None, limits: ChannelLimits
     return loop.run(start())
 
 
+def fake_server(loop: LoopThread, serve: Callable[..., Coroutine[Any, Any, None]]) -> tuple[Any, Endpoint]:
+    """A hand-written "orchestrator" on loopback running ``serve(reader, writer)`` per
+    connection, and an endpoint (with the right token) that dials it."""
+
+    async def listen() -> Any:
+        return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+    server = loop.run(listen())
+    return server, Endpoint("127.0.0.1", server.sockets[0].getsockname()[1], TOKEN)
+
+
 def endpoint_of(listener: Listener, token: bytes = TOKEN, **overrides: Any) -> Endpoint:
     tls = "off" if listener.tls is None else listener.tls.mode
     fingerprint = listener.tls.fingerprint.hex() if listener.tls is not None else ""

@@ -17,6 +17,7 @@ from tests.unit.data_plane.peers import (
     TOKEN,
     authenticated_client,
     endpoint_of,
+    fake_server,
     raw_frame,
     start_server,
     wait_until,
@@ -72,12 +73,8 @@ def test_an_unreadable_reply_fails_its_call_and_every_other_one_without_a_hang(l
         answered.set()
         await reader.read()
 
-    async def listen():
-        fake = await asyncio.start_server(server_side, "127.0.0.1", 0)
-        return fake, fake.sockets[0].getsockname()[1]
-
-    fake, port = loop.run(listen())
-    client = ChannelClient(endpoint_of_port(port))
+    fake, fake_endpoint = fake_server(loop, server_side)
+    client = ChannelClient(fake_endpoint)
     waiting = client.call_async("wait", "task-a", None)
     with pytest.raises(FrameError, match="could not be unpickled here") as raised:
         client.call("task", "task-b", timeout=10)
@@ -222,9 +219,3 @@ def test_a_call_is_answered_with_the_error_the_orchestrator_raised(loop):
     with pytest.raises(KeyError, match="no task"):
         client.call("task", timeout=10)
     client.close()
-
-
-def endpoint_of_port(port: int):
-    from hive_ray._runtime._endpoint import Endpoint
-
-    return Endpoint("127.0.0.1", port, TOKEN)

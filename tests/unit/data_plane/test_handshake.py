@@ -10,7 +10,6 @@ import pytest
 
 from hive_ray._runtime._channel import connect_host
 from hive_ray._runtime._channel_client import ChannelClient
-from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import ChannelLimits, Kind, encode
 from hive_ray._runtime._handshake import (
     ROLE_CLIENT,
@@ -28,6 +27,7 @@ from tests.unit.data_plane.peers import (
     authenticated_client,
     closed_by_peer,
     endpoint_of,
+    fake_server,
     raw_socket,
     receive_exactly,
     start_server,
@@ -168,15 +168,11 @@ def test_a_server_replaying_a_recorded_challenge_is_refused_and_nothing_it_sends
         await writer.drain()
         await reader.read()
 
-    async def listen():
-        fake = await asyncio.start_server(impostor, "127.0.0.1", 0)
-        return fake, fake.sockets[0].getsockname()[1]
-
-    fake, port = loop.run(listen())
+    fake, fake_endpoint = fake_server(loop, impostor)
     with pytest.raises(HandshakeError, match="could not prove"):
-        ChannelClient(endpoint_of(listener, port=port), name="driver")
+        ChannelClient(fake_endpoint, name="driver")
     with pytest.raises(HandshakeError):
-        loop.run(connect_host(endpoint_of(listener, port=port), "driver", run_batch=_run_batch, cancel=_cancel))
+        loop.run(connect_host(fake_endpoint, "driver", run_batch=_run_batch, cancel=_cancel))
     loop.call(fake.close)
     assert UNPICKLED == []
 
@@ -188,12 +184,8 @@ def test_a_server_that_sends_pickles_instead_of_a_challenge_gets_nothing_unpickl
         await writer.drain()
         await reader.read()
 
-    async def listen():
-        fake = await asyncio.start_server(hostile, "127.0.0.1", 0)
-        return fake, fake.sockets[0].getsockname()[1]
-
-    fake, port = loop.run(listen())
-    endpoint = Endpoint("127.0.0.1", port, TOKEN)
+    fake, fake_endpoint = fake_server(loop, hostile)
+    endpoint = fake_endpoint
     with pytest.raises(HandshakeError):
         if role == "client":
             ChannelClient(endpoint)

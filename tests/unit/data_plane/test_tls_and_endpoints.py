@@ -48,6 +48,8 @@ def test_peers_on_the_orchestrators_node_get_loopback_and_others_a_tls_listener_
     assert [listener["tls"] for listener in plane.statistics()["listeners"]] == [False]  # loopback only
     local = loop.run(plane.endpoint_for("head-node"))
     assert (local.host, local.tls) == ("127.0.0.1", "off")
+    assert loop.run(plane.endpoint_for(None)) == local  # a peer that does not say where it runs
+    assert len(plane.statistics()["listeners"]) == 1
     remote = loop.run(plane.endpoint_for("worker-node"))
     assert remote.tls == "pinned" and len(remote.fingerprint) == 64 and remote.port != local.port
     assert loop.run(plane.endpoint_for("another-worker")) == remote  # one listener for all other nodes
@@ -144,6 +146,8 @@ def _ray_environment(directory, name, ca_name="ca"):
 def ray_certificates(tmp_path):
     ca_key, ca_name = _write_certificate(tmp_path, "ca", ca=True)
     _write_certificate(tmp_path, "node", issuer_key=ca_key, issuer_name=ca_name)
+    chain = tmp_path / "node.crt"  # served as a chain: the node's certificate, then the CA's
+    chain.write_bytes(chain.read_bytes() + (tmp_path / "ca.crt").read_bytes())
     _write_certificate(tmp_path, "stranger")  # self-signed: not from Ray's CA
     return tmp_path
 
