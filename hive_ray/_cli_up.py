@@ -26,7 +26,8 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,13 @@ from hive_ray._local_head import (
     CLUSTER_FILE,
     STOP_GRACE_SECONDS,
     HeadRecord,
+    describe_process,
     ensure_ray_token,
     forget_head,
+    head_processes,
+    listening_ports,
     prepare_driver,
+    read_pointer,
     remove_pointer,
     running_head,
     start_head,
@@ -51,6 +56,8 @@ SHUTDOWN_SECONDS = 3.0
 DISCONNECT_SECONDS = 2.0
 #: How often a foreground ``hive up`` refreshes its status and checks the cluster.
 WATCH_SECONDS = 1.0
+#: How long ``hive down`` waits for a foreground ``hive up`` to stop everything.
+WATCHER_SECONDS = 20.0
 
 
 def settings_for(config_settings: dict[str, Any] | None = None) -> Any:
@@ -73,12 +80,14 @@ class _Signals:
 
     def __init__(self) -> None:
         self.requested = threading.Event()
+        self.received: int | None = None
         self.phase = "starting"
         self._previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
         for number in self._previous:
             signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
+        self.received = number
         self.requested.set()  # no printing here: the main thread may be inside print()
         if self.phase == "starting":
             raise KeyboardInterrupt
@@ -111,6 +120,9 @@ def up(args: argparse.Namespace, console: Console) -> int:
         if args.no_block:
             hive.close()
             return 0
+        if run.record is not None:  # `hive down` elsewhere asks this process to stop it all
+            run.record = replace(run.record, watcher=describe_process(os.getpid()))
+            run.record.save(directory)
         print("\nRunning; Ctrl-C stops it.", flush=True)
         signals.phase = "running"
         reason = _watch(hive, settings, run, signals, StatusLine(sys.stdout, live=is_terminal(sys.stdout)))
@@ -118,7 +130,8 @@ def up(args: argparse.Namespace, console: Console) -> int:
         print(f"hive up: {reason}; stopping ...", flush=True)
         orchestrator = hive._orchestrator
         hive.close()
-        stopped = stop_cluster(settings, record=run.record, child=run.child, orchestrator=orchestrator)
+        stopped = stop_cluster(settings, record=run.record, child=run.child, orchestrator=orchestrator,
+                               known=run.processes)
         return 0 if stopped.disconnected else exit_now(0)
     except KeyboardInterrupt:
         signals.phase = "stopping"
@@ -143,6 +156,8 @@ class _Run:
 
     record: HeadRecord | None = None
     child: subprocess.Popen[bytes] | None = None
+    #: The head's processes, as last seen by the watch loop.
+    processes: list[Any] = field(default_factory=list)
 
 
 def _connect_or_start(args: argparse.Namespace, settings: Any, directory: Path, run: _Run) -> Any:
@@ -224,16 +239,18 @@ def _watch(hive: Any, settings: Any, run: _Run, signals: _Signals, line: StatusL
     try:
         while not signals.requested.is_set():
             if child is not None and child.poll() is not None:
-                return "the Ray head exited (stopped by `hive down`?)"
-            if child is None and record is not None and not record.alive():
-                return "the Ray head is gone (stopped by `hive down`?)"
+                return "the Ray head exited (stopped from elsewhere?)"
+            if record is not None:
+                run.processes = head_processes(record, session=False)  # to clean up if the head dies
+                if not run.processes:
+                    return "the Ray head is gone (stopped from elsewhere?)"
             text, shape = _status(hive, settings)
             if text is None:
                 return "the orchestrator is gone (stopped by `hive down`?)"
             if text:
                 line.show(text, shape)
             signals.requested.wait(WATCH_SECONDS)
-        return "stop requested"
+        return "Ctrl-C" if signals.received == signal.SIGINT else "SIGTERM (from `hive down`?)"
     finally:
         line.end()
 
@@ -289,10 +306,43 @@ def down(args: argparse.Namespace, console: Console) -> int:
     if address is None:
         print("hive down: no hive cluster is running (nothing to stop)")
         return 0
+    if record is not None and record.watcher_alive() and _ask_watcher(record):
+        return 0
     print(f"hive down: stopping hive on {address} ...", flush=True)
     stopped = stop_cluster(settings, record=record, address=address)
     code = 0 if stopped.reached else 1
     return code if stopped.disconnected else exit_now(code)
+
+
+def _ask_watcher(record: HeadRecord) -> bool:
+    """SIGTERM to the foreground ``hive up`` that watches the head: it stops everything
+    through the connection it already has (faster than connecting again, and never two
+    stoppers at once). True once the head and the watcher are gone; False if the watcher did
+    not finish in time (then ``hive down`` stops what is left itself)."""
+    import psutil
+
+    pid = (record.watcher or {}).get("pid")
+    print(f"hive down: asking the foreground hive up (pid {pid}) to stop everything ...", flush=True)
+    try:
+        watcher = psutil.Process(pid)
+        watcher.terminate()
+    except psutil.NoSuchProcess:
+        return False
+    deadline = time.monotonic() + WATCHER_SECONDS
+    while time.monotonic() < deadline:
+        if not record.watcher_alive() and not record.alive():
+            break
+        time.sleep(0.1)
+    else:
+        print(f"  it did not finish within {WATCHER_SECONDS:.0f} s; stopping what is left here")
+        return False
+    left = listening_ports(record)
+    print(f"  stopped: the orchestrator, its agents, {'the API, ' if record.api else ''}the local Ray head "
+          f"(pid {record.pid}) and its processes"
+          + (f"; still listening: {left}" if left else "; their ports are free"))
+    if record.pointer and record.pointer_file and read_pointer(Path(record.pointer_file)) != record.pointer:
+        print("  Ray's current-cluster pointer removed: a plain ray.init() starts a new local Ray")
+    return True
 
 
 def _unprovable(path: Path) -> str:
@@ -309,18 +359,19 @@ def _unprovable(path: Path) -> str:
 
 
 def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None, address: str | None = None,
-                 orchestrator: Any = None) -> _Stopped:
+                 orchestrator: Any = None, known: list[Any] | None = None) -> _Stopped:
     """Stop hive on the cluster (its API application, the orchestrator, agents, analyzer),
-    then the head if ``record`` names one ``hive up`` started. Safe to call twice, and from
-    two processes at once."""
+    then the head if ``record`` names one ``hive up`` started (``known``: its processes as
+    last seen, for a head that died meanwhile). Safe to call twice, and from two processes
+    at once."""
     import ray
 
     head_alive = record is not None and record.alive()
     clean = reached = True
-    if (record is None or head_alive) and (ray.is_initialized() or _attach(address, settings)):
-        api_removed = _remove_api() if record is None else False  # a head of ours takes it along
-        orchestrator_stopped = _stop_orchestrator(settings, orchestrator)
-        clean = _disconnect()
+    if (record is None or head_alive) and (ray.is_initialized() or _timed("attach", _attach, address, settings)):
+        api_removed = _timed("remove the API", _remove_api) if record is None else False  # a head of ours takes it along
+        orchestrator_stopped = _timed("stop the orchestrator", _stop_orchestrator, settings, orchestrator)
+        clean = _timed("disconnect", _disconnect)
         if api_removed:
             print("  API stopped")
         if orchestrator_stopped:
@@ -330,10 +381,13 @@ def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None,
     else:
         reached = record is not None
     if record is not None:
-        report = stop_head(record, child)
-        if report.stopped:
-            forced = (f" ({report.killed} of them killed: still running {STOP_GRACE_SECONDS:.0f} s after SIGTERM)"
-                      if report.killed else "")
+        report = _timed("stop the head", stop_head, record, child, STOP_GRACE_SECONDS, known)
+        forced = (f" ({report.killed} of them killed: still running {STOP_GRACE_SECONDS:.0f} s after SIGTERM)"
+                  if report.killed else "")
+        if report.stopped and report.reason:  # the head had exited; what it left behind is stopped
+            print(f"  local Ray head (pid {record.pid}): {report.reason}; "
+                  f"{plural(report.processes, 'process', 'processes')} it had started stopped{forced}")
+        elif report.stopped:
             print(f"  local Ray head (pid {record.pid}) and "
                   f"{plural(report.processes - 1, 'process', 'processes')} it started stopped{forced}")
             if record.api:
@@ -354,6 +408,15 @@ class _Stopped:
 
     disconnected: bool
     reached: bool
+
+
+def _timed(step: str, function: Any, *args: Any) -> Any:
+    """Run a stop step; its duration goes to sys.stderr (the log, unless --verbose)."""
+    began = time.monotonic()
+    try:
+        return function(*args)
+    finally:
+        print(f"hive: {step} took {time.monotonic() - began:.2f} s", file=sys.stderr, flush=True)
 
 
 def _forget(directory: Path, record: HeadRecord) -> None:

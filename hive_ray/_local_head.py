@@ -51,7 +51,7 @@ SLOW_START_LINE = b"timed out during startup"
 #: Seconds ``ray start`` may take (on 2 busy cores it has taken over a minute).
 START_TIMEOUT_SECONDS = 120.0
 #: Seconds the head gets to stop its processes after SIGTERM, before the rest are killed.
-STOP_GRACE_SECONDS = 4.0
+STOP_GRACE_SECONDS = 2.0
 
 
 # ---------------------------------------------------------------------- token authentication
@@ -192,10 +192,18 @@ class HeadRecord:
     pointer_file: str | None = None
     pointer: str | None = None
     api: dict[str, int] | None = None
+    #: The foreground ``hive up`` watching this head (pid, create_time, cmdline), if one runs:
+    #: ``hive down`` asks it to stop everything, through its connection, instead of doing so
+    #: itself beside it.
+    watcher: dict[str, Any] | None = None
 
     @property
     def process(self) -> dict[str, Any]:
         return {"pid": self.pid, "create_time": self.create_time, "cmdline": self.cmdline}
+
+    def watcher_alive(self) -> bool:
+        """A foreground ``hive up`` provably still watches this head."""
+        return self.watcher is not None and same_process(self.watcher, describe_process(self.watcher["pid"]))
 
     def alive(self) -> bool:
         """The recorded process still runs (proven, not assumed from the pid)."""
@@ -388,47 +396,99 @@ class StopReport:
     reason: str = ""
 
 
+def head_processes(record: HeadRecord, session: bool = True) -> list[Any]:
+    """The head and every process it started (its descendants, and with ``session`` what is
+    left in its session: a scan of every process on the machine), as :class:`psutil.Process`
+    objects; empty unless the head provably runs.
+
+    The objects remember each process's start time, so signalling them later never reaches
+    a process that has since taken over one of their pids.
+    """
+    import psutil
+
+    if not record.alive():
+        return []
+    try:
+        head = psutil.Process(record.pid)
+        tree = [head, *head.children(recursive=True)]
+        if session:
+            tree += _session_members(record.pid, exclude=head)
+    except psutil.NoSuchProcess:
+        return []
+    return list({process.pid: process for process in tree}.values())
+
+
 def stop_head(record: HeadRecord, child: subprocess.Popen[bytes] | None = None,
-              grace_seconds: float = STOP_GRACE_SECONDS) -> StopReport:
+              grace_seconds: float = STOP_GRACE_SECONDS, known: list[Any] | None = None) -> StopReport:
     """Stop the recorded head and every process it started, if it is provably the same one.
 
     Every one of them gets SIGTERM at once (as ``ray stop`` does; one after the other, as
     ``ray start --block`` itself does on SIGTERM, takes many seconds on a busy machine);
     whatever is left after ``grace_seconds`` is killed. ``child``: the head's
     :class:`subprocess.Popen` when this process started it (it is reaped here, never left a
-    zombie).
+    zombie). ``known``: :func:`head_processes` from while the head ran: if the head has
+    exited since, those of them still running are stopped (nothing else is).
     """
-    import psutil
-
-    if not record.alive():
+    members = head_processes(record)
+    if not members:
+        observed = describe_process(record.pid)
+        if observed is not None and not record.alive():
+            if child is not None:
+                child.wait()
+            return StopReport(False, reason=f"pid {record.pid} is now another process "
+                                            f"({' '.join(observed['cmdline'])[:80]}), left alone")
+        left = _end(known or [], grace_seconds)
         if child is not None:
             child.wait()
-        observed = describe_process(record.pid)
-        if observed is None:
-            return StopReport(False, reason="it is not running")
-        return StopReport(False, reason=f"pid {record.pid} is now another process "
-                                        f"({' '.join(observed['cmdline'])[:80]}), left alone")
-    try:
-        head = psutil.Process(record.pid)
-        tree = [head, *head.children(recursive=True), *_session_members(record.pid, exclude=head)]
-    except psutil.NoSuchProcess:
-        return StopReport(False, reason="it exited meanwhile")
-    members = list({process.pid: process for process in tree}.values())
-    for process in members:
+        if left.processes:
+            return StopReport(True, processes=left.processes, killed=left.killed, reason="it had exited")
+        return StopReport(False, reason="it is not running")
+    report = _end(members, grace_seconds)
+    if child is not None:
+        child.wait()
+    return report
+
+
+def _end(processes: list[Any], grace_seconds: float) -> StopReport:
+    """SIGTERM to every one still running, SIGKILL to those left after ``grace_seconds``."""
+    import psutil
+
+    running = _wait_gone(processes, 0)
+    for process in running:
         try:
             process.terminate()  # psutil checks the start time first: never a recycled pid
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(members, timeout=grace_seconds)
+    alive = _wait_gone(running, grace_seconds)
     for process in alive:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=3)
-    if child is not None:
-        child.wait()
-    return StopReport(True, processes=len(members), killed=len(alive))
+    _wait_gone(alive, 3.0)
+    return StopReport(bool(running), processes=len(running), killed=len(alive))
+
+
+def _wait_gone(processes: list[Any], timeout: float) -> list[Any]:
+    """Wait until every process has exited; the ones still running after ``timeout``.
+
+    A zombie has exited: it only waits for its parent (often another of these, itself
+    exiting) to reap it. ``psutil.wait_procs`` would count it as running until then.
+    """
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for process in processes:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    running.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.05)
 
 
 def _session_members(session_id: int, exclude: Any) -> list[Any]:

@@ -18,10 +18,12 @@ from hive_ray._errors import ConfigurationError
 from hive_ray._local_head import (
     CLUSTER_FILE,
     HeadRecord,
+    StopReport,
     address_host,
     describe_process,
     ensure_ray_token,
     head_command,
+    head_processes,
     is_loopback,
     pointer_is_ours,
     prepare_driver,
@@ -190,3 +192,17 @@ def test_stop_head_leaves_a_process_it_cannot_prove_alone(tmp_path):
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_what_a_dead_head_left_behind_is_stopped_when_it_was_seen_before(tmp_path):
+    child = _tree(tmp_path)
+    record = _record_of(child.pid, tmp_path)
+    seen = head_processes(record)
+    assert [p.pid for p in seen][0] == child.pid and len(seen) == 3
+    os.kill(child.pid, signal.SIGKILL)  # the head dies; its children are orphaned
+    child.wait()
+    assert head_processes(record) == []
+    assert stop_head(record, None, grace_seconds=0.5) == StopReport(False, reason="it is not running")
+    report = stop_head(record, None, grace_seconds=0.5, known=seen)
+    assert report.stopped and report.processes == 2 and report.reason == "it had exited"
+    assert not [p.pid for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
