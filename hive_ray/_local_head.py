@@ -12,20 +12,13 @@ the process is still the one ``hive up`` started (a pid alone may since name ano
   afterwards a plain ``ray.init()`` starts a fresh local Ray instead of retrying a dead one.
 
 The head listens on loopback only (``127.0.0.1``) unless ``hive up --node-ip-address`` names
-another address. Ray treats a one-machine head specially for that
-(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: node address and every listener on loopback), and a
-driver must connect the same way: :func:`prepare_driver` does it for hive's own drivers.
-
-Token authentication needs a token before the head starts: :func:`ensure_ray_token` creates
-one where Ray looks for it (``~/.ray/auth_token``, readable by its owner only) unless
-``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` provides one.
+another address (see :mod:`hive_ray._ray_access` for what that asks of drivers).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -36,14 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hive_ray._errors import ConfigurationError, HiveConnectionError
+from hive_ray._errors import HiveConnectionError
+from hive_ray._ray_access import LOOPBACK_SWITCH, is_loopback
 
 #: File in the state directory where ``hive up`` records the head it started.
 CLUSTER_FILE = "cluster.json"
 #: Where ``ray start`` writes, and ``ray.init()`` reads, the address of "the" local cluster.
 POINTER_NAME = "ray_current_cluster"
-#: Ray's switch for a one-machine cluster: node address and listeners on loopback.
-LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: The line ``ray start`` logs once the head runs (its own CLI's wording).
 STARTED_LINE = b"Ray runtime started"
 #: What ``ray start`` says when the raylet gave up waiting for its agents (a busy machine).
@@ -52,102 +44,6 @@ SLOW_START_LINE = b"timed out during startup"
 START_TIMEOUT_SECONDS = 120.0
 #: Seconds the head gets to stop its processes after SIGTERM, before the rest are killed.
 STOP_GRACE_SECONDS = 2.0
-
-
-# ---------------------------------------------------------------------- token authentication
-@dataclass(frozen=True, slots=True)
-class TokenSource:
-    """Where Ray's token comes from: ``path`` (None: the ``RAY_AUTH_TOKEN`` variable)."""
-
-    path: Path | None
-    created: bool = False
-
-    def describe(self) -> str:
-        if self.path is None:
-            return "Ray token from RAY_AUTH_TOKEN"
-        if self.created:
-            return f"Ray token created in {self.path} (readable by you only)"
-        return f"Ray token in {self.path}"
-
-
-def ensure_ray_token(environ: Mapping[str, str] | None = None, home: Path | None = None) -> TokenSource | None:
-    """The token a new local cluster with token authentication needs, created if missing.
-
-    Ray looks for it in this order: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
-    names, ``~/.ray/auth_token``. Only the last is ever created (0600, like Ray's own
-    ``ray get-auth-token --generate`` but never readable by others).
-
-    Returns:
-        Where the token is, or None when ``RAY_AUTH_MODE`` turns authentication off.
-
-    Raises:
-        ConfigurationError: ``RAY_AUTH_TOKEN_PATH`` names a missing or empty file, or
-            ``~/.ray/auth_token`` is empty.
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("RAY_AUTH_MODE", "token").lower() != "token":
-        return None
-    if environ.get("RAY_AUTH_TOKEN"):
-        return TokenSource(None)
-    named = environ.get("RAY_AUTH_TOKEN_PATH")
-    if named:
-        path = Path(named).expanduser()
-        if not _has_content(path):
-            raise ConfigurationError(
-                f"RAY_AUTH_TOKEN_PATH names {path}, which is missing or empty: put the cluster's "
-                "Ray token there, or unset RAY_AUTH_TOKEN_PATH to use ~/.ray/auth_token "
-                "(created if missing)"
-            )
-        return TokenSource(path)
-    path = (home if home is not None else Path.home()) / ".ray" / "auth_token"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if not _has_content(path):
-            raise ConfigurationError(
-                f"{path} is empty: delete it (hive creates a new Ray token) or put the "
-                "cluster's token in it"
-            ) from None
-        return TokenSource(path)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secrets.token_hex(32))  # Ray's own format: 256 bits, hex
-    return TokenSource(path, created=True)
-
-
-def _has_content(path: Path) -> bool:
-    try:
-        return bool(path.read_text().strip())
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------------- loopback
-def address_host(address: str) -> str:
-    """``"127.0.0.1:6379"`` -> ``"127.0.0.1"``; ``"[::1]:6379"`` -> ``"::1"``;
-    ``"ray://h:10001"`` -> ``"h"``."""
-    address = address.split("://", 1)[-1]
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
-    return host.strip("[]")
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or host == "::1" or host.startswith("127.")
-
-
-def prepare_driver(address: str) -> None:
-    """Let this process attach to a head that listens on loopback only.
-
-    Ray rewrites a loopback address to the machine's external one unless it is told the
-    cluster is a one-machine cluster; the variable reaches Ray when it is imported, the
-    module constant when it already was (a notebook that ran ``import ray`` first).
-    """
-    if not is_loopback(address_host(address)):
-        return
-    os.environ[LOOPBACK_SWITCH] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False
 
 
 # ---------------------------------------------------------------------- process identity

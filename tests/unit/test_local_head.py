@@ -1,4 +1,4 @@
-"""The local head's bookkeeping, without Ray: the token, process identity, the record,
+"""The local head and Ray access, without Ray: the token, the loopback switch, process
 Ray's pointer, and stopping a process tree (real processes, not Ray ones)."""
 
 from __future__ import annotations
@@ -19,19 +19,16 @@ from hive_ray._local_head import (
     CLUSTER_FILE,
     HeadRecord,
     StopReport,
-    address_host,
     describe_process,
-    ensure_ray_token,
     head_command,
     head_processes,
-    is_loopback,
     pointer_is_ours,
-    prepare_driver,
     remove_pointer,
     running_head,
     same_process,
     stop_head,
 )
+from hive_ray._ray_access import address_host, ensure_ray_token, is_loopback, prepare_driver
 
 
 # ---------------------------------------------------------------------- token
