@@ -1,5 +1,6 @@
 """The local head and Ray access, without Ray: the token, the loopback switch, process
-Ray's pointer, and stopping a process tree (real processes, not Ray ones)."""
+identity, the record, Ray's pointer, and stopping a process tree (real processes, not Ray
+ones)."""
 
 from __future__ import annotations
 
