@@ -5,9 +5,10 @@ otherwise it starts one (:mod:`hive_ray._local_head`). It then creates the confi
 and the API and, unless ``--no-block``, watches the cluster until one of these ends it, each
 followed by the same stop as ``hive down`` and exit code 0:
 
-- Ctrl-C (SIGINT) or SIGTERM;
-- the cluster stopped from elsewhere (``hive down`` in another terminal): the head it started
-  exited, or the orchestrator is gone for good.
+- Ctrl-C (SIGINT) or SIGTERM (which is how ``hive down`` in another terminal asks it: the
+  foreground ``hive up`` is recorded as the head's watcher);
+- its cluster stopped from elsewhere: the head exited (what it left is stopped), or the
+  orchestrator is gone for good.
 
 ``hive down`` stops only what ``hive up`` started: hive's own Serve application (Serve itself
 only when no other application is left), the orchestrator, its agents and the analyzer, and
@@ -18,37 +19,28 @@ altogether they take a few seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hive_ray._cli_down import exit_now, named_actor, stop_cluster
 from hive_ray._cli_output import Console, StatusLine, is_terminal, plural
 from hive_ray._errors import HiveConnectionError
 from hive_ray._local_head import (
-    CLUSTER_FILE,
-    STOP_GRACE_SECONDS,
     HeadRecord,
-    ensure_ray_token,
-    forget_head,
-    prepare_driver,
-    remove_pointer,
+    describe_process,
+    head_processes,
     running_head,
     start_head,
-    stop_head,
 )
+from hive_ray._ray_access import ensure_ray_token
 
-#: Seconds each stop step may take: the orchestrator's own shutdown (agents' teardown
-#: hooks), deleting the API application, and disconnecting from Ray.
-SHUTDOWN_SECONDS = 3.0
-DISCONNECT_SECONDS = 2.0
 #: How often a foreground ``hive up`` refreshes its status and checks the cluster.
 WATCH_SECONDS = 1.0
 
@@ -73,12 +65,14 @@ class _Signals:
 
     def __init__(self) -> None:
         self.requested = threading.Event()
+        self.received: int | None = None
         self.phase = "starting"
         self._previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
         for number in self._previous:
             signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
+        self.received = number
         self.requested.set()  # no printing here: the main thread may be inside print()
         if self.phase == "starting":
             raise KeyboardInterrupt
@@ -111,6 +105,9 @@ def up(args: argparse.Namespace, console: Console) -> int:
         if args.no_block:
             hive.close()
             return 0
+        if run.record is not None:  # `hive down` elsewhere asks this process to stop it all
+            run.record = replace(run.record, watcher=describe_process(os.getpid()))
+            run.record.save(directory)
         print("\nRunning; Ctrl-C stops it.", flush=True)
         signals.phase = "running"
         reason = _watch(hive, settings, run, signals, StatusLine(sys.stdout, live=is_terminal(sys.stdout)))
@@ -118,7 +115,8 @@ def up(args: argparse.Namespace, console: Console) -> int:
         print(f"hive up: {reason}; stopping ...", flush=True)
         orchestrator = hive._orchestrator
         hive.close()
-        stopped = stop_cluster(settings, record=run.record, child=run.child, orchestrator=orchestrator)
+        stopped = stop_cluster(settings, record=run.record, child=run.child, orchestrator=orchestrator,
+                               known=run.processes)
         return 0 if stopped.disconnected else exit_now(0)
     except KeyboardInterrupt:
         signals.phase = "stopping"
@@ -143,6 +141,8 @@ class _Run:
 
     record: HeadRecord | None = None
     child: subprocess.Popen[bytes] | None = None
+    #: The head's processes, as last seen by the watch loop.
+    processes: list[Any] = field(default_factory=list)
 
 
 def _connect_or_start(args: argparse.Namespace, settings: Any, directory: Path, run: _Run) -> Any:
@@ -224,16 +224,18 @@ def _watch(hive: Any, settings: Any, run: _Run, signals: _Signals, line: StatusL
     try:
         while not signals.requested.is_set():
             if child is not None and child.poll() is not None:
-                return "the Ray head exited (stopped by `hive down`?)"
-            if child is None and record is not None and not record.alive():
-                return "the Ray head is gone (stopped by `hive down`?)"
+                return "the Ray head exited (stopped from elsewhere?)"
+            if record is not None:
+                run.processes = head_processes(record, session=False)  # to clean up if the head dies
+                if not run.processes:
+                    return "the Ray head is gone (stopped from elsewhere?)"
             text, shape = _status(hive, settings)
             if text is None:
                 return "the orchestrator is gone (stopped by `hive down`?)"
             if text:
                 line.show(text, shape)
             signals.requested.wait(WATCH_SECONDS)
-        return "stop requested"
+        return "Ctrl-C" if signals.received == signal.SIGINT else "SIGTERM (from `hive down`?)"
     finally:
         line.end()
 
@@ -252,7 +254,7 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
         return "", ""  # busy: keep the last line rather than flicker
     except RayActorError:
         try:
-            if _named(settings.orchestrator_name, settings.namespace) is None:
+            if named_actor(settings.orchestrator_name, settings.namespace) is None:
                 return None, ""
         except Exception as error:  # noqa: BLE001 - the GCS itself: the watch loop checks the head next
             return f"cluster unreachable ({type(error).__name__})", "unreachable"
@@ -266,194 +268,3 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
                      f"ok={pool.succeeded} fail={pool.failed}{state}")
         shape.append(f"{pool.name}:{pool.size}/{pool.desired}{state}")
     return " | ".join(parts) or "no pools", " ".join(shape)
-
-
-# ---------------------------------------------------------------------- down
-def down(args: argparse.Namespace, console: Console) -> int:
-    settings = settings_for()
-    directory = Path(settings.state_dir)
-    record = HeadRecord.load(directory)
-    if record is None and (directory / CLUSTER_FILE).exists() and not os.environ.get("RAY_ADDRESS"):
-        print(_unprovable(directory / CLUSTER_FILE))
-        return 1
-    if record is not None and not record.alive():
-        print(f"hive down: the Ray head hive up recorded (pid {record.pid}) is not running; "
-              "forgetting it")
-        remove_pointer(record)
-        _forget(directory, record)
-        record = None
-    address = os.environ.get("RAY_ADDRESS") or None
-    if record is not None and address not in (None, record.address):
-        record = None  # RAY_ADDRESS names another cluster: that one is meant
-    address = address or (record.address if record else None)
-    if address is None:
-        print("hive down: no hive cluster is running (nothing to stop)")
-        return 0
-    print(f"hive down: stopping hive on {address} ...", flush=True)
-    stopped = stop_cluster(settings, record=record, address=address)
-    code = 0 if stopped.reached else 1
-    return code if stopped.disconnected else exit_now(code)
-
-
-def _unprovable(path: Path) -> str:
-    """What to do about a record that names a pid but not which process (an older hive)."""
-    pid = None
-    try:
-        pid = int(json.loads(path.read_text()).get("pid"))
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass
-    check = (f"if `ps -p {pid} -o args=` shows the `ray start --head` it started, `kill {pid}`; then "
-             if pid is not None else "")
-    return (f"hive down: {path} does not prove which process hive up started (an older hive wrote it), "
-            f"so no Ray head is stopped: {check}`rm {shlex.quote(str(path))}`")
-
-
-def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None, address: str | None = None,
-                 orchestrator: Any = None) -> _Stopped:
-    """Stop hive on the cluster (its API application, the orchestrator, agents, analyzer),
-    then the head if ``record`` names one ``hive up`` started. Safe to call twice, and from
-    two processes at once."""
-    import ray
-
-    head_alive = record is not None and record.alive()
-    clean = reached = True
-    if (record is None or head_alive) and (ray.is_initialized() or _attach(address, settings)):
-        api_removed = _remove_api() if record is None else False  # a head of ours takes it along
-        orchestrator_stopped = _stop_orchestrator(settings, orchestrator)
-        clean = _disconnect()
-        if api_removed:
-            print("  API stopped")
-        if orchestrator_stopped:
-            print("  orchestrator, its agents and the analyzer stopped")
-    elif ray.is_initialized():
-        clean = _disconnect()  # the head is gone: do not wait for it
-    else:
-        reached = record is not None
-    if record is not None:
-        report = stop_head(record, child)
-        if report.stopped:
-            forced = (f" ({report.killed} of them killed: still running {STOP_GRACE_SECONDS:.0f} s after SIGTERM)"
-                      if report.killed else "")
-            print(f"  local Ray head (pid {record.pid}) and "
-                  f"{plural(report.processes - 1, 'process', 'processes')} it started stopped{forced}")
-            if record.api:
-                print("  API stopped (it ran on that head)")
-        else:
-            print(f"  local Ray head (pid {record.pid}): {report.reason}")
-        if remove_pointer(record):
-            print("  Ray's current-cluster pointer removed: a plain ray.init() starts a new local Ray")
-        _forget(Path(settings.state_dir), record)
-    sys.stdout.flush()
-    return _Stopped(disconnected=clean, reached=reached)
-
-
-@dataclass(frozen=True)
-class _Stopped:
-    """``disconnected``: Ray let go in time (else the caller leaves with :func:`exit_now`);
-    ``reached``: there was something to stop."""
-
-    disconnected: bool
-    reached: bool
-
-
-def _forget(directory: Path, record: HeadRecord) -> None:
-    """Remove ``cluster.json`` only if it still describes ``record`` (a new ``hive up`` may
-    have written its own meanwhile)."""
-    current = HeadRecord.load(directory)
-    if current is not None and current.process == record.process:
-        forget_head(directory)
-
-
-def _attach(address: str | None, settings: Any) -> bool:
-    import ray
-
-    if address is None:
-        return False
-    prepare_driver(address)
-    try:
-        ray.init(address=address, namespace=settings.namespace, logging_level=logging.WARNING,
-                 log_to_driver=False)
-    except Exception as error:  # noqa: BLE001 - Ray raises several kinds; all mean "not reachable"
-        print(f"  could not reach the cluster at {address}: {error}")
-        return False
-    return True
-
-
-def _remove_api() -> bool:
-    """Delete hive's Serve application; stop Serve only if no other application is left.
-    False if it was not running."""
-    import ray
-
-    try:
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    except (ImportError, ValueError):
-        return False
-    from ray import serve
-
-    from hive_ray._api._deployment import APP_NAME
-
-    if APP_NAME not in serve.status().applications:
-        return False
-    serve.delete(APP_NAME)
-    if not set(serve.status().applications) - {APP_NAME}:
-        serve.shutdown()  # nobody else's application runs on it; frees the ports
-    return True
-
-
-def _stop_orchestrator(settings: Any, orchestrator: Any = None) -> bool:
-    """Let the orchestrator stop its agents (their teardown hooks run), bounded; then remove
-    it and the analyzer for good. False if there was no orchestrator."""
-    import ray
-    from ray.exceptions import RayActorError
-
-    if orchestrator is None:
-        orchestrator = _named(settings.orchestrator_name, settings.namespace)
-        if orchestrator is None:
-            return False
-    try:
-        ray.get(orchestrator.shutdown.remote(), timeout=SHUTDOWN_SECONDS)
-    except RayActorError:
-        try:
-            if _named(settings.orchestrator_name, settings.namespace) is None:
-                return False  # already stopped (by `hive down` from elsewhere)
-        except Exception:  # noqa: BLE001 - the cluster is going away; the head is next
-            return False
-    except Exception as error:  # noqa: BLE001 - restarting or slow: removed below either way
-        print(f"  the orchestrator did not stop its agents within {SHUTDOWN_SECONDS:.0f} s "
-              f"({type(error).__name__}); removing it")
-    for actor in (orchestrator, _named(settings.analyzer_name, settings.namespace)):
-        if actor is not None:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-    return True
-
-
-def _named(name: str, namespace: str) -> Any:
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return None
-
-
-def _disconnect(timeout: float = DISCONNECT_SECONDS) -> bool:
-    """``ray.shutdown()``, bounded (with its head gone it can wait on a dead GCS); True if
-    it finished."""
-    import ray
-
-    worker = threading.Thread(target=ray.shutdown, name="hive-ray-shutdown", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return not worker.is_alive()
-
-
-def exit_now(code: int) -> int:
-    """Leave without Ray's exit hooks, which would wait for the disconnect that did not end."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

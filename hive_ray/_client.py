@@ -130,7 +130,7 @@ class Hive(OrchestratorCalls):
         if not ray.is_initialized():
             target = address or os.environ.get("RAY_ADDRESS") or local_cluster_address(settings)
             if target:
-                from hive_ray._local_head import prepare_driver
+                from hive_ray._ray_access import prepare_driver
 
                 prepare_driver(target)  # a head on loopback (hive up's) needs its drivers told
                 try:
@@ -147,7 +147,7 @@ class Hive(OrchestratorCalls):
                     "to a running Ray cluster"
                 )
             else:
-                from hive_ray._local_head import ensure_ray_token
+                from hive_ray._ray_access import ensure_ray_token
 
                 ensure_ray_token()  # Ray would create it too, but readable by everyone
                 # address="local": a new Ray even if some other cluster runs on this machine.

@@ -12,20 +12,13 @@ the process is still the one ``hive up`` started (a pid alone may since name ano
   afterwards a plain ``ray.init()`` starts a fresh local Ray instead of retrying a dead one.
 
 The head listens on loopback only (``127.0.0.1``) unless ``hive up --node-ip-address`` names
-another address. Ray treats a one-machine head specially for that
-(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: node address and every listener on loopback), and a
-driver must connect the same way: :func:`prepare_driver` does it for hive's own drivers.
-
-Token authentication needs a token before the head starts: :func:`ensure_ray_token` creates
-one where Ray looks for it (``~/.ray/auth_token``, readable by its owner only) unless
-``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` provides one.
+another address (see :mod:`hive_ray._ray_access` for what that asks of drivers).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -36,14 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hive_ray._errors import ConfigurationError, HiveConnectionError
+from hive_ray._errors import HiveConnectionError
+from hive_ray._ray_access import LOOPBACK_SWITCH, is_loopback
 
 #: File in the state directory where ``hive up`` records the head it started.
 CLUSTER_FILE = "cluster.json"
 #: Where ``ray start`` writes, and ``ray.init()`` reads, the address of "the" local cluster.
 POINTER_NAME = "ray_current_cluster"
-#: Ray's switch for a one-machine cluster: node address and listeners on loopback.
-LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: The line ``ray start`` logs once the head runs (its own CLI's wording).
 STARTED_LINE = b"Ray runtime started"
 #: What ``ray start`` says when the raylet gave up waiting for its agents (a busy machine).
@@ -51,103 +43,7 @@ SLOW_START_LINE = b"timed out during startup"
 #: Seconds ``ray start`` may take (on 2 busy cores it has taken over a minute).
 START_TIMEOUT_SECONDS = 120.0
 #: Seconds the head gets to stop its processes after SIGTERM, before the rest are killed.
-STOP_GRACE_SECONDS = 4.0
-
-
-# ---------------------------------------------------------------------- token authentication
-@dataclass(frozen=True, slots=True)
-class TokenSource:
-    """Where Ray's token comes from: ``path`` (None: the ``RAY_AUTH_TOKEN`` variable)."""
-
-    path: Path | None
-    created: bool = False
-
-    def describe(self) -> str:
-        if self.path is None:
-            return "Ray token from RAY_AUTH_TOKEN"
-        if self.created:
-            return f"Ray token created in {self.path} (readable by you only)"
-        return f"Ray token in {self.path}"
-
-
-def ensure_ray_token(environ: Mapping[str, str] | None = None, home: Path | None = None) -> TokenSource | None:
-    """The token a new local cluster with token authentication needs, created if missing.
-
-    Ray looks for it in this order: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``
-    names, ``~/.ray/auth_token``. Only the last is ever created (0600, like Ray's own
-    ``ray get-auth-token --generate`` but never readable by others).
-
-    Returns:
-        Where the token is, or None when ``RAY_AUTH_MODE`` turns authentication off.
-
-    Raises:
-        ConfigurationError: ``RAY_AUTH_TOKEN_PATH`` names a missing or empty file, or
-            ``~/.ray/auth_token`` is empty.
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("RAY_AUTH_MODE", "token").lower() != "token":
-        return None
-    if environ.get("RAY_AUTH_TOKEN"):
-        return TokenSource(None)
-    named = environ.get("RAY_AUTH_TOKEN_PATH")
-    if named:
-        path = Path(named).expanduser()
-        if not _has_content(path):
-            raise ConfigurationError(
-                f"RAY_AUTH_TOKEN_PATH names {path}, which is missing or empty: put the cluster's "
-                "Ray token there, or unset RAY_AUTH_TOKEN_PATH to use ~/.ray/auth_token "
-                "(created if missing)"
-            )
-        return TokenSource(path)
-    path = (home if home is not None else Path.home()) / ".ray" / "auth_token"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if not _has_content(path):
-            raise ConfigurationError(
-                f"{path} is empty: delete it (hive creates a new Ray token) or put the "
-                "cluster's token in it"
-            ) from None
-        return TokenSource(path)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secrets.token_hex(32))  # Ray's own format: 256 bits, hex
-    return TokenSource(path, created=True)
-
-
-def _has_content(path: Path) -> bool:
-    try:
-        return bool(path.read_text().strip())
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------------- loopback
-def address_host(address: str) -> str:
-    """``"127.0.0.1:6379"`` -> ``"127.0.0.1"``; ``"[::1]:6379"`` -> ``"::1"``;
-    ``"ray://h:10001"`` -> ``"h"``."""
-    address = address.split("://", 1)[-1]
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
-    return host.strip("[]")
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or host == "::1" or host.startswith("127.")
-
-
-def prepare_driver(address: str) -> None:
-    """Let this process attach to a head that listens on loopback only.
-
-    Ray rewrites a loopback address to the machine's external one unless it is told the
-    cluster is a one-machine cluster; the variable reaches Ray when it is imported, the
-    module constant when it already was (a notebook that ran ``import ray`` first).
-    """
-    if not is_loopback(address_host(address)):
-        return
-    os.environ[LOOPBACK_SWITCH] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False
+STOP_GRACE_SECONDS = 2.0
 
 
 # ---------------------------------------------------------------------- process identity
@@ -192,10 +88,18 @@ class HeadRecord:
     pointer_file: str | None = None
     pointer: str | None = None
     api: dict[str, int] | None = None
+    #: The foreground ``hive up`` watching this head (pid, create_time, cmdline), if one runs:
+    #: ``hive down`` asks it to stop everything, through its connection, instead of doing so
+    #: itself beside it.
+    watcher: dict[str, Any] | None = None
 
     @property
     def process(self) -> dict[str, Any]:
         return {"pid": self.pid, "create_time": self.create_time, "cmdline": self.cmdline}
+
+    def watcher_alive(self) -> bool:
+        """A foreground ``hive up`` provably still watches this head."""
+        return self.watcher is not None and same_process(self.watcher, describe_process(self.watcher["pid"]))
 
     def alive(self) -> bool:
         """The recorded process still runs (proven, not assumed from the pid)."""
@@ -388,47 +292,99 @@ class StopReport:
     reason: str = ""
 
 
+def head_processes(record: HeadRecord, session: bool = True) -> list[Any]:
+    """The head and every process it started (its descendants, and with ``session`` what is
+    left in its session: a scan of every process on the machine), as :class:`psutil.Process`
+    objects; empty unless the head provably runs.
+
+    The objects remember each process's start time, so signalling them later never reaches
+    a process that has since taken over one of their pids.
+    """
+    import psutil
+
+    if not record.alive():
+        return []
+    try:
+        head = psutil.Process(record.pid)
+        tree = [head, *head.children(recursive=True)]
+        if session:
+            tree += _session_members(record.pid, exclude=head)
+    except psutil.NoSuchProcess:
+        return []
+    return list({process.pid: process for process in tree}.values())
+
+
 def stop_head(record: HeadRecord, child: subprocess.Popen[bytes] | None = None,
-              grace_seconds: float = STOP_GRACE_SECONDS) -> StopReport:
+              grace_seconds: float = STOP_GRACE_SECONDS, known: list[Any] | None = None) -> StopReport:
     """Stop the recorded head and every process it started, if it is provably the same one.
 
     Every one of them gets SIGTERM at once (as ``ray stop`` does; one after the other, as
     ``ray start --block`` itself does on SIGTERM, takes many seconds on a busy machine);
     whatever is left after ``grace_seconds`` is killed. ``child``: the head's
     :class:`subprocess.Popen` when this process started it (it is reaped here, never left a
-    zombie).
+    zombie). ``known``: :func:`head_processes` from while the head ran: if the head has
+    exited since, those of them still running are stopped (nothing else is).
     """
-    import psutil
-
-    if not record.alive():
+    members = head_processes(record)
+    if not members:
+        observed = describe_process(record.pid)
+        if observed is not None and not record.alive():
+            if child is not None:
+                child.wait()
+            return StopReport(False, reason=f"pid {record.pid} is now another process "
+                                            f"({' '.join(observed['cmdline'])[:80]}), left alone")
+        left = _end(known or [], grace_seconds)
         if child is not None:
             child.wait()
-        observed = describe_process(record.pid)
-        if observed is None:
-            return StopReport(False, reason="it is not running")
-        return StopReport(False, reason=f"pid {record.pid} is now another process "
-                                        f"({' '.join(observed['cmdline'])[:80]}), left alone")
-    try:
-        head = psutil.Process(record.pid)
-        tree = [head, *head.children(recursive=True), *_session_members(record.pid, exclude=head)]
-    except psutil.NoSuchProcess:
-        return StopReport(False, reason="it exited meanwhile")
-    members = list({process.pid: process for process in tree}.values())
-    for process in members:
+        if left.processes:
+            return StopReport(True, processes=left.processes, killed=left.killed, reason="it had exited")
+        return StopReport(False, reason="it is not running")
+    report = _end(members, grace_seconds)
+    if child is not None:
+        child.wait()
+    return report
+
+
+def _end(processes: list[Any], grace_seconds: float) -> StopReport:
+    """SIGTERM to every one still running, SIGKILL to those left after ``grace_seconds``."""
+    import psutil
+
+    running = _wait_gone(processes, 0)
+    for process in running:
         try:
             process.terminate()  # psutil checks the start time first: never a recycled pid
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(members, timeout=grace_seconds)
+    alive = _wait_gone(running, grace_seconds)
     for process in alive:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=3)
-    if child is not None:
-        child.wait()
-    return StopReport(True, processes=len(members), killed=len(alive))
+    _wait_gone(alive, 3.0)
+    return StopReport(bool(running), processes=len(running), killed=len(alive))
+
+
+def _wait_gone(processes: list[Any], timeout: float) -> list[Any]:
+    """Wait until every process has exited; the ones still running after ``timeout``.
+
+    A zombie has exited: it only waits for its parent (often another of these, itself
+    exiting) to reap it. ``psutil.wait_procs`` would count it as running until then.
+    """
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for process in processes:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    running.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.05)
 
 
 def _session_members(session_id: int, exclude: Any) -> list[Any]:

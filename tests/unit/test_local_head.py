@@ -1,5 +1,6 @@
-"""The local head's bookkeeping, without Ray: the token, process identity, the record,
-Ray's pointer, and stopping a process tree (real processes, not Ray ones)."""
+"""The local head and Ray access, without Ray: the token, the loopback switch, process
+identity, the record, Ray's pointer, and stopping a process tree (real processes, not Ray
+ones)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,17 @@ from hive_ray._errors import ConfigurationError
 from hive_ray._local_head import (
     CLUSTER_FILE,
     HeadRecord,
-    address_host,
+    StopReport,
     describe_process,
-    ensure_ray_token,
     head_command,
-    is_loopback,
+    head_processes,
     pointer_is_ours,
-    prepare_driver,
     remove_pointer,
     running_head,
     same_process,
     stop_head,
 )
+from hive_ray._ray_access import address_host, ensure_ray_token, is_loopback, prepare_driver
 
 
 # ---------------------------------------------------------------------- token
@@ -190,3 +190,17 @@ def test_stop_head_leaves_a_process_it_cannot_prove_alone(tmp_path):
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_what_a_dead_head_left_behind_is_stopped_when_it_was_seen_before(tmp_path):
+    child = _tree(tmp_path)
+    record = _record_of(child.pid, tmp_path)
+    seen = head_processes(record)
+    assert [p.pid for p in seen][0] == child.pid and len(seen) == 3
+    os.kill(child.pid, signal.SIGKILL)  # the head dies; its children are orphaned
+    child.wait()
+    assert head_processes(record) == []
+    assert stop_head(record, None, grace_seconds=0.5) == StopReport(False, reason="it is not running")
+    report = stop_head(record, None, grace_seconds=0.5, known=seen)
+    assert report.stopped and report.processes == 2 and report.reason == "it had exited"
+    assert not [p.pid for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
