@@ -71,8 +71,9 @@ class TaskHandle:
             TaskFailedError, TaskCancelledError, TaskTimeoutError: the task did not succeed,
                 or (TaskTimeoutError) it was still running when ``timeout`` ran out.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         answer = self._hive._call("wait", self.task_id, timeout)
-        return self._hive._value(self.task_id, answer, timeout)
+        return self._hive._value(self.task_id, answer, _remaining(deadline))
 
     def __await__(self) -> Any:
         return self._await_result().__await__()
@@ -350,6 +351,7 @@ class Hive:
 
         template = self._template(agent, options)
         task_id = uuid.uuid4().hex
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         try:
             _, answer = self._call("run", template, payload, wait_timeout, task_id)
         except HiveConnectionError:
@@ -359,7 +361,7 @@ class Hive:
             if self._recover_submission(template, payload, task_id) is None:
                 raise
             answer = self._call("wait", task_id, wait_timeout)
-        return self._value(task_id, answer, wait_timeout)
+        return self._value(task_id, answer, _remaining(deadline))
 
     def _recover_submission(self, template: dict[str, Any], payload: Any, task_id: str) -> dict[str, Any] | None:
         from hive_ray._errors import TaskNotFoundError
@@ -596,6 +598,11 @@ def local_cluster_address(settings: Settings) -> str | None:
     except OSError:
         return None
     return recorded.get("address")
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (monotonic), never below a second: a fetch needs one."""
+    return None if deadline is None else max(1.0, deadline - time.monotonic())
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
