@@ -64,8 +64,9 @@ class TaskHandle:
         """
         # The orchestrator answers at ``timeout``; the client gives up shortly after even if
         # no answer comes (settings.client_timeout_margin_seconds).
+        deadline = None if timeout is None else time.monotonic() + timeout
         answer = self._hive._call("wait", self.task_id, timeout, timeout=timeout)
-        return self._hive._value(self.task_id, answer, timeout)
+        return self._hive._value(self.task_id, answer, _remaining(deadline))
 
     def __await__(self) -> Any:
         return self._await_result().__await__()
@@ -287,6 +288,7 @@ class Hive(OrchestratorCalls):
 
         template = self._template(agent, options)
         task_id = uuid.uuid4().hex
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         try:
             _, answer = self._call("run", template, payload, wait_timeout, task_id, timeout=wait_timeout)
         except _NoAnswer:
@@ -298,7 +300,7 @@ class Hive(OrchestratorCalls):
             if self._recover_submission(template, payload, task_id) is None:
                 raise
             answer = self._call("wait", task_id, wait_timeout, timeout=wait_timeout)
-        return self._value(task_id, answer, wait_timeout)
+        return self._value(task_id, answer, _remaining(deadline))
 
     def _recover_submission(self, template: dict[str, Any], payload: Any, task_id: str) -> dict[str, Any] | None:
         from hive_ray._errors import TaskNotFoundError
@@ -569,6 +571,11 @@ class _MapWindow:
 
     def on_overloaded(self) -> None:
         self.chunks = max(1, self.chunks // 2)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (monotonic), never below a second: a fetch needs one."""
+    return None if deadline is None else max(1.0, deadline - time.monotonic())
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:

@@ -115,7 +115,10 @@ def resolve(task_id: str, value: Any, fetch_reference: Callable[[str], list[Any]
     try:
         return ray.get(reference, timeout=timeout)
     except GetTimeoutError:
-        raise _fetch_timeout(task_id, value, timeout) from None
+        raise TaskTimeoutError(
+            f"task {task_id} succeeded, but its result ({value.size:,} bytes) did not arrive from Ray's "
+            f"object store within {timeout} s; call result() again with a longer timeout",
+            task_id=task_id, state="succeeded") from None
     except ObjectLostError as error:
         raise result_lost(task_id, value.size, f"Ray lost it ({type(error).__name__})") from None
 
@@ -132,13 +135,6 @@ async def resolve_async(task_id: str, value: Any,
         return await reference
     except ObjectLostError as error:
         raise result_lost(task_id, value.size, f"Ray lost it ({type(error).__name__})") from None
-
-
-def _fetch_timeout(task_id: str, value: StoredResult, timeout: float | None) -> TaskTimeoutError:
-    return TaskTimeoutError(
-        f"task {task_id} succeeded, but its result ({value.size:,} bytes) did not arrive from Ray's "
-        f"object store within {timeout} s; call result() again with a longer timeout",
-        task_id=task_id, state="succeeded")
 
 
 __all__ = ["PENDING", "StoredResult", "resolve", "resolve_async", "result_lost", "unwrap"]
