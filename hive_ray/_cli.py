@@ -244,7 +244,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from hive_ray._cli_up import down
+    from hive_ray._cli_down import down
 
     return down(args, args.console)
 
