@@ -40,7 +40,8 @@ import pytest
 
 from tests.docs_snippets import REPOSITORY, Block, all_blocks, fresh_environment, synopsis_commands
 
-pytestmark = pytest.mark.slow
+# Each block has its own bound (CELL_TIMEOUT, SHELL_TIMEOUT); the test's is above them.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 BLOCKS = all_blocks()
 #: Documents whose shell blocks need a running `hive up` cluster.
@@ -197,8 +198,11 @@ def _ensure_cluster(box: Sandbox) -> None:
         _stop_kernel(box, document)
     up = box.hive("up", "--no-block", timeout=600)
     if up.returncode != 0:
+        log = box.home / ".hive" / "ray-head.log"
+        head = _tail(log.read_text(errors="replace"), 3000) if log.exists() else "(no ray-head.log)"
         pytest.fail(f"`hive up --no-block` (needed by the README's shell blocks) failed with exit "
-                    f"{up.returncode}:\n{_tail(up.stdout + up.stderr)}", pytrace=False)
+                    f"{up.returncode}:\n{_tail(up.stdout + up.stderr)}\n--- ~/.hive/ray-head.log ---\n{head}",
+                    pytrace=False)
     box.cluster_up = True
 
 
@@ -209,6 +213,7 @@ def _run_shell(box: Sandbox, block: Block) -> None:
         _ensure_no_cluster(box)
     code = box.rewrite(block.code)
     ran = box.run(["bash", "-e", "-o", "pipefail", "-c", CURL + code], SHELL_TIMEOUT)
+    print(f"{block.label}:\n{_tail(ran.stdout, 4000)}")  # shown with -rP, and in CI logs on failure
     if ran.returncode != 0:
         pytest.fail(f"{block.label} failed with exit {ran.returncode}\n--- stdout ---\n{_tail(ran.stdout)}\n"
                     f"--- stderr ---\n{_tail(ran.stderr)}\n--- the block as run ---\n{code}", pytrace=False)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.docs_snippets import REPOSITORY, fresh_environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 NOTEBOOK = REPOSITORY / "docs" / "quickstart.ipynb"
 #: Tagged cells whose rich output must be one HTML table.

@@ -30,7 +30,7 @@ import pytest
 
 from tests.integration.test_api_support import READ_KEY, ApiServer, api, side_app  # noqa: F401
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 FUZZ_APP = "hive-fuzz"
 HOOKS = "tests.integration.schemathesis_hooks"
