@@ -162,6 +162,8 @@ class Recovery:
             await self._grow(pool, pool.spec["count"])
         except HiveError as error:
             logger.error("pool %s could not start its missing agents after a restart: %s", pool.name, error)
+        except Exception:  # noqa: BLE001 - logged here: nobody awaits this task
+            logger.exception("pool %s could not start its missing agents after a restart", pool.name)
         finally:
             pool.recovering = False
             self._signal_events()
