@@ -13,7 +13,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import random
 import time
 import uuid
 from collections import OrderedDict
@@ -29,7 +28,7 @@ from hive_ray._errors import (
 )
 from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
-from hive_ray._settings import Settings
+from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition
 
 if TYPE_CHECKING:
@@ -38,19 +37,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class Dispatch:
+class Dispatch(SharedState):
     """Accept, route, dispatch and settle tasks."""
 
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
+    # Shared state: see _state.py. What only this part uses:
     _deadlines: list[tuple[float, int, str]]
     _deadline_sequence: itertools.count
     _waiters: dict[str, list[asyncio.Future[Any]]]

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hive_ray._gc_pauses import freeze_long_lived
 from hive_ray._isolation import INNOCENT_CAUSES
 from hive_ray._runtime._contracts import AgentLost
-from hive_ray._settings import Settings
+from hive_ray._runtime._state import SharedState
 from hive_ray._supervision import RestartDecision
-from hive_ray._task import TaskEntry, TaskState
+from hive_ray._task import TaskState
 
 if TYPE_CHECKING:
     from hive_ray._runtime._pools import AgentRecord, Pool
@@ -36,19 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class HostSupervision:
+class HostSupervision(SharedState):
     """Health checks, crash verdicts, isolated delivery and restarts of agent hosts."""
-
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
 
     async def _on_host_failed(self, pool: Pool, agent_ids: list[str], cause: str, detail: str,
                               since: dict[str, int] | None = None) -> None:

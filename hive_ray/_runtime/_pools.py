@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,11 +23,11 @@ from hive_ray._gc_pauses import freeze_long_lived
 from hive_ray._isolation import Isolation
 from hive_ray._registry import AgentTypeInfo, describe
 from hive_ray._runtime._contracts import PoolPlacementSpec
+from hive_ray._runtime._state import SharedState
 from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
 from hive_ray._scheduler import PoolScheduler
-from hive_ray._settings import Settings
 from hive_ray._supervision import RetryPolicy
-from hive_ray._task import TaskEntry, TaskState
+from hive_ray._task import TaskState
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
@@ -89,19 +88,8 @@ class Pool:
 
 
 
-class PoolManager:
+class PoolManager(SharedState):
     """Pools: creating, sizing, autoscaling and describing them."""
-
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
 
     async def create_pool(self, spec: dict[str, Any], reference: str | bytes | None = None,
                           capabilities: list[str] | None = None, concurrency: int | None = None) -> dict[str, Any]:

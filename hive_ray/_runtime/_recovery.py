@@ -28,7 +28,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from hive_ray._errors import HiveError
 from hive_ray._runtime._contracts import AdoptedHost, AgentLost
 from hive_ray._runtime._pools import AgentRecord, validated_pool_spec
-from hive_ray._settings import Settings
+from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, TaskEntry, TaskState, check_transition
 
 if TYPE_CHECKING:
@@ -45,19 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class Recovery:
+class Recovery(SharedState):
     """The journal's life: open, recover from, prune; adopting hosts after a restart."""
-
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
 
     def _open_journal(self) -> Any:
         if not self.settings.journal:

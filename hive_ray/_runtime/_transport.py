@@ -8,35 +8,23 @@ them through :meth:`Transport._answer_client_call`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import ConfigurationError
 from hive_ray._operations import DATA_PLANE_OPERATIONS
-from hive_ray._settings import Settings
-from hive_ray._task import TaskEntry
+from hive_ray._runtime._state import SharedState
 
 if TYPE_CHECKING:
-    from hive_ray._runtime._pools import Pool
+    pass
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class Transport:
+class Transport(SharedState):
     """The data plane's start-up and the calls that arrive over it."""
 
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
+    # Shared state: see _state.py. What only this part uses:
     _data_plane: Any  # hive_ray._runtime._data_plane.DataPlane, or None when it is off
 
     async def _make_ray_placement(self) -> Any:
