@@ -429,18 +429,25 @@ async def connect_host(endpoint: Endpoint, host_key: str, *,
             the stream cannot be used; the caller falls back to Ray calls.
     """
     limits = limits or ChannelLimits()
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(endpoint.host, endpoint.port, limit=STREAM_LIMIT),
-                                            limits.connect_timeout)
-    try:
-        await asyncio.wait_for(_dial_handshake(endpoint, host_key, reader, writer), limits.handshake_timeout)
-    except BaseException:
-        writer.transport.abort()
-        raise
+    reader, writer = await open_stream(endpoint, ROLE_HOST, host_key, limits)
     return HostLink(endpoint, reader, writer, limits=limits, run_batch=run_batch, cancel=cancel)
 
 
-async def _dial_handshake(endpoint: Endpoint, host_key: str, reader: asyncio.StreamReader,
+async def open_stream(endpoint: Endpoint, role: bytes, name: str,
+                      limits: ChannelLimits) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The dialling side of every stream: connect, start TLS if the orchestrator said so
+    (and check its certificate), then pass the challenge-response, each step bounded."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(endpoint.host, endpoint.port, limit=STREAM_LIMIT), limits.connect_timeout)
+    try:
+        await asyncio.wait_for(_dial_handshake(endpoint, role, name, reader, writer), limits.handshake_timeout)
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return reader, writer
+
+
+async def _dial_handshake(endpoint: Endpoint, role: bytes, name: str, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
     certificate = b""
     if endpoint.tls != "off":
@@ -448,8 +455,7 @@ async def _dial_handshake(endpoint: Endpoint, host_key: str, reader: asyncio.Str
             raise HandshakeError(f"{endpoint.address} did not start TLS as the orchestrator would")
         await writer.start_tls(client_context(endpoint.tls), server_hostname=endpoint.host)
         certificate = verify_server(writer.get_extra_info("ssl_object"), endpoint.tls, endpoint.fingerprint)
-    await prove_to_server(reader, writer, token=endpoint.token, role=ROLE_HOST, name=host_key,
-                          certificate=certificate)
+    await prove_to_server(reader, writer, token=endpoint.token, role=role, name=name, certificate=certificate)
 
 
-__all__ = ["ChannelClosed", "ChannelServer", "HostChannel", "HostLink", "Listener", "connect_host"]
+__all__ = ["ChannelClosed", "ChannelServer", "HostChannel", "HostLink", "Listener", "connect_host", "open_stream"]

@@ -167,6 +167,10 @@ class FrameWriter:
 
     async def send(self, frame: bytes) -> None:
         self.send_nowait(frame)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait while more than ``write_high_water`` bytes are queued, up to ``write_timeout``."""
         if self.queued_bytes() <= self._limits.write_high_water:
             return
         async with self._drain_lock:  # one drainer; the others wait their turn behind it

@@ -20,9 +20,8 @@ TLS, so a man in the middle holding another certificate cannot relay a
 handshake through it. Every message is fixed-size binary: nothing is unpickled
 until both sides have proven themselves.
 
-The pure functions here compute and check messages; the asynchronous
-:func:`accept_peer` / :func:`prove_to_server` and the blocking
-:func:`prove_to_server_blocking` only move the bytes.
+The pure functions here compute and check messages; :func:`accept_peer` and
+:func:`prove_to_server` only move the bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import socket
 import struct
 from dataclasses import dataclass
 
@@ -129,17 +127,6 @@ async def prove_to_server(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         raise HandshakeError("the server did not accept our proof")
 
 
-def prove_to_server_blocking(sock: socket.socket, *, token: bytes, role: bytes, name: str,
-                             certificate: bytes) -> None:
-    """The dialling side over a blocking socket (whose timeout bounds every step)."""
-    state = ClientHandshake(token, role, name.encode("utf-8"), certificate)
-    sock.sendall(state.hello())
-    challenge = _receive(sock, _CHALLENGE.size)
-    sock.sendall(state.answer(challenge))
-    if _receive(sock, len(ACCEPTED)) != ACCEPTED:
-        raise HandshakeError("the server did not accept our proof")
-
-
 # -- the server's side -----------------------------------------------------------------
 async def accept_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                       token: bytes, certificate: bytes) -> Peer:
@@ -179,15 +166,5 @@ async def _read(reader: asyncio.StreamReader, size: int) -> bytes:
         raise HandshakeError("the peer closed the connection during the handshake") from None
 
 
-def _receive(sock: socket.socket, size: int) -> bytes:
-    buffer = bytearray()
-    while len(buffer) < size:
-        chunk = sock.recv(size - len(buffer))
-        if not chunk:
-            raise HandshakeError("the server closed the connection during the handshake")
-        buffer += chunk
-    return bytes(buffer)
-
-
 __all__ = ["ACCEPTED", "ROLE_CLIENT", "ROLE_HOST", "TLS_PREAMBLE", "ClientHandshake", "HandshakeError", "Peer", "accept_peer",
-           "proof", "prove_to_server", "prove_to_server_blocking"]
+           "proof", "prove_to_server"]

@@ -69,7 +69,7 @@ def test_hosts_and_drivers_on_other_nodes_connect_over_pinned_tls(loop):
     assert link.status() == {"transport": "stream", "address": remote.address, "tls": True, "tls_mode": "pinned"}
     client = ChannelClient(remote, name="driver-elsewhere")
     try:
-        assert isinstance(client._socket, ssl.SSLSocket) and client._socket.version() == "TLSv1.3"
+        assert client.tls_version == "TLSv1.3"
         assert client.call("health", timeout=10) == ("health", ())
     finally:
         client.close()
@@ -185,3 +185,29 @@ def test_rays_tls_settings_are_read_and_incomplete_ones_explained(ray_certificat
 def test_the_old_off_value_of_data_plane_host_is_refused_with_the_new_setting_named():
     with pytest.raises(ValueError, match="replaced by data_plane: false"):
         Settings(data_plane_host="off")
+
+
+def test_many_threads_share_one_tls_stream_and_closed_clients_never_touch_new_streams(loop):
+    """Every byte of a driver's stream is moved by one thread: concurrent callers get their
+    own answers, and a closed client's thread cannot read from a later socket that reused
+    its number (which once stole the first bytes of the next connection's handshake)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plane = _start_plane(loop)
+    remote = loop.run(plane.endpoint_for("worker-node"))
+    client = ChannelClient(remote)
+
+    def calls(worker: int) -> bool:
+        return all(client.call("echo", worker, n, timeout=30) == ("echo", (worker, n)) for n in range(40))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(calls, range(8)))
+    client.close()
+    for round_number in range(15):
+        short_lived = ChannelClient(remote)
+        assert short_lived.call("health", timeout=10) == ("health", ())
+        short_lived.close()
+        link = loop.run(connect_host(remote, f"pool/host-{round_number}", run_batch=_run_batch, cancel=_cancel))
+        loop.call(link.close)
+    assert dict(plane.server.refused) == {}
+    loop.call(plane.close)
