@@ -89,16 +89,23 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
             hive.run(pool="latency", payload=i, wait_timeout=WAIT_SECONDS)
             ray.get(plain.echo.remote(i), timeout=WAIT_SECONDS)
             ray.get(relay.echo.remote(i), timeout=WAIT_SECONDS)
+        # What the two actor processes burn while idle (Ray's own threads), so that the CPU
+        # per call below counts the calls and not the time they took on a busy machine.
+        idle_seconds = 2.0 if quick else 5.0
+        idle_before = {pid: cpu_seconds([pid]) for pid in (plain_pid, relay_pid)}
+        time.sleep(idle_seconds)
+        idle_rate = {pid: (cpu_seconds([pid]) - idle_before[pid]) / idle_seconds for pid in idle_before}
         samples: dict[str, list[float]] = {"plain": [], "relay": [], "run": [], "submit": []}
         cpu = {"plain": 0.0, "relay": 0.0}
         for _ in range(blocks):
             for side, actor, pid in (("plain", plain, plain_pid), ("relay", relay, relay_pid)):
-                before = cpu_seconds([pid])
+                before, block_started = cpu_seconds([pid]), time.perf_counter()
                 for i in range(per_block):
                     started = time.perf_counter()
                     ray.get(actor.echo.remote(i), timeout=WAIT_SECONDS)
                     samples[side].append(time.perf_counter() - started)
-                cpu[side] += cpu_seconds([pid]) - before
+                idle = idle_rate[pid] * (time.perf_counter() - block_started)
+                cpu[side] += cpu_seconds([pid]) - before - idle
             for i in range(per_block):
                 started = time.perf_counter()
                 hive.run(pool="latency", payload=i, wait_timeout=WAIT_SECONDS)
@@ -119,7 +126,10 @@ def _measure(quick: bool, state: str) -> list[dict[str, Any]]:
         calls = blocks * per_block
         rows.append(row("relay_cpu_us_per_call", cpu["relay"] / calls * 1e6, "µs CPU/call",
                         "the plain actor's CPU per call", cpu["plain"] / calls * 1e6,
-                        note="CPU of the relaying actor's process per forwarded call"))
+                        note="CPU of the relaying actor's process per forwarded call, its idle rate "
+                             "(measured first, per process) taken off",
+                        idle_cpu_percent={"plain": round(idle_rate[plain_pid] * 100, 2),
+                                          "relay": round(idle_rate[relay_pid] * 100, 2)}))
         for actor in (plain, relay):
             ray.kill(actor)
         hive.stop("latency")

@@ -78,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     environment = describe_machine()
     started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.time()
-    with _deadline(args.name, deadline):
-        rows = module.run(quick=args.quick)
+    guard = _deadline(args.name, deadline)
+    try:
+        with guard:
+            rows = module.run(quick=args.quick)
+    except BaseException:
+        if not guard.expired:
+            raise
+        # Raised from inside Ray's C code, the deadline may arrive wrapped in another error.
+        print(f"\nrun.py: {guard.message}", file=sys.stderr)
+        return 2
     environment["load_average_after"] = _load_average()
     document = {
         "benchmark": args.name,
@@ -165,12 +173,14 @@ class _deadline:  # noqa: N801 - used as a context manager, like contextlib's
     def __init__(self, name: str, seconds: float) -> None:
         self._name, self._seconds = name, seconds
         self._done = threading.Event()
+        self.expired = False
+        self.message = (f"benchmark {name!r} ran past its deadline of {seconds:.0f} s: something it waited for "
+                        "never came (Ray not starting, an agent not answering) or the machine is too busy. "
+                        "Its stack is above; pass --deadline to allow longer.")
 
     def _expired(self, signum: int, frame: FrameType | None) -> None:
-        raise BenchmarkDeadline(
-            f"benchmark {self._name!r} ran past its deadline of {self._seconds:.0f} s: something it waited "
-            "for never came (Ray not starting, an agent not answering). Its stack is below; pass "
-            "--deadline to allow longer.")
+        self.expired = True
+        raise BenchmarkDeadline(self.message)
 
     def _watchdog(self) -> None:
         if not self._done.wait(self._seconds + 120):

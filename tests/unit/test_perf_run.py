@@ -18,15 +18,19 @@ def test_result_files_are_named_by_benchmark_date_and_mode() -> None:
 
 def test_a_benchmark_past_its_deadline_is_stopped_with_an_error_that_says_so() -> None:
     never = threading.Event()
-    with pytest.raises(run.BenchmarkDeadline, match="'demo' ran past its deadline of 0 s"), run._deadline("demo", 0.2):
+    guard = run._deadline("demo", 0.2)
+    with pytest.raises(run.BenchmarkDeadline, match="'demo' ran past its deadline of 0 s"), guard:
         never.wait(30)  # a wait that would not end by itself
+    assert guard.expired
 
 
 def test_a_benchmark_within_its_deadline_leaves_no_alarm_behind() -> None:
     import signal
 
     before = signal.getsignal(signal.SIGALRM)
-    with run._deadline("demo", 30):
+    guard = run._deadline("demo", 30)
+    with guard:
         pass
+    assert not guard.expired
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     assert signal.getsignal(signal.SIGALRM) is before
