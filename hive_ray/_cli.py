@@ -2,19 +2,23 @@
 
 ::
 
-    hive demo                       run the demo job on an embedded local Ray, then exit
-    hive up [--config F] [--no-block]   start a local cluster (if none), the orchestrator,
-                                    the configured pools and the API; Ctrl-C stops it
+    hive demo [--tasks N]           run the demo job on an embedded local Ray, then exit
+    hive up [--config F] [--no-block] [--no-api] [--node-ip-address IP]
+                                    start a local Ray head (if none), the orchestrator, the
+                                    configured pools and the API; Ctrl-C stops it all
     hive down                       stop what `hive up` started
-    hive status                     nodes, resources, pools and where agents run
+    hive status [--json]            nodes, resources, pools and where agents run
     hive types                      installed agent types
-    hive spawn TYPE [-n N] [--pool P] [--num-cpus C] [--resources JSON]
-    hive submit TARGET [PAYLOAD_JSON] [--capability] [--timeout S] [--no-wait]
-    hive tasks [--state S] [--pool P] [--limit N]
+    hive spawn TYPE [-n N] [--pool P] [--num-cpus C] ...   start N agents (adds to a pool)
+    hive scale POOL N               set a pool's size to N agents
+    hive submit TARGET [PAYLOAD_JSON] [--capability | --pool] [--timeout S] [--no-wait]
+    hive tasks [--state S] [--pool P] [--limit N] [--json]
     hive perf report [--html F] [--json] | perf baseline save [F] | perf baseline compare [F]
 
-Every command but ``demo`` and ``up`` attaches to a running cluster (``RAY_ADDRESS``
-or the one ``hive up`` started) and fails clearly if there is none.
+Every command takes ``--verbose`` (``-v``): without it, Ray's own log lines go to
+``<state_dir>/logs/hive.log`` and only hive's lines are shown. Every command but ``demo``
+and ``up`` attaches to a running cluster (``RAY_ADDRESS`` or the one ``hive up`` started)
+and fails clearly if there is none.
 """
 
 from __future__ import annotations
@@ -22,106 +26,146 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+from hive_ray._cli_output import Console, open_console, plural
 from hive_ray._errors import HiveError
 
 
 def main(argv: list[str] | None = None) -> int:
     # Before anything imports Ray, which reads it once: token authentication on by default.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    console = args.console = _console(args)
     try:
         return int(args.handler(args) or 0)
     except HiveError as error:
-        print(f"hive: {error}", file=sys.stderr)
+        console.error(str(error))
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - one line here, the traceback in the log
+        traceback.print_exc()  # to sys.stderr: the log when quiet
+        console.error(f"unexpected {type(error).__name__}: {error}{_see_log(console)}")
+        return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def _console(args: argparse.Namespace) -> Console:
+    """Quiet unless --verbose: Ray's own lines go to the log in the state directory."""
+    from hive_ray._cli_up import settings_for
+
+    overrides = None
+    if getattr(args, "config", None) is not None:
+        from hive_ray._config import load_config
+
+        try:
+            overrides = load_config(args.config).settings
+        except HiveError:
+            overrides = None  # `hive up` reports it
+    try:
+        log_dir = Path(settings_for(overrides).state_dir) / "logs"
+    except Exception:  # noqa: BLE001 - bad HIVE_* settings: the command reports them
+        log_dir = Path.home() / ".hive" / "logs"
+    return open_console(log_dir, verbose=getattr(args, "verbose", False), command=args.command_name)
+
+
+def _see_log(console: Console) -> str:
+    return f" (Ray's own output: {console.log})" if console.log is not None else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    verbose_help = "show Ray's own log lines too (default: they go to <state_dir>/logs/hive.log)"
     parser = argparse.ArgumentParser(prog="hive", description="Run and watch hive-ray agents.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    # Each command takes it too; SUPPRESS keeps a command's default from undoing `hive -v CMD`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     commands = parser.add_subparsers(title="commands")
 
-    demo = commands.add_parser("demo", help="run the demo job on an embedded local Ray, then exit")
-    demo.add_argument("--tasks", type=int, default=2000, help="echo tasks in the throughput step")
-    demo.set_defaults(handler=_demo)
+    def command(name: str, handler: Any, help_text: str, **options: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common], **options)
+        sub.set_defaults(handler=handler, command_name=name)
+        return sub
 
-    up = commands.add_parser("up", help="start a local cluster, the orchestrator, pools and API")
-    up.add_argument("--config", help="YAML config (default: the packaged demo pools)")
-    up.add_argument("--no-block", action="store_true", help="return once everything runs")
+    demo = command("demo", _demo, "run the demo job on an embedded local Ray, then exit")
+    demo.add_argument("--tasks", type=int, default=2000, help="echo tasks in the throughput step (default: 2000)")
+
+    up = command("up", _up, "start a local Ray head (unless one runs), the orchestrator, the configured "
+                 "pools and the API; Ctrl-C or `hive down` stops them. Keeps its API key, cluster "
+                 "record and logs in the state directory (~/.hive, or HIVE_STATE_DIR).")
+    up.add_argument("--config", metavar="FILE", help="YAML config (default: the packaged demo pools, "
+                    "hive_ray/default_config.yaml)")
+    up.add_argument("--no-block", action="store_true", help="return once everything runs (default: "
+                    "stay in the foreground, showing the pools, until Ctrl-C)")
     up.add_argument("--no-api", action="store_true", help="do not serve the HTTP/gRPC API")
-    up.set_defaults(handler=_up)
+    up.add_argument("--node-ip-address", metavar="IP", default="127.0.0.1",
+                    help="address of the Ray head it starts (default: 127.0.0.1, so nothing listens "
+                    "beyond loopback; name this machine's address to let other nodes join)")
 
-    down = commands.add_parser("down", help="stop what `hive up` started")
-    down.set_defaults(handler=_down)
+    command("down", _down, "stop what `hive up` started: hive's API application, the orchestrator, its "
+            "agents, and the local Ray head if hive up started it")
 
-    status = commands.add_parser("status", help="nodes, pools and agents")
+    status = command("status", _status, "nodes, resources, pools and where agents run")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(handler=_status)
 
-    types = commands.add_parser("types", help="installed agent types")
-    types.set_defaults(handler=_types)
+    command("types", _types, "installed agent types")
 
-    spawn = commands.add_parser("spawn", help="start agents of a type")
-    spawn.add_argument("agent_type")
-    spawn.add_argument("-n", "--count", type=int, default=1)
-    spawn.add_argument("--pool")
-    spawn.add_argument("--num-cpus", type=float)
-    spawn.add_argument("--num-gpus", type=float)
-    spawn.add_argument("--memory", type=int, help="bytes per agent host")
-    spawn.add_argument("--resources", type=json.loads, help='custom resources, e.g. \'{"agent_slot": 1}\'')
-    spawn.add_argument("--policy", choices=["least_loaded", "power_of_two", "round_robin", "affinity"])
-    spawn.add_argument("--placement", choices=["dedicated", "packed"])
-    spawn.add_argument("--agents-per-host", type=int)
-    spawn.set_defaults(handler=_spawn)
+    spawn = command("spawn", _spawn, "start N agents of a type; into an existing pool they are added "
+                    "(`hive scale POOL N` sets the size instead)")
+    spawn.add_argument("agent_type", help="agent type by name (see `hive types`)")
+    spawn.add_argument("-n", "--count", type=int, default=1, help="agents to start (default: 1)")
+    spawn.add_argument("--pool", help="pool name (default: the agent type)")
+    spawn.add_argument("--num-cpus", type=float, help="CPUs per agent host (default: 0)")
+    spawn.add_argument("--num-gpus", type=float, help="GPUs per agent host")
+    spawn.add_argument("--memory", type=int, help="bytes of memory per agent host")
+    spawn.add_argument("--resources", type=json.loads, help='custom resources as JSON, e.g. \'{"agent_slot": 1}\'')
+    spawn.add_argument("--policy", choices=["least_loaded", "power_of_two", "round_robin", "affinity"],
+                       help="how tasks are spread over the pool's agents")
+    spawn.add_argument("--placement", choices=["dedicated", "packed"],
+                       help="one agent per Ray actor, or several per host")
+    spawn.add_argument("--agents-per-host", type=int, help="agents per host with --placement packed")
 
-    submit = commands.add_parser("submit", help="submit a task and print its result")
+    scale = command("scale", _scale, "set a pool's size: start or stop agents until it has N")
+    scale.add_argument("pool", help="pool name (see `hive status`)")
+    scale.add_argument("count", type=int, help="agents the pool should have")
+
+    submit = command("submit", _submit, "submit a task and print its result")
     submit.add_argument("target", help="agent type (or capability with --capability, pool with --pool)")
     submit.add_argument("payload", nargs="?", default="null", help="JSON payload (default: null)")
     route = submit.add_mutually_exclusive_group()
     route.add_argument("--capability", action="store_true", help="TARGET is a capability")
     route.add_argument("--pool", action="store_true", help="TARGET is a pool name")
     submit.add_argument("--timeout", type=float, help="seconds until the task times out")
-    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
     submit.add_argument("--no-wait", action="store_true", help="print the task id and return")
-    submit.set_defaults(handler=_submit)
 
-    tasks = commands.add_parser("tasks", help="recent tasks, newest first")
-    tasks.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "timed_out"])
-    tasks.add_argument("--pool")
-    tasks.add_argument("--limit", type=int, default=20)
-    tasks.add_argument("--json", action="store_true")
-    tasks.set_defaults(handler=_tasks)
+    tasks = command("tasks", _tasks, "recent tasks, newest first")
+    tasks.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "timed_out"],
+                       help="only tasks in this state")
+    tasks.add_argument("--pool", help="only tasks of this pool")
+    tasks.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
+    tasks.add_argument("--json", action="store_true", help="machine-readable output")
 
     from hive_ray._perf_cli import register as register_perf
 
-    register_perf(commands)  # hive perf report | baseline save | baseline compare
+    register_perf(commands, parents=[common])  # hive perf report | baseline save | baseline compare
     return parser
 
 
 # ---------------------------------------------------------------------- helpers
-def _settings(overrides: dict[str, Any] | None = None) -> Any:
-    from hive_ray._settings import Settings
-
-    return Settings.load(overrides)
-
-
 def _attach() -> Any:
+    from hive_ray._cli_up import settings_for
     from hive_ray._client import Hive
 
-    return Hive.connect(settings=_settings(), embedded=False)
+    return Hive.connect(settings=settings_for(), embedded=False)
 
 
 def _payload(text: str) -> Any:
@@ -151,10 +195,10 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  connected in {time.perf_counter() - started:.1f} s")
         for agent_type, count in (("echo", 4), ("compute", 2), ("sleep", 1), ("coordinator", 1)):
             pool = hive.spawn(agent_type, count=count)
-            print(f"  pool {pool.name!r}: {pool.size} agent(s) ready")
+            print(f"  pool {pool.name!r}: {plural(pool.size, 'agent')} ready")
         print(f"\n1. echo: {args.tasks} tasks through 4 agents")
         began = time.perf_counter()
-        results = hive.map("echo", list(range(args.tasks)), progress=True)
+        results = hive.map("echo", list(range(args.tasks)), progress=args.verbose)
         elapsed = time.perf_counter() - began
         assert results == list(range(args.tasks)), "echo results out of order"
         print(f"   {args.tasks} results in input order, {args.tasks / elapsed:,.0f} tasks/s")
@@ -178,7 +222,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"   task {handle.task_id[:8]}: {record.state.value}")
         print("\nPools:")
         for pool in hive.pools():
-            print(f"  {pool.name:<12} {pool.size} agents  succeeded={pool.succeeded} failed={pool.failed}")
+            print(f"  {pool.name:<12} {plural(pool.size, 'agent'):<9} succeeded={pool.succeeded} failed={pool.failed}")
         print(f"\nhive demo: done in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -193,186 +237,16 @@ def _wait_done(hive: Any, task_id: str, timeout: float = 30) -> Any:
 
 
 # ---------------------------------------------------------------------- up / down
-def _state_dir(settings: Any) -> Path:
-    path = Path(settings.state_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_head(settings: Any) -> dict[str, Any]:
-    """Start `ray start --head --block` as a child in its own session; record it."""
-    from hive_ray._client import CLUSTER_FILE
-
-    port = _free_port()
-    ray_binary = Path(sys.executable).with_name("ray")
-    command = [str(ray_binary) if ray_binary.exists() else "ray", "start", "--head", "--block",
-               f"--port={port}", "--include-dashboard=false", "--node-ip-address=127.0.0.1"]
-    log_path = _state_dir(settings) / "ray-head.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               env=dict(os.environ))
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    import ray
-
-    while True:
-        if process.poll() is not None:
-            raise _cluster_error(f"`ray start` exited with code {process.returncode}; see {log_path}")
-        try:
-            ray.init(address=address, namespace=settings.namespace, logging_level="WARNING",
-                     log_to_driver=False)
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            if time.monotonic() > deadline:
-                os.killpg(process.pid, signal.SIGTERM)  # the head and everything it started
-                raise _cluster_error(f"the local Ray head did not come up in 90 s; see {log_path}") from None
-            time.sleep(1)
-    recorded = {"address": address, "pid": process.pid, "started_at": time.time(), "log": str(log_path)}
-    path = _state_dir(settings) / CLUSTER_FILE
-    path.write_text(json.dumps(recorded))
-    os.chmod(path, 0o600)
-    return recorded
-
-
-def _cluster_error(message: str) -> HiveError:
-    from hive_ray._errors import HiveConnectionError
-
-    return HiveConnectionError(message)
-
-
 def _up(args: argparse.Namespace) -> int:
-    from hive_ray._client import Hive, local_cluster_address
-    from hive_ray._config import load_config
+    from hive_ray._cli_up import up
 
-    config = load_config(args.config)
-    settings = _settings(config.settings)
-    address = os.environ.get("RAY_ADDRESS") or local_cluster_address(settings)
-    if address:
-        print(f"hive up: using the running cluster at {address}")
-        hive = Hive.connect(address, settings=settings)
-    else:
-        print("hive up: starting a local Ray head ...", flush=True)
-        head = _start_head(settings)
-        print(f"  Ray head {head['address']} (pid {head['pid']}, log {head['log']})")
-        hive = Hive.connect(settings=settings)
-    existing = {pool.name for pool in hive.pools()}
-    for spec in config.pools:
-        if spec.name in existing:
-            print(f"  pool {spec.name!r}: already running")
-            continue
-        pool = hive.spawn(spec.agent_type, pool=spec.name, **spec.model_dump(exclude={"agent_type", "name"}))
-        print(f"  pool {pool.name!r}: {pool.size} {pool.agent_type} agent(s)")
-    if config.api.enabled and not args.no_api:
-        _start_api(settings)
-    print("\nConnect from Python:  from hive_ray import Hive; hive = Hive.connect()")
-    print("Stop everything:      hive down")
-    if args.no_block:
-        return 0
-    print("\nRunning; Ctrl-C stops it.\n")
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"]:
-            print("\r" + _status_line(hive) + " " * 4, end="", flush=True)
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    print("\nhive up: stopping ...")
-    hive.close()
-    return _down(args)
-
-
-def _start_api(settings: Any) -> None:
-    from hive_ray._api import ensure_api_key, start_api
-    from hive_ray._api import key_file as api_key_file
-
-    _, created = ensure_api_key(Path(settings.state_dir))
-    urls = start_api(settings)
-    for name, url in urls.items():
-        print(f"  {name}: {url}")
-    key_file = api_key_file(Path(settings.state_dir))
-    if created:
-        print(f"  API key created in {key_file} (readable by you only); use it as")
-    else:
-        print(f"  API key in {key_file}; use it as")
-    print(f'    curl -H "Authorization: Bearer $(cat {key_file})" {urls.get("http", "")}/pools')
-
-
-def _status_line(hive: Any) -> str:
-    try:
-        pools = hive.pools()
-    except HiveError as error:
-        return f"orchestrator unreachable: {error}"
-    parts = [f"{p.name}: {p.size}/{p.desired} agents q={p.queued} run={p.running} ok={p.succeeded}"
-             f" fail={p.failed}" + ("" if p.state == "ok" else f" [{p.state}]") for p in pools]
-    return time.strftime("%H:%M:%S ") + " | ".join(parts)
+    return up(args, args.console)
 
 
 def _down(args: argparse.Namespace) -> int:
-    from hive_ray._client import CLUSTER_FILE, Hive
+    from hive_ray._cli_down import down
 
-    settings = _settings()
-    path = Path(settings.state_dir) / CLUSTER_FILE
-    recorded: dict[str, Any] = {}
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    try:
-        hive = Hive.connect(settings=settings, embedded=False)
-    except HiveError as error:
-        hive = None
-        print(f"hive down: {error}")
-    if hive is not None:
-        from hive_ray._api import stop_api
-
-        try:
-            stop_api()
-            print("  API stopped")
-        except Exception as error:  # noqa: BLE001 - keep stopping the rest
-            print(f"  could not stop the API cleanly: {error}")
-        import ray
-
-        try:
-            hive._call("shutdown", timeout=60)
-            ray.kill(hive._orchestrator, no_restart=True)
-            print("  orchestrator and agents stopped")
-        except Exception as error:  # noqa: BLE001
-            print(f"  could not stop the orchestrator cleanly: {error}")
-        hive._closed = True
-    pid = recorded.get("pid")
-    if isinstance(pid, int):
-        _stop_head(pid)
-        path.unlink(missing_ok=True)
-    return 0
-
-
-def _stop_head(pid: int, grace_seconds: float = 45.0) -> None:
-    """Stop the `ray start --block` we started: SIGTERM lets it stop its own processes;
-    whatever of its process group is left after the grace period is killed."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    print(f"  local Ray head (pid {pid}) stopped")
+    return down(args, args.console)
 
 
 # ---------------------------------------------------------------------- queries
@@ -389,15 +263,15 @@ def _status(args: argparse.Namespace) -> int:
     for pool in pools:
         for agent in pool.agents:
             by_node.setdefault(agent.node_id or "?", []).append(agent.agent_id)
-    print(f"{len(nodes)} node(s):")
+    print(f"{plural(len(nodes), 'node')}:")
     for node in nodes:
         resources = ", ".join(_resource(k, v) for k, v in sorted(node["Resources"].items())
                               if not k.startswith("node:") and k != "object_store_memory")
         agents = by_node.get(node["NodeID"], [])
         print(f"  {node['NodeID'][:12]} {node['NodeManagerAddress']}  {resources}")
-        print(f"      {len(agents)} agent(s){': ' + ', '.join(sorted(agents)[:12]) if agents else ''}"
+        print(f"      {plural(len(agents), 'agent')}{': ' + ', '.join(sorted(agents)[:12]) if agents else ''}"
               f"{' ...' if len(agents) > 12 else ''}")
-    print(f"{len(pools)} pool(s):")
+    print(f"{plural(len(pools), 'pool')}:")
     for pool in pools:
         restarts = sum(a.restarts for a in pool.agents)
         print(f"  {pool.name:<14} {pool.agent_type:<12} {pool.size}/{pool.desired} agents  {pool.state:<9}"
@@ -428,9 +302,29 @@ def _spawn(args: argparse.Namespace) -> int:
         "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "memory": args.memory,
         "resources": args.resources, "policy": args.policy, "placement": args.placement,
         "agents_per_host": args.agents_per_host}.items() if value is not None}
+    before = {pool.name: pool.size for pool in hive.pools()}
     pool = hive.spawn(args.agent_type, count=args.count, pool=args.pool, **options)
-    print(f"pool {pool.name!r}: {pool.size} agent(s) of type {pool.agent_type}")
+    print(_pool_line(pool, added=args.count if pool.name in before else None))
     return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    hive = _attach()
+    print(_pool_line(hive.scale(args.pool, args.count)))
+    return 0
+
+
+def _pool_line(pool: Any, added: int | None = None) -> str:
+    """``pool 'echo': added 1 agent; 3 echo agents``, saying if some are still on their way."""
+    line = f"pool {pool.name!r}: "
+    if added:
+        line += f"added {plural(added, 'agent')}; "
+    line += plural(pool.size, f"{pool.agent_type} agent")
+    if pool.size < pool.desired:
+        line += f" of {pool.desired} (the rest are starting)"
+    elif pool.size > pool.desired:
+        line += f" ({pool.size - pool.desired} stopping)"
+    return line
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -449,7 +343,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         _print_json(handle.result())
     except HiveError as error:
-        print(f"hive: {error}", file=sys.stderr)
+        args.console.error(str(error))
         return 1
     return 0
 

@@ -16,7 +16,7 @@ are also awaitable (``await hive.submit(...)`` works at a notebook's top level).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
@@ -25,22 +25,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._calls import _RETRYABLE_METHODS, OrchestratorCalls, _NoAnswer  # noqa: F401 - _api/_gateway.py imports it from here
-from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError
-from hive_ray._results import unwrap
+from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError, ResultLostError
+from hive_ray._results import StoredResult, resolve, resolve_async, unwrap
 from hive_ray._tracing import inject_client_context, traced_call
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent
     from hive_ray._models import AgentInfo, PoolInfo, TaskRecord
     from hive_ray._settings import Settings
+    from hive_ray._tables import RecordList
 
 logger = logging.getLogger("hive_ray.client")
 
-#: File in the state directory where ``hive up`` records the cluster it started.
-CLUSTER_FILE = "cluster.json"
-
 #: The longest ``map`` waits before offering a chunk to a full pool again.
 MAP_MAX_BACKOFF_SECONDS = 5.0
+#: How long ``map`` waits to learn the pool's queue bound when it has no timeout of its own.
+MAP_ADMISSION_SECONDS = 30.0
 #: How long an interrupted ``map`` spends cancelling the tasks it leaves behind.
 MAP_CANCEL_SECONDS = 10.0
 
@@ -64,15 +64,16 @@ class TaskHandle:
         """
         # The orchestrator answers at ``timeout``; the client gives up shortly after even if
         # no answer comes (settings.client_timeout_margin_seconds).
+        deadline = None if timeout is None else time.monotonic() + timeout
         answer = self._hive._call("wait", self.task_id, timeout, timeout=timeout)
-        return unwrap(self.task_id, answer)
+        return self._hive._value(self.task_id, answer, _remaining(deadline))
 
     def __await__(self) -> Any:
         return self._await_result().__await__()
 
     async def _await_result(self) -> Any:
         answer = await self._hive._call_async("wait", self.task_id, None)
-        return unwrap(self.task_id, answer)
+        return await self._hive._value_async(self.task_id, answer)
 
     def status(self) -> TaskRecord:
         return self._hive.task(self.task_id)
@@ -130,6 +131,9 @@ class Hive(OrchestratorCalls):
         if not ray.is_initialized():
             target = address or os.environ.get("RAY_ADDRESS") or local_cluster_address(settings)
             if target:
+                from hive_ray._ray_access import prepare_driver
+
+                prepare_driver(target)  # a head on loopback (hive up's) needs its drivers told
                 try:
                     ray.init(address=target, namespace=settings.namespace, logging_level=logging.WARNING,
                              log_to_driver=False)
@@ -144,6 +148,9 @@ class Hive(OrchestratorCalls):
                     "to a running Ray cluster"
                 )
             else:
+                from hive_ray._ray_access import ensure_ray_token
+
+                ensure_ray_token()  # Ray would create it too, but readable by everyone
                 # address="local": a new Ray even if some other cluster runs on this machine.
                 ray.init(address="local", namespace=settings.namespace, logging_level=logging.WARNING,
                          include_dashboard=False)
@@ -220,21 +227,24 @@ class Hive(OrchestratorCalls):
 
         return PoolInfo(**self._call("stop_pool", pool))
 
-    def pools(self) -> list[PoolInfo]:
+    def pools(self) -> RecordList[PoolInfo]:
+        """Every pool; a list that renders as one table in Jupyter (``.to_pandas()`` too)."""
         from hive_ray._models import PoolInfo
+        from hive_ray._tables import RecordList
 
-        return [PoolInfo(**info) for info in self._call("pools")]
+        return RecordList((PoolInfo(**info) for info in self._call("pools")), "pools")
 
     def pool(self, name: str) -> PoolInfo:
         from hive_ray._models import PoolInfo
 
         return PoolInfo(**self._call("pool", name))
 
-    def agents(self, pool: str | None = None) -> list[AgentInfo]:
-        from hive_ray._models import AgentInfo
+    def agents(self, pool: str | None = None) -> RecordList[AgentInfo]:
+        """Every agent (of one pool, or all); a list that renders as one table in Jupyter."""
+        from hive_ray._tables import RecordList
 
         pools = [self.pool(pool)] if pool else self.pools()
-        return [AgentInfo(**a.model_dump()) for p in pools for a in p.agents]
+        return RecordList((agent for p in pools for agent in p.agents), "agents")
 
     # ------------------------------------------------------------------ tasks
     def _template(self, agent: str | type[Agent] | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +288,7 @@ class Hive(OrchestratorCalls):
 
         template = self._template(agent, options)
         task_id = uuid.uuid4().hex
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         try:
             _, answer = self._call("run", template, payload, wait_timeout, task_id, timeout=wait_timeout)
         except _NoAnswer:
@@ -289,7 +300,7 @@ class Hive(OrchestratorCalls):
             if self._recover_submission(template, payload, task_id) is None:
                 raise
             answer = self._call("wait", task_id, wait_timeout, timeout=wait_timeout)
-        return unwrap(task_id, answer)
+        return self._value(task_id, answer, _remaining(deadline))
 
     def _recover_submission(self, template: dict[str, Any], payload: Any, task_id: str) -> dict[str, Any] | None:
         from hive_ray._errors import TaskNotFoundError
@@ -311,7 +322,7 @@ class Hive(OrchestratorCalls):
         """:meth:`run` for ``async`` code (and a notebook's top-level ``await``)."""
         template = self._template(agent, options)
         task_id, answer = await self._call_async("run", template, payload, wait_timeout, timeout=wait_timeout)
-        return unwrap(task_id, answer)
+        return await self._value_async(task_id, answer)
 
     @traced_call("submit_many")
     def submit_many(self, agent: str | type[Agent] | None, payloads: Iterable[Any], *,
@@ -343,17 +354,18 @@ class Hive(OrchestratorCalls):
 
         items = list(payloads)
         template = self._template(agent, options)
-        admission = self._call("admission", template, timeout=timeout) if items else None
+        # A quick read, bounded like the map itself (or by MAP_ADMISSION_SECONDS).
+        admission = self._call("admission", template, timeout=timeout or MAP_ADMISSION_SECONDS) if items else None
         window = _MapWindow.for_pool(admission, chunk_size, len(items))
         chunks = _chunks(items, window.chunk_size)
         ids = [[uuid.uuid4().hex for _ in chunk] for chunk in chunks]  # known even if a reply is lost
         # With a timeout, each chunk's answer is given up on at the timeout plus the margin
         # after it was sent, whether or not the orchestrator answers.
         bound = None if timeout is None else timeout + self.settings.client_timeout_margin_seconds
-        sent_at: dict[int, float] = {}
         bar = _progress_bar(len(items), progress if progress is not None else len(chunks) > 1)
         answers: list[Any] = [None] * len(chunks)
         in_flight: dict[int, Any] = {}
+        sent_at: dict[int, float] = {}
         waiting = list(range(len(chunks)))  # chunks not sent yet (or sent again), in order
         try:
             while waiting or in_flight:
@@ -387,7 +399,7 @@ class Hive(OrchestratorCalls):
         for chunk_ids, chunk_answers in zip(ids, answers, strict=True):
             for task_id, answer in zip(chunk_ids, chunk_answers, strict=True):
                 try:
-                    results.append(unwrap(task_id, answer))
+                    results.append(self._value(task_id, answer, timeout))
                 except HiveError as error:
                     first_error = first_error or error
                     results.append(error)
@@ -404,6 +416,15 @@ class Hive(OrchestratorCalls):
         except BaseException as error:  # noqa: BLE001 - already failing: say so, do not mask it
             logger.warning("could not cancel %d task(s) of an interrupted map: %s", len(task_ids), error)
 
+    def _value(self, task_id: str, answer: tuple[str, Any, Any], timeout: float | None = None) -> Any:
+        """The result in ``answer``, fetched from the object store if it was kept there."""
+        return resolve(task_id, unwrap(task_id, answer),
+                       lambda task: self._call("fetch_result", task, timeout=timeout), timeout)
+
+    async def _value_async(self, task_id: str, answer: tuple[str, Any, Any]) -> Any:
+        return await resolve_async(task_id, unwrap(task_id, answer),
+                                   lambda task: self._call_async("fetch_result", task))
+
     def cancel(self, task_id: str) -> TaskRecord:
         from hive_ray._models import TaskRecord
 
@@ -412,20 +433,28 @@ class Hive(OrchestratorCalls):
     def task(self, task_id: str) -> TaskRecord:
         from hive_ray._models import TaskRecord
 
-        return TaskRecord(**self._call("task", task_id))
+        record = self._call("task", task_id)
+        if type(record["result"]) is StoredResult:  # kept in the object store: the value, if still there
+            with contextlib.suppress(ResultLostError):
+                record["result"] = self._value(task_id, ("succeeded", record["result"], None))
+        return TaskRecord(**record)
 
-    def tasks(self, *, state: str | None = None, pool: str | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Recent tasks, newest first, optionally filtered by state and pool."""
+    def tasks(self, *, state: str | None = None, pool: str | None = None,
+              limit: int = 100) -> RecordList[TaskRecord]:
+        """Recent tasks, newest first, optionally filtered by state and pool (a table in Jupyter)."""
         from hive_ray._models import TaskRecord
+        from hive_ray._tables import RecordList
 
         page = self._call("tasks", state, pool, limit, None)
-        return [TaskRecord(**record) for record in page["tasks"]]
+        return RecordList((TaskRecord(**record) for record in page["tasks"]), "tasks")
 
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        """Tasks that failed after every allowed attempt, newest first."""
+    def dead_letters(self, limit: int = 100) -> RecordList[TaskRecord]:
+        """Tasks that failed after every allowed attempt, newest first (a table in Jupyter)."""
         from hive_ray._models import TaskRecord
+        from hive_ray._tables import RecordList
 
-        return [TaskRecord(**record) for record in self._call("dead_letters", limit)]
+        return RecordList((TaskRecord(**record) for record in self._call("dead_letters", limit)),
+                          "dead letters")
 
     def resubmit(self, task_id: str) -> TaskHandle:
         """Submit an ended (typically dead-lettered) task again, as a new task."""
@@ -436,10 +465,13 @@ class Hive(OrchestratorCalls):
         """The host actors of a pool: pid, agents, how many are active or passivated."""
         return self._call("hosts", pool)
 
-    def restarts(self, pool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def restarts(self, pool: str | None = None, limit: int = 100) -> RecordList[dict[str, Any]]:
         """Recent agent restarts with their causes (exception, process_killed, oom_killed,
-        node_lost, health_check_failed, timeout_unresponsive)."""
-        return self._call("restart_events", pool, limit)
+        node_lost, health_check_failed, timeout_unresponsive); a table in Jupyter."""
+        from hive_ray._models import RESTART_COLUMNS
+        from hive_ray._tables import RecordList
+
+        return RecordList(self._call("restart_events", pool, limit), "restarts", RESTART_COLUMNS)
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         return TaskHandle(self, task_id, "").result(timeout)
@@ -503,20 +535,12 @@ def get_or_create_orchestrator(settings: Settings, *, detached: bool) -> Any:
 
 
 def local_cluster_address(settings: Settings) -> str | None:
-    """The address ``hive up`` recorded, if that cluster's head process still runs."""
-    path = Path(settings.state_dir) / CLUSTER_FILE
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = recorded.get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return recorded.get("address")
+    """The address of the head ``hive up`` started, if that very process still runs (its
+    pid, start time and command line are compared: a pid alone may name another process)."""
+    from hive_ray._local_head import running_head
+
+    record = running_head(Path(settings.state_dir))
+    return record.address if record is not None else None
 
 
 class _MapWindow:
@@ -547,6 +571,11 @@ class _MapWindow:
 
     def on_overloaded(self) -> None:
         self.chunks = max(1, self.chunks // 2)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (monotonic), never below a second: a fetch needs one."""
+    return None if deadline is None else max(1.0, deadline - time.monotonic())
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:

@@ -16,7 +16,8 @@
     └── TaskError                   a task ended without a result
         ├── TaskFailedError         its handler raised
         ├── TaskCancelledError      it was cancelled
-        └── TaskTimeoutError        it ran past its timeout
+        ├── TaskTimeoutError        it ran past its timeout
+        └── ResultLostError         it succeeded, but its large result is gone
 
 Every error crosses Ray process boundaries intact: each keeps the keyword
 arguments it was built with and rebuilds itself from them in ``__reduce__``
@@ -128,7 +129,25 @@ class OverloadedError(HiveError):
 
 
 class JournalError(HiveError):
-    """The durable task journal cannot be opened or written."""
+    """The durable task journal cannot be opened, read or written.
+
+    ``reason`` names the failure so that callers can tell them apart without
+    parsing the message: ``full`` (no space left), ``read_only`` (permissions),
+    ``corrupt``, ``locked`` (another process uses the journal), ``io`` (the
+    disk failed), ``closed``, ``unreadable`` (a record this hive-ray cannot
+    decode), ``directory`` (the journal directory cannot be used), ``schema``
+    (not a hive-ray journal, or another version), ``unencodable`` (a payload
+    that does not pickle), ``internal`` (a bug) or ``other``. ``path`` is
+    the journal's file or directory.
+    """
+
+    @property
+    def reason(self) -> str:
+        return str(self.details.get("reason", "other"))
+
+    @property
+    def path(self) -> str:
+        return str(self.details.get("path", ""))
 
 
 class TaskError(HiveError):
@@ -165,6 +184,10 @@ class TaskTimeoutError(TaskError):
     """The task ran past its timeout (or ``result(timeout=...)`` ran out)."""
 
 
+class ResultLostError(TaskError):
+    """The task succeeded, but its result, kept in Ray's object store, is no longer there."""
+
+
 __all__ = [
     "CapacityError",
     "ConfigurationError",
@@ -174,6 +197,7 @@ __all__ = [
     "JournalError",
     "NoRouteError",
     "OverloadedError",
+    "ResultLostError",
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",

@@ -5,6 +5,10 @@ accepting (and buffering) tasks while the previous batch is written. With
 ``checkpoint_seconds`` the committer also checkpoints the journal's log (see
 `Journal.checkpoint`) in another worker thread, at most that often, and
 nobody waits for it.
+
+Failures: every waiter whose writes were in a failed commit gets its
+`JournalError` (nobody waits forever), and the committer carries on: the
+retried writes are committed, after a short back-off, once the disk lets it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ logger = logging.getLogger("hive_ray.journal")
 
 #: Log pages left after a checkpoint that suggest it cannot keep up (about 40 MB).
 _LAGGING_CHECKPOINT_PAGES = 10_000
+#: The longest wait between two commit attempts while commits keep failing.
+_MAX_BACKOFF_SECONDS = 1.0
 
 
 class GroupCommitter:
@@ -31,16 +37,19 @@ class GroupCommitter:
     committed. One background task commits whenever there is pending work, at
     most once per ``interval_seconds``, and at once when ``max_batch`` entries
     are waiting. Commits run in a worker thread (`asyncio.to_thread`), so the
-    event loop keeps buffering meanwhile. A failed commit raises its error in
-    every waiter of that batch; the entries stay buffered and are retried.
+    event loop keeps buffering meanwhile. A failed commit raises its
+    `JournalError` in every waiter of that batch; its new tasks are dropped and
+    its other writes retried (see `Journal.commit`), after a back-off that
+    starts at ``failure_backoff_seconds`` and doubles up to a second.
 
     Use `put`/`put_many` here rather than on the journal so that a full
-    buffer wakes the committer; `durable` wakes it too.
+    buffer wakes the committer (or call `nudge` after writing to the journal
+    directly); `durable` wakes it too.
     """
 
     def __init__(
         self, journal: Journal, *, interval_seconds: float = 0.002, max_batch: int = 2_000,
-        checkpoint_seconds: float | None = None,
+        checkpoint_seconds: float | None = None, failure_backoff_seconds: float = 0.05,
     ) -> None:
         if interval_seconds < 0:
             raise ValueError(f"interval_seconds must be >= 0, got {interval_seconds!r}")
@@ -48,6 +57,9 @@ class GroupCommitter:
             raise ValueError(f"checkpoint_seconds must be > 0 or None, got {checkpoint_seconds!r}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        if failure_backoff_seconds < 0:
+            raise ValueError(f"failure_backoff_seconds must be >= 0, got {failure_backoff_seconds!r}")
+        self._failure_backoff = failure_backoff_seconds
         self._journal = journal
         self._interval = interval_seconds
         self._max_batch = max_batch
@@ -61,15 +73,15 @@ class GroupCommitter:
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpointed_at = 0.0
 
-    def put(self, entry: JournalEntry) -> None:
-        """Buffer ``entry`` in the journal and wake the committer if the batch is full."""
-        self._journal.put(entry)
-        self._nudge()
+    def put(self, entry: JournalEntry, *, accept: bool = False) -> None:
+        """Buffer ``entry`` in the journal (see `Journal.put`) and wake the committer."""
+        self._journal.put(entry, accept=accept)
+        self.nudge()
 
-    def put_many(self, entries: Iterable[JournalEntry]) -> None:
-        """Buffer several entries in the journal and wake the committer if the batch is full."""
-        self._journal.put_many(entries)
-        self._nudge()
+    def put_many(self, entries: Iterable[JournalEntry], *, accept: bool = False) -> None:
+        """Buffer several entries in the journal (see `Journal.put`) and wake the committer."""
+        self._journal.put_many(entries, accept=accept)
+        self.nudge()
 
     async def durable(self) -> None:
         """Return once everything buffered before this call is committed.
@@ -79,15 +91,15 @@ class GroupCommitter:
                 committer is closed.
         """
         if self._closing:
-            raise JournalError("the journal group committer is closed; create a new GroupCommitter")
+            raise JournalError(f"the group committer of the task journal {str(self._journal.path)!r} "
+                               f"is closed; open the journal again", path=str(self._journal.path),
+                               reason="closed")
         target = self._journal.put_sequence
         if target <= self._journal.durable_sequence:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        self._wake.set()
+        self.nudge()
         await future
 
     async def close(self) -> None:
@@ -99,18 +111,19 @@ class GroupCommitter:
         self._closing = True
         self._wake.set()
         self._full.set()
-        if self._task is not None:
-            await self._task
-        if self._checkpoint is not None:
-            await self._checkpoint
+        for task in (self._task, self._checkpoint):
+            if task is not None:
+                await asyncio.wait([task])  # whatever became of it, the final commit follows
         if self._journal.pending_count or self._waiters:
             await self._commit_once(raise_errors=True)
 
-    def _nudge(self) -> None:
+    def nudge(self) -> None:
+        """Wake the committer after writes were put on the journal directly."""
         self._wake.set()
         if self._journal.pending_count >= self._max_batch:
             self._full.set()
-        if self._task is None and not self._closing:
+        # Started on first use, and again if it ever stopped (its waiters were failed then).
+        if (self._task is None or self._task.done()) and not self._closing:
             with contextlib.suppress(RuntimeError):  # no running loop: durable() starts it
                 self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -124,8 +137,9 @@ class GroupCommitter:
                     await self._wake.wait()
                     continue
                 if self._failures_in_a_row:
-                    # Back off so that a full disk is not hammered every interval.
-                    await asyncio.sleep(min(1.0, self._interval * 2**self._failures_in_a_row))
+                    # Back off so that a full disk is not hammered in a tight loop.
+                    await asyncio.sleep(min(_MAX_BACKOFF_SECONDS, self._failure_backoff
+                                            * 2 ** (self._failures_in_a_row - 1)))
                 delay = next_commit_at - loop.time()
                 if delay > 0 and self._journal.pending_count < self._max_batch:
                     self._full.clear()
@@ -134,23 +148,32 @@ class GroupCommitter:
                 next_commit_at = loop.time() + self._interval
                 await self._commit_once(raise_errors=False)
         except BaseException as error:
-            self._fail_waiters(
-                self._journal.put_sequence,
-                JournalError(f"the journal group committer stopped unexpectedly: {error!r}"),
-            )
+            self._fail_waiters(self._journal.put_sequence, JournalError(
+                f"the group committer of the task journal {str(self._journal.path)!r} stopped "
+                f"({error!r}); the next durable() starts it again",
+                path=str(self._journal.path), reason="other"))
             raise
 
     async def _commit_once(self, *, raise_errors: bool) -> None:
-        # Waiters registered up to now are certainly in this batch (or earlier).
-        covered = self._journal.put_sequence
+        covered = self._journal.put_sequence  # waiters registered so far
         try:
             await asyncio.to_thread(self._journal.commit)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - every waiter of the batch learns why
+            if not isinstance(error, JournalError):
+                error = JournalError(f"committing the task journal {str(self._journal.path)!r} "
+                                     f"failed unexpectedly: {error!r}", path=str(self._journal.path),
+                                     reason="other")
+            if not self._failures_in_a_row:
+                logger.error("%s", error)
             self._failures_in_a_row += 1
-            self._fail_waiters(covered, error)
+            # Every waiter registered so far, and those whose writes joined the failed
+            # batch after this call began (up to when the commit took the buffer).
+            self._fail_waiters(max(covered, self._journal.attempted_sequence), error)
             if raise_errors:
-                raise
+                raise error from None
             return
+        if self._failures_in_a_row:
+            logger.warning("task journal commits succeed again after %d failures", self._failures_in_a_row)
         self._failures_in_a_row = 0
         durable = self._journal.durable_sequence
         waiters = self._waiters

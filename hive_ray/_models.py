@@ -7,29 +7,68 @@ uses the slotted dataclasses of :mod:`hive_ray._task` instead.
 
 from __future__ import annotations
 
-import html
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from hive_ray._tables import Attribute, Column, clock_time, html_fields
 from hive_ray._task import TaskState
 
 RoutingPolicyName = Literal["least_loaded", "power_of_two", "round_robin", "affinity"]
 
+#: The smallest non-zero resource quantity Ray accepts (it keeps four decimals).
+RESOURCE_UNIT = 0.0001
+#: Resource names Ray refuses in ``resources`` (they have their own options).
+_RESERVED_RESOURCES = frozenset({"CPU", "GPU"})
+
+def _integer_written_as_an_integer(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        raise PydanticCustomError(
+            "int_from_float", "write {value} as the integer {integer}: this field takes integers only",
+            {"value": value, "integer": int(value)})
+    return value
+
+
+# Numbers at the boundary are strict: ``"3"`` or ``3.0`` for a count is refused, not read as 3.
+# JSON Schema cannot say "not 3.0" (to it 3.0 is an integer), so that refusal has its own error
+# code, ``int_from_float``, which the OpenAPI document's description of the API names.
+INTEGER_ONLY = BeforeValidator(_integer_written_as_an_integer)
+Count = Annotated[StrictInt, INTEGER_ONLY]
+Number = StrictFloat
+Flag = StrictBool
+Target = Annotated[str, Field(min_length=1, max_length=256)]
+TypeName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+ResourceQuantity = Annotated[StrictFloat, Field(ge=0)]
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: JSON parsers accept Infinity and NaN; no setting means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TaskSpec(_Model):
     """What to run: a target (agent type, capability or pool) and a payload."""
 
-    agent_type: str | None = Field(None, description="Run on a pool of this agent type.")
-    capability: str | None = Field(None, description="Run on any pool whose agents offer this.")
-    pool: str | None = Field(None, description="Run on this pool.")
+    # Exactly one of the three targets: the JSON schema says so too (its oneOf, below).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              json_schema_extra=lambda schema: _one_target_schema(schema))
+
+    agent_type: Target | None = Field(None, description="Run on a pool of this agent type.")
+    capability: Target | None = Field(None, description="Run on any pool whose agents offer this.")
+    pool: Target | None = Field(None, description="Run on this pool.")
     payload: Any = Field(None, description="The task's input, passed to the agent's handle().")
-    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first.")
-    timeout: float | None = Field(
+    priority: Count = Field(0, ge=-1000, le=1000, description="Higher runs first.")
+    timeout: Number | None = Field(
         None, gt=0, le=86_400, description="Seconds from submission until the task is timed out."
     )
     affinity_key: str | None = Field(
@@ -38,14 +77,15 @@ class TaskSpec(_Model):
     idempotency_key: str | None = Field(
         None, max_length=256, description="A repeated submit with this key returns the first task."
     )
-    max_attempts: int | None = Field(
-        None, ge=1, le=100, description="Deliveries before the task is dead-lettered (pool default if unset)."
+    # Constraints of an optional integer sit inside its Annotated, so that the schema states them.
+    max_attempts: Annotated[StrictInt, Field(ge=1, le=100), INTEGER_ONLY] | None = Field(
+        None, description="Deliveries before the task is dead-lettered (pool default if unset)."
     )
     metadata: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
 
     @model_validator(mode="after")
     def _one_target(self) -> TaskSpec:
-        targets = [name for name in ("agent_type", "capability", "pool") if getattr(self, name)]
+        targets = [name for name in TARGETS if getattr(self, name) is not None]
         if len(targets) != 1:
             raise ValueError(
                 "give exactly one of agent_type, capability or pool"
@@ -56,6 +96,20 @@ class TaskSpec(_Model):
     def template(self) -> dict[str, Any]:
         """Everything but the payload, as the orchestrator's submit_many takes it."""
         return self.model_dump(exclude={"payload"})
+
+
+TARGETS = ("agent_type", "capability", "pool")
+
+
+def _one_target_schema(schema: dict[str, Any]) -> None:
+    """State "exactly one of agent_type, capability or pool" in the JSON schema itself."""
+    schema["oneOf"] = [
+        {"title": f"by {name}", "required": [name],
+         "properties": {name: {"type": "string", "minLength": 1, "maxLength": 256}}}
+        for name in TARGETS
+    ]
+    schema["description"] = (schema.get("description", "") + " Give exactly one of agent_type, "
+                              "capability or pool.").strip()
 
 
 class TaskRecord(_Model):
@@ -94,6 +148,14 @@ class TaskRecord(_Model):
         where = f" on {self.agent_id}" if self.agent_id else ""
         return f"<Task {self.task_id} {self.state.value} pool={self.pool!r}{where}>"
 
+    TABLE_COLUMNS: ClassVar[tuple[Column, ...]] = ()  # set below the class
+
+    def outcome(self) -> str:
+        """The result (if it succeeded) or the error message, short, for tables."""
+        if self.state == TaskState.SUCCEEDED:
+            return repr(self.result)[:200]
+        return str((self.error or {}).get("message", ""))
+
     def _repr_html_(self) -> str:
         rows = {
             "state": self.state.value,
@@ -103,72 +165,135 @@ class TaskRecord(_Model):
             "result": repr(self.result)[:200] if self.state == TaskState.SUCCEEDED else "",
             "error": (self.error or {}).get("message", ""),
         }
-        return _html_table(f"Task {self.task_id}", rows)
+        return html_fields(f"Task {self.task_id}", rows)
 
 
 class RestartSpec(_Model):
     """When a pool's agents are restarted (an OTP-style intensity limit with backoff)."""
 
-    max_restarts: int = Field(5, ge=0, le=10_000, description="Restarts allowed within the window.")
-    window_seconds: float = Field(60.0, gt=0, description="Beyond max_restarts in this window: degraded.")
-    backoff_initial_seconds: float = Field(0.1, ge=0)
-    backoff_max_seconds: float = Field(10.0, ge=0)
-    backoff_multiplier: float = Field(2.0, ge=1)
-    jitter: float = Field(0.2, ge=0, le=1)
+    max_restarts: Count = Field(5, ge=0, le=10_000, description="Restarts allowed within the window.")
+    window_seconds: Number = Field(60.0, gt=0, description="Beyond max_restarts in this window: degraded.")
+    backoff_initial_seconds: Number = Field(
+        0.1, ge=0, description="Delay before the first restart; at most backoff_max_seconds.")
+    backoff_max_seconds: Number = Field(
+        10.0, ge=0, description="Longest delay between restarts; at least backoff_initial_seconds.")
+    backoff_multiplier: Number = Field(2.0, ge=1)
+    jitter: Number = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> RestartSpec:
+        _check_backoff("restart", self.backoff_initial_seconds, self.backoff_max_seconds)
+        return self
 
 
 class RetrySpec(_Model):
     """How a pool's tasks are delivered again (agent deaths always; handler errors if asked)."""
 
-    max_attempts: int = Field(3, ge=1, le=100, description="Deliveries before a task is dead-lettered.")
-    backoff_initial_seconds: float = Field(0.05, ge=0)
-    backoff_max_seconds: float = Field(5.0, ge=0)
-    multiplier: float = Field(2.0, ge=1)
-    jitter: float = Field(0.2, ge=0, le=1)
-    retry_exceptions: bool = Field(
+    max_attempts: Count = Field(3, ge=1, le=100, description="Deliveries before a task is dead-lettered.")
+    backoff_initial_seconds: Number = Field(
+        0.05, ge=0, description="Delay before the first retry; at most backoff_max_seconds.")
+    backoff_max_seconds: Number = Field(
+        5.0, ge=0, description="Longest delay between retries; at least backoff_initial_seconds.")
+    multiplier: Number = Field(2.0, ge=1)
+    jitter: Number = Field(0.2, ge=0, le=1)
+    retry_exceptions: Flag = Field(
         False, description="Also retry tasks whose handler raised (agent deaths are always retried)."
     )
-    never_retry: list[str] = Field(
-        default_factory=list, description="Exception type names never retried, e.g. ValueError."
+    never_retry: list[TypeName] = Field(
+        default_factory=list, max_length=1000,
+        description="Exception type names never retried, e.g. ValueError.",
     )
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> RetrySpec:
+        _check_backoff("retry", self.backoff_initial_seconds, self.backoff_max_seconds)
+        return self
 
 
 class AutoscaleSpec(_Model):
     """Self-tuning pool size: between min and max agents, following the load."""
 
-    min_agents: int = Field(1, ge=0, le=100_000)
-    max_agents: int = Field(10, ge=1, le=100_000)
-    target_queue_per_agent: float = Field(2.0, gt=0, description="Queued + running tasks per agent to aim for.")
-    queue_wait_target_seconds: float | None = Field(
+    min_agents: Count = Field(1, ge=0, le=100_000, description="At least this many; at most max_agents.")
+    max_agents: Count = Field(10, ge=1, le=100_000, description="At most this many; at least min_agents.")
+    target_queue_per_agent: Number = Field(2.0, gt=0, description="Queued + running tasks per agent to aim for.")
+    queue_wait_target_seconds: Number | None = Field(
         None, gt=0, description="Also grow while the queue-wait p95 is above this.")
-    upscale_delay_seconds: float = Field(2.0, ge=0, description="How long the wish to grow must last.")
-    downscale_delay_seconds: float = Field(30.0, ge=0, description="How long the wish to shrink must last.")
-    max_step: int = Field(1000, ge=1, description="Most agents added or removed at once.")
+    upscale_delay_seconds: Number = Field(2.0, ge=0, description="How long the wish to grow must last.")
+    downscale_delay_seconds: Number = Field(30.0, ge=0, description="How long the wish to shrink must last.")
+    max_step: Count = Field(1000, ge=1, description="Most agents added or removed at once.")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> AutoscaleSpec:
+        if self.min_agents > self.max_agents:
+            raise fields_disagree(
+                ("min_agents", "max_agents"),
+                f"autoscale.min_agents ({self.min_agents}) is above autoscale.max_agents "
+                f"({self.max_agents}); lower min_agents or raise max_agents")
+        return self
 
 
 class PoolSpec(_Model):
     """A pool of agents of one type, and the Ray resources each agent gets."""
 
     name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    agent_type: str = Field(..., min_length=1)
-    count: int = Field(1, ge=0, le=100_000)
-    num_cpus: float = Field(0.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    memory: int | None = Field(None, gt=0, description="Bytes of memory reserved per agent host.")
-    resources: dict[str, float] = Field(default_factory=dict)
+    agent_type: str = Field(..., min_length=1, max_length=200)
+    count: Count = Field(1, ge=0, le=100_000, description="Agents to start (added to an existing pool).")
+    num_cpus: ResourceQuantity = Field(0.0, description="CPUs per agent: 0, or at least 0.0001.")
+    num_gpus: ResourceQuantity = Field(0.0, description="GPUs per agent: 0, or at least 0.0001.")
+    memory: Annotated[StrictInt, Field(gt=0), INTEGER_ONLY] | None = Field(
+        None, description="Bytes of memory reserved per agent host.")
+    resources: dict[Annotated[str, Field(min_length=1, max_length=200)], ResourceQuantity] = Field(
+        default_factory=dict, max_length=64,
+        description="Custom Ray resources per agent, e.g. {\"agent_slot\": 1}: each 0, or at least "
+        "0.0001; CPU and GPU go in num_cpus and num_gpus.")
     policy: RoutingPolicyName = "least_loaded"
-    max_queue: int = Field(100_000, ge=1, description="Queued tasks beyond this are refused (429).")
+    max_queue: Count = Field(100_000, ge=1, description="Queued tasks beyond this are refused (429).")
     restart: RestartSpec = Field(default_factory=RestartSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
-    health_check: bool = Field(True, description="Ping agents periodically and restart unresponsive ones.")
+    health_check: Flag = Field(True, description="Ping agents periodically and restart unresponsive ones.")
     autoscale: AutoscaleSpec | None = Field(None, description="Let the pool size follow the load.")
     placement: Literal["dedicated", "packed"] = Field(
         "dedicated", description="dedicated: one actor per agent; packed: agents_per_host agents per actor.")
-    agents_per_host: int = Field(
+    agents_per_host: Count = Field(
         250, ge=1, le=100_000, description="Agents per host actor with packed placement (resources scale with it).")
-    passivate_after_seconds: float | None = Field(
+    passivate_after_seconds: Number | None = Field(
         None, gt=0, description="Deactivate agents idle this long (on_passivate saves their state); "
         "the next task activates them again. None: never.")
+
+    @model_validator(mode="after")
+    def _resources_ray_accepts(self) -> PoolSpec:
+        quantities = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                      **{f"resources.{name}": amount for name, amount in self.resources.items()}}
+        for where, amount in quantities.items():
+            if 0 < amount < RESOURCE_UNIT:
+                raise ValueError(f"{where} is {amount!r}: Ray counts resources in steps of "
+                                 f"{RESOURCE_UNIT}; give 0 or at least {RESOURCE_UNIT}")
+        reserved = sorted(_RESERVED_RESOURCES & set(self.resources))
+        if reserved:
+            raise ValueError(f"resources.{reserved[0]}: give CPUs and GPUs as num_cpus and num_gpus, "
+                             "not in resources")
+        return self
+
+    def largest_size(self) -> int:
+        """The most agents this spec asks for at once: its count, or its autoscale maximum."""
+        return max(self.count, self.autoscale.max_agents if self.autoscale else 0)
+
+
+def _check_backoff(owner: str, initial: float, maximum: float) -> None:
+    if initial > maximum:
+        raise fields_disagree(
+            ("backoff_initial_seconds", "backoff_max_seconds"),
+            f"{owner}.backoff_initial_seconds ({initial:g}) is above {owner}.backoff_max_seconds "
+            f"({maximum:g}); lower the first or raise the second")
+
+
+def fields_disagree(fields: tuple[str, ...], message: str) -> PydanticCustomError:
+    """A validation error about fields valid one by one but not together.
+
+    Its type is ``fields_disagree`` and its context names the fields (relative to
+    the model that raised it), so the API lists each of them in a 422's ``errors``.
+    """
+    return PydanticCustomError("fields_disagree", message, {"fields": list(fields)})
 
 
 class AgentInfo(_Model):
@@ -184,8 +309,17 @@ class AgentInfo(_Model):
     restarts: int = 0
     started_at: float | None = None
 
+    TABLE_COLUMNS: ClassVar[tuple[Column, ...]] = ()  # set below the class
+
     def __repr__(self) -> str:
         return f"<Agent {self.agent_id} {self.state} inflight={self.inflight} done={self.tasks_done}>"
+
+    def _repr_html_(self) -> str:
+        rows = {"pool": self.pool, "type": self.agent_type, "state": self.state,
+                "in flight": self.inflight, "done": self.tasks_done, "restarts": self.restarts,
+                "pid": self.pid, "node": (self.node_id or "")[:12], "host": self.host,
+                "started": clock_time(self.started_at)}
+        return html_fields(f"Agent {self.agent_id}", rows)
 
 
 class PoolInfo(_Model):
@@ -208,16 +342,20 @@ class PoolInfo(_Model):
     dead_letters: int = 0
     starting: int = 0
     queue_wait_p95: float | None = None
+    suspects: int = Field(0, description="Tasks of a crashed host that run alone until cleared "
+                          "(poison isolation); counted in queued while they wait.")
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} type={self.agent_type} agents={self.size}/{self.desired} "
                 f"{self.state} queued={self.queued} running={self.running}>")
 
+    TABLE_COLUMNS: ClassVar[tuple[Column, ...]] = ()  # set below the class
+
     def _repr_html_(self) -> str:
         rows = {a.agent_id: f"{a.state}, {a.tasks_done} done, pid {a.pid}" for a in self.agents}
         head = {"type": self.agent_type, "state": self.state, "agents": f"{self.size}/{self.desired}",
                 "queued": self.queued, "running": self.running}
-        return _html_table(f"Pool {self.name}", {**head, **rows})
+        return html_fields(f"Pool {self.name}", {**head, **rows})
 
 
 class TaskPage(_Model):
@@ -235,9 +373,63 @@ class TaskEvent(_Model):
     message: str | None = None
 
 
-def _html_table(title: str, rows: dict[str, Any]) -> str:
-    body = "".join(
-        f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-        for k, v in rows.items()
-    )
-    return f"<table><caption><b>{html.escape(title)}</b></caption>{body}</table>"
+
+# ---------------------------------------------------------------------- table columns
+# What a list of each record shows as a table in Jupyter (hive_ray._tables.RecordList).
+def _started(record: Any) -> str:
+    return clock_time(record.started_at)
+
+
+def _created(record: TaskRecord) -> str:
+    return clock_time(record.created_at)
+
+
+def _duration(record: TaskRecord) -> str:
+    return "" if record.duration is None else f"{record.duration * 1000:.1f} ms"
+
+
+def _outcome(record: TaskRecord) -> str:
+    return record.outcome()
+
+
+def _agents(pool: PoolInfo) -> str:
+    return f"{pool.size}/{pool.desired}"
+
+
+def _node(agent: AgentInfo) -> str:
+    return (agent.node_id or "")[:12]
+
+
+TaskRecord.TABLE_COLUMNS = (
+    ("task", Attribute("task_id")), ("state", Attribute("state")), ("pool", Attribute("pool")),
+    ("agent", Attribute("agent_id")), ("attempts", Attribute("attempts")), ("created", _created),
+    ("duration", _duration), ("result or error", _outcome),
+)
+AgentInfo.TABLE_COLUMNS = (
+    ("agent", Attribute("agent_id")), ("pool", Attribute("pool")), ("type", Attribute("agent_type")),
+    ("state", Attribute("state")), ("in flight", Attribute("inflight")), ("done", Attribute("tasks_done")),
+    ("restarts", Attribute("restarts")), ("pid", Attribute("pid")), ("node", _node), ("started", _started),
+)
+PoolInfo.TABLE_COLUMNS = (
+    ("pool", Attribute("name")), ("type", Attribute("agent_type")), ("state", Attribute("state")),
+    ("agents", _agents), ("placement", Attribute("placement")), ("queued", Attribute("queued")),
+    ("running", Attribute("running")), ("succeeded", Attribute("succeeded")), ("failed", Attribute("failed")),
+    ("restarts", Attribute("restarts")), ("dead letters", Attribute("dead_letters")),
+)
+
+
+def _restart_time(event: dict[str, Any]) -> str:
+    return clock_time(event.get("at"))
+
+
+def _delay(event: dict[str, Any]) -> str:
+    delay = event.get("delay_seconds")
+    return "" if delay is None else f"{delay:.2f} s"
+
+
+#: ``hive.restarts()`` returns dictionaries (restart events); these are their table's columns.
+RESTART_COLUMNS: tuple[Column, ...] = (
+    ("when", _restart_time), ("pool", Attribute("pool")), ("agent", Attribute("agent")),
+    ("cause", Attribute("cause")), ("attempt", Attribute("attempt")), ("delay", _delay),
+    ("detail", Attribute("detail")),
+)

@@ -38,6 +38,8 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("submit_many", True, False, "accept a chunk of tasks; durable when it answers"),
     Operation("wait", True, True, "a task's (state, result, error) once it ended"),
     Operation("wait_many", True, True, "answers for several task ids"),
+    Operation("fetch_result", False, True, "a reference to a large result in the object store "
+              "(a Ray call: Ray counts the reference only as a return value)"),
     Operation("cancel", True, False, "cancel a queued or running task"),
     Operation("cancel_many", True, False, "cancel the unfinished tasks of a list (map giving up)"),
     Operation("admission", True, True, "the pool a task would go to and its queue bound (map)"),

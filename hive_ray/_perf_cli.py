@@ -11,8 +11,11 @@
                                    nothing could be compared, 0 otherwise: a CI gate
 
 FILE defaults to ``perf-baseline.json`` in the state directory. The analyzer
-sees operations only while tracing is on (``HIVE_TRACING=1`` for the cluster);
-memory, queues and restarts are profiled regardless, from when it first runs.
+sees operations only while tracing is on (``HIVE_TRACING=1`` for the cluster
+and for the process that submits work) and only the sampled share of root
+calls (``HIVE_TRACING_SAMPLE_RATIO``, 0.01 by default); an empty report says
+which of these is the cause. Memory, queues and restarts are profiled
+regardless, from when the analyzer first runs.
 """
 
 from __future__ import annotations
@@ -23,35 +26,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hive_ray._cli_output import plural
+
 BASELINE_FILE = "perf-baseline.json"
 
 #: Exit codes of ``hive perf baseline compare``.
 EXIT_OK, EXIT_REGRESSION, EXIT_NOT_COMPARABLE = 0, 1, 2
 
 
-def register(commands: Any) -> None:
-    """Add the ``perf`` command to the ``hive`` parser's subcommands."""
+def register(commands: Any, parents: list[argparse.ArgumentParser] | None = None) -> None:
+    """Add the ``perf`` command to the ``hive`` parser's subcommands (``parents``: the options
+    every command takes)."""
+    parents = parents or []
     perf = commands.add_parser("perf", help="performance report and baselines (the analyzer)",
-                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    perf.set_defaults(handler=lambda args: _usage(perf))
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                               parents=parents)
+    perf.set_defaults(handler=lambda args: _usage(perf), command_name="perf")
     verbs = perf.add_subparsers(title="perf commands")
 
-    report = verbs.add_parser("report", help="latencies, memory, queues and recommendations")
+    report = verbs.add_parser("report", help="latencies, memory, queues and recommendations",
+                              parents=parents)
     report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--baseline", metavar="FILE", help="include a comparison with this baseline")
-    report.set_defaults(handler=_report)
+    report.set_defaults(handler=_report, command_name="perf report")
 
-    baseline = verbs.add_parser("baseline", help="save or compare a latency baseline")
-    baseline.set_defaults(handler=lambda args: _usage(baseline))
+    baseline = verbs.add_parser("baseline", help="save or compare a latency baseline", parents=parents)
+    baseline.set_defaults(handler=lambda args: _usage(baseline), command_name="perf baseline")
     actions = baseline.add_subparsers(title="baseline commands")
-    save = actions.add_parser("save", help="record the current window as the baseline")
+    save = actions.add_parser("save", help="record the current window as the baseline", parents=parents)
     save.add_argument("file", nargs="?", help=f"where (default: <state_dir>/{BASELINE_FILE})")
-    save.set_defaults(handler=_baseline_save)
-    compare = actions.add_parser("compare", help="exit 1 if the current window regressed")
+    save.set_defaults(handler=_baseline_save, command_name="perf baseline save")
+    compare = actions.add_parser("compare", help="exit 1 if the current window regressed", parents=parents)
     compare.add_argument("file", nargs="?", help=f"the baseline (default: <state_dir>/{BASELINE_FILE})")
     compare.add_argument("--json", action="store_true", help="print the results as JSON")
-    compare.set_defaults(handler=_baseline_compare)
+    compare.set_defaults(handler=_baseline_compare, command_name="perf baseline compare")
+
+
+def _errors(args: argparse.Namespace) -> Any:
+    """The terminal's error stream (``sys.stderr`` is the log file unless --verbose)."""
+    console = getattr(args, "console", None)
+    return console.err if console is not None else sys.stderr
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -61,6 +76,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _analyzer_call(method: str, *args: Any) -> tuple[Any, Any]:
     """Call the analyzer of the running cluster; returns ``(answer, settings)``."""
+    answer, settings, _ = _analyzer_call_and_traffic(method, *args)
+    return answer, settings
+
+
+def _analyzer_call_and_traffic(method: str, *args: Any) -> tuple[Any, Any, int | None]:
+    """:func:`_analyzer_call`, plus how many tasks the orchestrator accepted since it started."""
     import ray
 
     from hive_ray._client import Hive
@@ -70,7 +91,9 @@ def _analyzer_call(method: str, *args: Any) -> tuple[Any, Any]:
     hive = Hive.connect(settings=settings, embedded=False)
     try:
         analyzer = hive._call("analyzer")
-        return ray.get(getattr(analyzer, method).remote(*args), timeout=60), settings
+        answer = ray.get(getattr(analyzer, method).remote(*args), timeout=60)
+        submitted = hive.statistics().get("counters", {}).get("submitted")
+        return answer, settings, submitted
     finally:
         hive.close()
 
@@ -89,7 +112,7 @@ def _report(args: argparse.Namespace) -> int:
     from hive_ray._analyzer import PerformanceReport, load_baseline, render_html, render_text
 
     baseline = load_baseline(args.baseline).to_dict() if args.baseline else None
-    data, _ = _analyzer_call("report", baseline)
+    data, _, submitted = _analyzer_call_and_traffic("report", baseline)
     report = PerformanceReport.from_dict(data)
     if args.html:
         Path(args.html).write_text(render_html(report), encoding="utf-8")
@@ -97,18 +120,25 @@ def _report(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     print(render_text(report), end="")
-    print(_analyzer_note(data.get("analyzer", {})))
+    print(analyzer_note(data.get("analyzer", {}), submitted, empty=not report.operations))
     if args.html:
         print(f"HTML report written to {args.html}")
     return 0
 
 
-def _analyzer_note(statistics: dict[str, Any]) -> str:
+def analyzer_note(statistics: dict[str, Any], tasks_submitted: int | None, *, empty: bool) -> str:
+    """The closing lines of ``hive perf report``: what the analyzer saw, and, for an empty
+    report, why (tracing off, no traffic, or sampling too sparse) and what fixes it."""
+    from hive_ray._analyzer import explain_empty
+
     received = statistics.get("spans_received", 0)
     dropped = statistics.get("spans_dropped", 0)
-    note = f"\nanalyzer: {received} spans in the window, {dropped} dropped"
-    if not received:
-        note += " (no spans yet: turn tracing on for the cluster with HIVE_TRACING=1 and run work)"
+    sampling = statistics.get("sampling") or {}
+    traced = (f"tracing on, sampling {float(sampling.get('ratio', 0)):g} of root calls"
+              if sampling.get("tracing") else "tracing off")
+    note = f"\nanalyzer: {received} spans in the window, {dropped} dropped ({traced})"
+    if empty:
+        note += "\n" + explain_empty(statistics, tasks_submitted)
     return note
 
 
@@ -118,13 +148,16 @@ def _baseline_save(args: argparse.Namespace) -> int:
     data, settings = _analyzer_call("baseline")
     baseline = Baseline.from_dict(data)
     if not baseline.operations:
-        print("hive perf: no latencies recorded yet, so there is nothing to save; turn tracing on "
-              "(HIVE_TRACING=1) and run a representative workload first", file=sys.stderr)
+        from hive_ray._analyzer import explain_empty
+
+        statistics, _, submitted = _analyzer_call_and_traffic("statistics")
+        print(f"hive perf: nothing to save as a baseline; {explain_empty(statistics, submitted)}",
+              file=_errors(args))
         return EXIT_NOT_COMPARABLE
     path = _baseline_path(args.file, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_baseline(path, baseline)
-    print(f"baseline of {len(baseline.operations)} operation(s) saved to {path}")
+    print(f"baseline of {plural(len(baseline.operations), 'operation')} saved to {path}")
     for each in baseline.operations:
         print(f"  {each.operation}: p95 {each.p95 * 1000:.2f} ms over {each.count} calls")
     return EXIT_OK
@@ -137,7 +170,7 @@ def _baseline_compare(args: argparse.Namespace) -> int:
     try:
         baseline = load_baseline(path)
     except BaselineError as error:
-        print(f"hive perf: {error}", file=sys.stderr)
+        print(f"hive perf: {error}", file=_errors(args))
         return EXIT_NOT_COMPARABLE
     results, _ = _analyzer_call("compare", baseline.to_dict())
     if args.json:
@@ -171,5 +204,5 @@ def format_comparison(results: list[dict[str, Any]]) -> str:
     regressed = [result["operation"] for result in results if result["regressed"]]
     lines.append("")
     lines.append(f"{len(regressed)} regression(s): {', '.join(regressed)}" if regressed
-                 else f"no regression in {len(results)} operation(s)")
+                 else f"no regression in {plural(len(results), 'operation')}")
     return "\n".join(lines)

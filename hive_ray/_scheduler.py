@@ -209,6 +209,16 @@ class PoolScheduler:
         if not samples or now - samples[-1][0] >= _DRAIN_SAMPLE_SECONDS:
             samples.append((now, self._completed))
 
+    def occupy(self, agent_id: str, count: int) -> None:
+        """``count`` tasks already running on ``agent_id`` (found on a host adopted after an
+        orchestrator restart) take its slots; :meth:`release` frees them as usual."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            before = _excess(agent)
+            agent.inflight += count
+            self._prefetched += _excess(agent) - before
+            self._free.update(agent)
+
     def observe_handle_seconds(self, seconds: float) -> None:
         """Feed one task's handling time into the batch-size estimate."""
         if self._handle_ewma is None:

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
         "(survives orchestrator restarts, not a new cluster); set a path to keep tasks and pools "
         "across cluster restarts too.",
     )
+    journal_durability: Literal["normal", "full"] = Field(
+        "normal",
+        description="What a committed task survives. 'normal': a crash of the orchestrator "
+        "process or actor (SQLite WAL with synchronous=NORMAL; a power cut or kernel crash may "
+        "lose the last commits, never corrupt the file). 'full': a power cut too "
+        "(synchronous=FULL: an fsync per group commit, so each submit waits for the disk; "
+        "see docs/ADMIN.md, 'The journal', for the cost).",
+    )
     journal_retention_count: int = Field(
         1_000_000, ge=1000, description="Finished tasks kept in the journal, the most recently created."
     )
@@ -63,7 +71,16 @@ class Settings(BaseSettings):
         24 * 3600.0, gt=0, description="Finished tasks older than this are pruned."
     )
     max_result_bytes_in_memory: int = Field(
-        64 * 1024, ge=0, description="Larger results are kept in Ray's object store, not the heap."
+        64 * 1024, ge=0,
+        description="Results whose pickled size is larger travel through Ray's object store (owned by "
+        "the orchestrator, fetched by whoever reads them) instead of the task stream and the "
+        "orchestrator's memory; so do results that would overfill a data-plane frame, whatever this says.",
+    )
+    max_stored_result_bytes: int = Field(
+        4 * 1024**3, ge=0,
+        description="Total size of the results kept in Ray's object store for their tasks; beyond it "
+        "the oldest are released, and reading one of those raises ResultLostError. Each also goes "
+        "when its task leaves the orchestrator's memory (finished_retention_count).",
     )
     event_buffer: int = Field(10_000, ge=100, description="Recent task events kept for streams.")
     max_batch: int = Field(64, ge=1, le=4096, description="Most tasks sent to one agent per Ray call.")
@@ -114,9 +131,11 @@ class Settings(BaseSettings):
         120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
         "keep starting in the background (their demand reaches the autoscaler).")
     max_agents_per_pool: int = Field(
-        100_000, ge=1,
+        100_000, ge=1, le=1_000_000,
         description="Most agents one pool may have (spawn, scale, autoscaling's max_agents); a "
-        "larger request is refused with CapacityError (HTTP 422). An admin's limit.",
+        "larger request is refused with CapacityError (HTTP 422, also stated in the OpenAPI "
+        "document). An admin's limit; whether the cluster can hold a size is checked as well "
+        "(max_host_processes).",
     )
     max_host_processes: int | None = Field(
         None, ge=1,
@@ -128,6 +147,19 @@ class Settings(BaseSettings):
     autoscale_interval_seconds: float = Field(1.0, gt=0, description="How often autoscaled pools are sized.")
     health_check_interval_seconds: float = Field(5.0, gt=0)
     health_check_timeout_seconds: float = Field(10.0, gt=0)
+    host_adoption_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="After an orchestrator restart, how long a surviving host may take to be "
+        "adopted; one that does not answer in time is stopped, its agents start anew and its "
+        "tasks run again elsewhere.",
+    )
+    orphaned_host_exit_seconds: float = Field(
+        30.0, gt=0,
+        description="A host whose orchestrator is gone for good (dead and not restarting, e.g. "
+        "killed with no_restart) stops its agents and exits within about this long. Hosts are "
+        "detached actors so that they survive an orchestrator crash; this keeps them from "
+        "outliving it for good.",
+    )
 
     # -- API server -------------------------------------------------------------
     http_host: str = Field("127.0.0.1", description="Listen address; loopback unless you mean it.")

@@ -26,8 +26,8 @@ Span names (the analyzer's operations are span names)::
     hive.dispatch <pool>     orchestrator: one per batch sent to an agent (and per trace)
     hive.handle <pool>       agent host: the agent's handle(), one per task
 
-Helpers for the API's ingress: :func:`start_server_span`, :func:`http_server_span`,
-:func:`grpc_server_span`, :func:`inject_into` and :func:`response_headers`.
+The configuration and the sampler are in :mod:`hive_ray._sampling` (re-exported
+here); the API's server spans in :mod:`hive_ray._api._trace_ingress`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 logger = logging.getLogger("hive_ray.tracing")
@@ -111,87 +110,12 @@ def parse_traceparent(value: object) -> tuple[int, int, bool] | None:
     return trace_id, span_id, bool(int(flags_hex, 16) & 1)
 
 
-# ---------------------------------------------------------------------- configuration
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TracingConfig:
-    """What a process needs to trace: taken from :class:`hive_ray.Settings`, sent to hosts.
-
-    ``sample_ratio`` applies only where traces start (clients, the API); the
-    standard ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` override it.
-    """
-
-    enabled: bool = False
-    sample_ratio: float = 0.01
-    export_dir: str | None = None
-    feed_analyzer: bool = True
-    analyzer_name: str = "analyzer"
-    namespace: str = "hive"
-    flush_seconds: float = 1.0
-    max_queued_spans: int = 100_000
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> TracingConfig:
-        return cls(
-            enabled=bool(settings.tracing),
-            sample_ratio=float(settings.tracing_sample_ratio),
-            export_dir=None if settings.tracing_export_dir is None else str(settings.tracing_export_dir),
-            feed_analyzer=bool(settings.tracing_feed_analyzer),
-            analyzer_name=str(settings.analyzer_name),
-            namespace=str(settings.namespace),
-            flush_seconds=float(settings.tracing_flush_seconds),
-            max_queued_spans=int(settings.tracing_max_queued_spans),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TracingConfig:
-        return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
-
-
-class Sampler:
-    """The root sampling decision: parent-based, then a ratio (``TraceIdRatioBased``'s rule).
-
-    ``OTEL_TRACES_SAMPLER`` (``always_on``, ``always_off``, ``traceidratio`` and their
-    ``parentbased_`` forms) and ``OTEL_TRACES_SAMPLER_ARG`` replace the configured
-    ratio when set, as every OpenTelemetry SDK does.
-    """
-
-    __slots__ = ("ratio", "parent_based", "_bound")
-
-    def __init__(self, ratio: float, *, parent_based: bool = True) -> None:
-        self.ratio = min(1.0, max(0.0, ratio))
-        self.parent_based = parent_based
-        self._bound = round(self.ratio * (1 << 64))
-
-    @classmethod
-    def from_environment(cls, default_ratio: float, environ: Mapping[str, str] = os.environ) -> Sampler:
-        name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-        if not name:
-            return cls(default_ratio)
-        argument = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
-        try:
-            ratio = float(argument) if argument else 1.0
-        except ValueError:
-            logger.warning("OTEL_TRACES_SAMPLER_ARG=%r is not a number; using 1.0", argument)
-            ratio = 1.0
-        parent_based = name.startswith("parentbased_")
-        base = name.removeprefix("parentbased_")
-        if base == "always_on":
-            return cls(1.0, parent_based=parent_based)
-        if base == "always_off":
-            return cls(0.0, parent_based=parent_based)
-        if base == "traceidratio":
-            return cls(ratio, parent_based=parent_based)
-        logger.warning("OTEL_TRACES_SAMPLER=%r is not supported by hive-ray; using a ratio of %s",
-                       name, default_ratio)
-        return cls(default_ratio)
-
-    def sample_root(self, trace_id: int) -> bool:
-        # The lower 64 bits against ratio * 2**64, as TraceIdRatioBased does, so that
-        # services sharing a ratio agree on a trace.
-        return (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound
+from hive_ray._sampling import (  # noqa: E402 - re-exported: the configuration lives there
+    Sampler,
+    TracingConfig,
+    effective_sampling,
+    lone_sampler_argument_note,
+)
 
 
 # ---------------------------------------------------------------------- spans
@@ -545,96 +469,6 @@ def inject_client_context(template: dict[str, Any]) -> dict[str, Any]:
     return template
 
 
-# ---------------------------------------------------------------------- the API's ingress
-def start_server_span(settings: Any, name: str, headers: Any = None,
-                      attributes: dict[str, Any] | None = None) -> Span | None:
-    """Start the server span of an incoming request; None when tracing is off or unsampled.
-
-    Args:
-        settings: The :class:`hive_ray.Settings` of the API process.
-        name: Low-cardinality span name: ``"POST /v1/tasks"`` (method and route
-            template) for HTTP, ``"hive.v1.Hive/Submit"`` for gRPC.
-        headers: The request headers (any mapping; case-insensitive ones work) or gRPC
-            invocation metadata (pairs). A valid ``traceparent`` in it is honoured,
-            including its sampled flag.
-        attributes: Semantic-convention attributes (see :func:`http_server_span`).
-
-    Returns:
-        The span; end it with ``span.end()`` (or use it as a context manager), put its
-        context into the task template with :func:`inject_into`, and return
-        :func:`response_headers` to the caller so that it learns the trace id.
-    """
-    tracer = tracer_from_settings(settings, "api")
-    if tracer is None:
-        return None
-    return tracer.start_root_span(name, kind=SERVER, headers=headers, attributes=attributes)
-
-
-def http_server_span(settings: Any, method: str, route: str, headers: Any = None, *,
-                     path: str | None = None, scheme: str = "http", server_address: str | None = None,
-                     server_port: int | None = None, user_agent: str | None = None) -> Span | None:
-    """:func:`start_server_span` for HTTP, with the stable HTTP semantic-convention attributes.
-
-    Set ``http.response.status_code`` on the span before ending it (a 5xx marks it failed):
-    ``finish_http_span(span, status_code)``.
-    """
-    attributes: dict[str, Any] = {"http.request.method": method.upper(), "http.route": route,
-                                  "url.scheme": scheme, "url.path": path or route}
-    if server_address:
-        attributes["server.address"] = server_address
-    if server_port:
-        attributes["server.port"] = server_port
-    if user_agent:
-        attributes["user_agent.original"] = user_agent
-    return start_server_span(settings, f"{method.upper()} {route}", headers, attributes)
-
-
-def finish_http_span(span: Span | None, status_code: int, error: BaseException | None = None) -> None:
-    """End an HTTP server span with its response status (5xx is an error, 4xx is not)."""
-    if span is None:
-        return
-    span.attributes["http.response.status_code"] = status_code
-    if error is not None:
-        span.record_exception(error)
-    elif status_code >= 500:
-        span.set_error(str(status_code))
-        span.attributes["error.type"] = str(status_code)
-    span.end()
-
-
-def grpc_server_span(settings: Any, service: str, method: str, metadata: Any = None) -> Span | None:
-    """:func:`start_server_span` for a gRPC call (``rpc.*`` semantic-convention attributes)."""
-    return start_server_span(settings, f"{service}/{method}", metadata,
-                             {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
-
-
-def finish_grpc_span(span: Span | None, status_code: int = 0, error: BaseException | None = None) -> None:
-    """End a gRPC server span with its numeric status code (0 is OK)."""
-    if span is None:
-        return
-    span.attributes["rpc.grpc.status_code"] = status_code
-    if error is not None:
-        span.record_exception(error)
-    elif status_code != 0:
-        span.set_error(f"gRPC status {status_code}")
-    span.end()
-
-
-def inject_into(template: dict[str, Any], span: Span | None) -> dict[str, Any]:
-    """Make the tasks submitted with ``template`` children of ``span`` (no-op for None)."""
-    if span is not None:
-        template["trace_context"] = span.context()
-    return template
-
-
-def response_headers(span: Span | None) -> dict[str, str]:
-    """Headers that tell the caller its trace: W3C ``traceresponse`` and ``x-trace-id``."""
-    if span is None:
-        return {}
-    return {"traceresponse": format_traceparent(span.trace_id, span.span_id),
-            "x-trace-id": span.trace_id_hex}
-
-
 def _header(headers: Any, name: str) -> str | None:
     if isinstance(headers, Mapping):
         value = headers.get(name)
@@ -666,9 +500,8 @@ def _active_opentelemetry_parent() -> tuple[int, int, bool] | None:
 
 __all__ = [
     "CLIENT", "CONSUMER", "INTERNAL", "PRODUCER", "SERVER", "Sampler", "Span", "SpanRecord",
-    "TracingConfig", "Tracer", "current_trace_context", "end_handle_span", "finish_grpc_span",
-    "finish_http_span", "flush_all", "format_traceparent", "grpc_server_span", "host_tracer",
-    "http_server_span", "inject_client_context", "inject_into", "parse_traceparent",
-    "response_headers", "shutdown_all", "start_server_span", "traced_call", "tracer_for",
+    "TracingConfig", "Tracer", "current_trace_context", "effective_sampling", "end_handle_span",
+    "flush_all", "format_traceparent", "host_tracer", "inject_client_context",
+    "lone_sampler_argument_note", "parse_traceparent", "shutdown_all", "traced_call", "tracer_for",
     "tracer_from_settings",
 ]

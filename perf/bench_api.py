@@ -106,8 +106,9 @@ class _Deployment:
         self._state = tempfile.mkdtemp(prefix="hive-bench-")
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(namespace="hive", include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
+            # address="local": a Ray of its own, never one a stale /tmp/ray pointer names.
+            ray.init(address="local", namespace="hive", include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False)
         self.hive = Hive.connect(settings={"state_dir": self._state})
         self.key, _ = ensure_api_key(Path(self._state))
         self.settings = Settings.load({"state_dir": self._state, "http_port": _free_port(),

@@ -52,7 +52,7 @@ import tempfile
 import time
 from typing import Any
 
-from _measure import row
+from _measure import cpu_seconds, row
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         analyzers = {name: clients[name]._call("analyzer") for name in ("100pct", "default")}
         processes = {name: _processes(client) for name, client in clients.items()}
         for name, analyzer in analyzers.items():
-            processes[name].append(ray.get(analyzer.statistics.remote())["pid"])
+            processes[name].append(ray.get(analyzer.statistics.remote(), timeout=60)["pid"])
         rates: dict[str, list[float]] = {name: [] for name in clients}
         cpu_per_task: dict[str, list[float]] = {name: [] for name in clients}
         orders = list(itertools.permutations(clients))
@@ -95,7 +95,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         for number in range(-1, rounds):  # round -1 warms every path and is not counted
             for name in orders[number % len(orders)]:
                 client = clients[name]
-                cpu_before = _cpu_seconds(processes[name])
+                cpu_before = cpu_seconds(processes[name])
                 started = time.perf_counter()
                 for _ in range(calls_per_round):
                     results = client.map(None, list(range(tasks_per_call)), pool="bench-echo",
@@ -107,13 +107,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     continue
                 rates[name].append(rate)
                 charged = time.perf_counter() - started  # the phase and the pause after it
-                net = _cpu_seconds(processes[name]) - cpu_before - idle[name] * charged
+                net = cpu_seconds(processes[name]) - cpu_before - idle[name] * charged
                 cpu_per_task[name].append(net / (calls_per_round * tasks_per_call))
             if number < 0:
-                ray.get(analyzers["100pct"].reset.remote())  # count only the measured rounds' spans
+                ray.get(analyzers["100pct"].reset.remote(), timeout=60)  # count only the measured rounds' spans
                 idle = _idle_rates(processes, 5.0 if quick else 10.0)
         time.sleep(3.0)  # let the last spans reach the analyzer
-        received = ray.get(analyzers["100pct"].statistics.remote())
+        received = ray.get(analyzers["100pct"].statistics.remote(), timeout=60)
     finally:
         for client in clients.values():
             try:
@@ -161,7 +161,7 @@ def _settle(ray: Any, analyzer: Any, interval: float) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(interval)
-        received = ray.get(analyzer.statistics.remote())["spans_received"]
+        received = ray.get(analyzer.statistics.remote(), timeout=60)["spans_received"]
         if received == last:
             return
         last = received
@@ -169,9 +169,9 @@ def _settle(ray: Any, analyzer: Any, interval: float) -> None:
 
 def _idle_rates(processes: dict[str, list[int]], seconds: float) -> dict[str, float]:
     """CPU seconds per second each configuration's processes use while nothing runs."""
-    before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
+    before = {name: cpu_seconds(pids) for name, pids in processes.items()}
     time.sleep(seconds)
-    return {name: max(0.0, (_cpu_seconds(pids) - before[name]) / seconds) for name, pids in processes.items()}
+    return {name: max(0.0, (cpu_seconds(pids) - before[name]) / seconds) for name, pids in processes.items()}
 
 
 def _processes(client: Any) -> list[int]:
@@ -179,16 +179,3 @@ def _processes(client: Any) -> list[int]:
     pids = {os.getpid(), int(client.statistics()["pid"])}
     pids.update(agent.pid for pool in client.pools() for agent in pool.agents if agent.pid)
     return sorted(pids)
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total

@@ -32,7 +32,7 @@ from hive_ray._analyzer._regression import (
     percentile,
     save_baseline,
 )
-from hive_ray._analyzer._report import PerformanceReport, render_html, render_text
+from hive_ray._analyzer._report import PerformanceReport, explain_empty, render_html, render_text
 from hive_ray._analyzer._window import (
     OperationStatistics,
     OperationTable,
@@ -63,6 +63,7 @@ __all__ = [
     "build_baseline",
     "compare",
     "compare_to_baseline",
+    "explain_empty",
     "fit_trend",
     "forecast_crossing",
     "load_baseline",

@@ -146,6 +146,52 @@ def _operation_rows(report: PerformanceReport) -> tuple[list[str], list[list[str
     return headers, rows
 
 
+def _memory_rows(report: PerformanceReport) -> tuple[list[str], list[list[str]]]:
+    headers = ["process", "kind", "RSS MB", "USS MB", "budget MB"]
+    rows = [
+        [
+            _printable(each.name),
+            _printable(each.kind),
+            f"{each.rss_bytes / _MEGABYTE:.1f}",
+            f"{each.uss_bytes / _MEGABYTE:.1f}",
+            f"{each.budget_bytes / _MEGABYTE:.0f}" if each.budget_bytes else "-",
+        ]
+        for each in sorted(report.memory, key=lambda each: (each.kind, each.name))
+    ]
+    return headers, rows
+
+
+def explain_empty(statistics: Mapping[str, Any], tasks_submitted: int | None) -> str:
+    """Why a report has no operations, and the command that fixes it.
+
+    Args:
+        statistics: the analyzer's ``statistics()``; its ``sampling`` says whether
+            the cluster traces and at which ratio (see ``effective_sampling``).
+        tasks_submitted: tasks the orchestrator accepted since it started (None: unknown).
+    """
+    sampling = statistics.get("sampling") or {}
+    ratio = float(sampling.get("ratio", 0.0))
+    turn_on = ("`hive down`, then `HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0 hive up`; set the "
+               "same two variables where work is submitted (in a notebook, `%env HIVE_TRACING=1` and "
+               "`%env HIVE_TRACING_SAMPLE_RATIO=1.0` before `Hive.connect()`)")
+    if not sampling.get("tracing"):
+        return f"no operations recorded: tracing is off for this cluster. Turn it on: {turn_on}."
+    note = f" Note: {sampling['note']}." if sampling.get("note") else ""
+    if not tasks_submitted:
+        return (f"no operations recorded: tracing is on (the cluster samples {ratio:.0%} of root "
+                "calls), but no task has run yet. Run some work, then `hive perf report` again."
+                + note)
+    per_trace = f"1 in {round(1 / ratio):,}" if ratio > 0 else "none"
+    return (f"no operations recorded, although {tasks_submitted:,} tasks ran: tracing is on, but the "
+            f"sampling ratio is {ratio:g} ({per_trace} of the root calls is traced; a `map` of 5,000 "
+            "tasks is one root call, an HTTP request is one), too low for the traffic seen, or the "
+            "processes that submitted the work run without HIVE_TRACING=1 (a trace starts where the "
+            "call is made). Raise the ratio for the cluster and for the submitting process: "
+            "`HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0` (or the OpenTelemetry pair "
+            "`OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=1.0`), restart "
+            "with `hive down` and `hive up`, and run the work again." + note)
+
+
 def render_text(report: PerformanceReport) -> str:
     """Return the report as plain text for a terminal: operations, queues, then advice."""
     lines = [f"hive-ray performance report, {_timestamp(report.generated_at)}"]
@@ -157,6 +203,13 @@ def render_text(report: PerformanceReport) -> str:
         lines += _table(headers, [[_printable(row[0]), *row[1:]] for row in rows])
     else:
         lines.append("no operations recorded")
+    lines.append("")
+    if report.memory:
+        lines.append("memory per process:")
+        lines += _table(*_memory_rows(report))
+    else:
+        lines.append("memory per process: not measured yet (the analyzer samples every "
+                     "analyzer_sample_seconds; run the report again in a moment)")
     if report.queue_depths:
         lines.append("")
         lines += _table(
@@ -282,19 +335,7 @@ def render_html(report: PerformanceReport) -> str:
         "</section><section><h2>Latency over time</h2>",
         f'<div class="charts">{"".join(charts["latency"])}</div>',
         "</section><section><h2>Memory</h2>",
-        _html_table(
-            ["process", "kind", "RSS MB", "USS MB", "budget MB"],
-            [
-                [
-                    each.name,
-                    each.kind,
-                    f"{each.rss_bytes / _MEGABYTE:.1f}",
-                    f"{each.uss_bytes / _MEGABYTE:.1f}",
-                    f"{each.budget_bytes / _MEGABYTE:.0f}" if each.budget_bytes else "-",
-                ]
-                for each in report.memory
-            ],
-        ),
+        _html_table(*_memory_rows(report)),
         f'<div class="charts">{"".join(charts["memory"])}</div>',
         "</section>",
     ]

@@ -42,12 +42,14 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def _relative_time(seconds: float) -> str:
-    if abs(seconds) < 0.5:
+    if abs(seconds) < 0.05:
         return "now"
     if abs(seconds) >= 3600:
         return f"{seconds / 3600:.1f} h"
     if abs(seconds) >= 60:
         return f"{seconds / 60:.0f} min"
+    if abs(seconds) < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s"
 
 
@@ -105,6 +107,9 @@ def line_chart(
     parts += _legend([line.label for line in lines], 34)
     first_time = min(time for time, _ in everything)
     last_time = max(time for time, _ in everything)
+    # Everything at one moment (a lone point): it sits mid-chart under a single "now" tick,
+    # rather than at the left edge of an invented one-second axis.
+    single_moment = last_time == first_time
     time_span = (last_time - first_time) or 1.0
     lowest = min(0.0, min(value for _, value in everything))
     highest = max(value for _, value in everything) * 1.1
@@ -114,6 +119,8 @@ def line_chart(
     bottom = top + _PLOT_HEIGHT
 
     def x_of(time: float) -> float:
+        if single_moment:
+            return _LEFT + plot_width / 2
         return _LEFT + (time - first_time) / time_span * plot_width
 
     def y_of(value: float) -> float:
@@ -129,8 +136,8 @@ def line_chart(
             f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">'
             f"{_escape(format_value(value))}</text>"
         )
-    for step in range(3):
-        time = first_time + time_span * step / 2
+    for step in (2,) if single_moment else range(3):
+        time = last_time if single_moment else first_time + time_span * step / 2
         parts.append(
             f'<text x="{x_of(time):.1f}" y="{bottom + 18}" text-anchor="middle" class="axis">'
             f"{_escape(_relative_time(time - last_time))}</text>"

@@ -25,9 +25,14 @@ from hive_ray._api._middleware import request_span
 from hive_ray._api._problems import ProblemError, field_errors, status_of
 from hive_ray._api._service import ApiService, dumps
 from hive_ray._api._streams import task_events
+from hive_ray._api._trace_ingress import (
+    finish_grpc_span,
+    grpc_server_span,
+    inject_into,
+    response_headers,
+)
 from hive_ray._errors import HiveError
 from hive_ray._models import TaskSpec
-from hive_ray._tracing import finish_grpc_span, grpc_server_span, inject_into, response_headers
 
 #: The service's full name in ``hive.proto``: gRPC span names are ``<SERVICE>/<method>``.
 SERVICE = "hive.v1.Hive"

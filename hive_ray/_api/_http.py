@@ -1,10 +1,11 @@
 """The HTTP API: a FastAPI app over an :class:`ApiService`.
 
 Scopes: a ``read`` key may call every ``GET`` (lists, records, event streams,
-``/metrics``, the dashboard's data); everything that changes something
-(submitting or cancelling tasks, creating, scaling or stopping pools) needs
-an ``admin`` key. ``/healthz``, ``/readyz``, ``/docs`` and the dashboard page
-itself (which holds no data) need no key.
+``/metrics``, ``/openapi.json``, the dashboard's data); everything that
+changes something (submitting or cancelling tasks, creating, scaling or
+stopping pools) needs an ``admin`` key. Only ``/healthz`` and ``/readyz``
+answer without a key, and the two pages ``/dashboard`` and ``/docs``: they
+hold no data, ask for a key, and fetch everything else with it.
 
 Handlers are ``async`` and hot reads answer pre-serialized JSON bytes, so a
 cached read costs one dictionary look-up beyond routing and the key check.
@@ -23,13 +24,14 @@ from hive_ray._api import _problems
 from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hive_ray._api._middleware import ApiMiddleware, request_span
+from hive_ray._api._openapi import openapi_document
 from hive_ray._api._problems import ProblemError
-from hive_ray._api._schemas import PoolScale, Problem, Ready, TaskAccepted, TaskOutcome
+from hive_ray._api._schemas import Problem, Ready, TaskAccepted, TaskOutcome, pool_request_models
 from hive_ray._api._service import ApiService, dumps
 from hive_ray._api._streams import SSE_END, sse_frame, task_events
-from hive_ray._models import PoolInfo, PoolSpec, TaskPage, TaskRecord, TaskSpec
+from hive_ray._api._trace_ingress import inject_into
+from hive_ray._models import PoolInfo, TaskPage, TaskRecord, TaskSpec
 from hive_ray._task import TaskState
-from hive_ray._tracing import inject_into
 
 JSON = "application/json"
 POOL_NAME = r"^[A-Za-z0-9_.-]+$"
@@ -52,8 +54,15 @@ def build_http_app(service: ApiService) -> FastAPI:
         title="hive-ray API",
         version=__version__,
         description="Pools of supervised agents and the tasks they run. Authenticate with "
-        "`Authorization: Bearer <key>`; errors are RFC 9457 `application/problem+json`.",
-        docs_url="/docs",
+        "`Authorization: Bearer <key>` (all but /healthz and /readyz); errors are RFC 9457 "
+        "`application/problem+json`. A pool holds at most "
+        f"{settings.max_agents_per_pool} agents (the max_agents_per_pool setting). Integers are "
+        "strict: `2.0` where an integer is expected is a 422 with the code `int_from_float` (JSON "
+        "Schema cannot tell 2.0 from 2). A 422 whose errors have the code `fields_disagree` names "
+        "fields valid one by one but not together, which no schema can state either.",
+        # Served below: the document needs a key, and the docs page asks for one.
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
     )
     _problems.install(app)
@@ -80,6 +89,7 @@ def build_http_app(service: ApiService) -> FastAPI:
     read = [Depends(guard("read"))]
     admin = [Depends(guard("admin"))]
     auth_errors = _problem_responses(401, 403)
+    PoolRequest, PoolScale = pool_request_models(settings.max_agents_per_pool)  # noqa: N806 - classes
 
     # ------------------------------------------------------------------ health
     @app.get("/healthz", tags=["health"], summary="Liveness: the replica answers")
@@ -110,9 +120,12 @@ def build_http_app(service: ApiService) -> FastAPI:
         return _json(body, headers={"X-Cache": "hit" if hit else "miss"})
 
     @app.post("/v1/pools", tags=["pools"], dependencies=admin, status_code=201, response_model=PoolInfo,
-              responses={**auth_errors, **_problem_responses(422)},
-              summary="Create a pool (or add agents to it) and wait until its agents are ready")
-    async def create_pool(spec: PoolSpec) -> Response:
+              responses={**auth_errors, **_problem_responses(404, 409, 422)},
+              summary="Create a pool (or add agents to it) and wait until its agents are ready",
+              description="An existing pool of the same agent type gets `count` more agents (409 if "
+              "that would pass max_agents_per_pool or the pool runs another agent type). An unknown "
+              "agent type is a 404.")
+    async def create_pool(spec: PoolRequest) -> Response:  # type: ignore[valid-type]
         info = await service.create_pool(spec.model_dump())
         return _json(dumps(info), 201, {"Location": f"/v1/pools/{info['name']}"})
 
@@ -127,8 +140,8 @@ def build_http_app(service: ApiService) -> FastAPI:
     @app.patch("/v1/pools/{name}", tags=["pools"], dependencies=admin, response_model=PoolInfo,
                responses={**auth_errors, **_problem_responses(404, 422)},
                summary="Scale a pool to `count` agents")
-    async def scale_pool(name: PoolName, scale: PoolScale) -> Response:
-        return _json(dumps(await service.scale_pool(name, scale.count)))
+    async def scale_pool(name: PoolName, scale: PoolScale) -> Response:  # type: ignore[valid-type]
+        return _json(dumps(await service.scale_pool(name, scale.count)))  # type: ignore[attr-defined]
 
     @app.delete("/v1/pools/{name}", tags=["pools"], dependencies=admin, response_model=PoolInfo,
                 responses={**auth_errors, **_problem_responses(404)},
@@ -142,7 +155,7 @@ def build_http_app(service: ApiService) -> FastAPI:
     @app.post(
         "/v1/tasks", tags=["tasks"], dependencies=admin, status_code=202, response_model=TaskAccepted,
         responses={200: {"model": TaskOutcome, "description": "With `wait`: the task ended in time."},
-                   **auth_errors, **_problem_responses(409, 413, 422, 429, 504)},
+                   **auth_errors, **_problem_responses(404, 409, 413, 422, 429, 504)},
         summary="Submit a task",
         description="Answers 202 with a Location at once. With `wait` (seconds), answers 200 with "
         "the result if the task ends in time, else 504 (the task keeps running). An "
@@ -160,7 +173,8 @@ def build_http_app(service: ApiService) -> FastAPI:
                 raise ProblemError(422, "the Idempotency-Key header and the body's idempotency_key "
                                    "differ; send one of them", slug="validation",
                                    errors=[{"field": "idempotency_key", "in": "body",
-                                            "message": "differs from the Idempotency-Key header"}])
+                                            "message": "differs from the Idempotency-Key header",
+                                            "code": "fields_disagree"}])
             template["idempotency_key"] = idempotency_key
             replayed = service.check_idempotency(
                 idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
@@ -278,18 +292,47 @@ def build_http_app(service: ApiService) -> FastAPI:
     async def perf_regressions() -> Response:
         return _json(dumps(await service.perf.regressions()))
 
-    # ------------------------------------------------------------------ dashboard
-    page = resources.files("hive_ray._api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+    # ------------------------------------------------------------------ the document and the pages
+    @app.get("/openapi.json", include_in_schema=False, dependencies=read)
+    async def openapi(request: Request) -> Response:
+        document = app.openapi()
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        if root_path:  # mounted under a prefix (a Serve route prefix): say where
+            document = {**document, "servers": [{"url": root_path}]}
+        return _json(dumps(document))
+
+    def page(name: str) -> str:
+        return resources.files("hive_ray._api").joinpath(f"static/{name}").read_text(encoding="utf-8")
+
+    dashboard_page, docs_page = page("dashboard.html"), page("docs.html")
 
     @app.get("/dashboard", include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache",
-                                           "Content-Security-Policy": "default-src 'self'; "
-                                           "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+        return HTMLResponse(dashboard_page, headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        # Self-contained like the dashboard: a page that holds a key loads no third-party script.
+        return HTMLResponse(docs_page, headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'"})
 
     @app.get("/v1/overview", tags=["dashboard"], dependencies=read, responses=auth_errors,
              summary="The dashboard's data: pools, counters, recent failures, throughput and latency")
     async def overview() -> Response:
         return _json(dumps(await service.overview()))
 
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = openapi_document(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
     return app

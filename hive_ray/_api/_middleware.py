@@ -20,7 +20,8 @@ from typing import Any
 
 from hive_ray._api._metrics import ApiMetrics
 from hive_ray._api._problems import problem
-from hive_ray._tracing import Span, finish_http_span, http_server_span, response_headers
+from hive_ray._api._trace_ingress import finish_http_span, http_server_span, response_headers
+from hive_ray._tracing import Span
 
 #: The server span of the request being handled (None: tracing off, or not sampled).
 request_span: contextvars.ContextVar[Span | None] = contextvars.ContextVar("hive_request_span", default=None)

@@ -23,6 +23,7 @@ from hive_ray._errors import (
     IdempotencyConflictError,
     NoRouteError,
     OverloadedError,
+    ResultLostError,
     TaskNotFoundError,
     UnknownAgentTypeError,
     UnknownPoolError,
@@ -33,13 +34,14 @@ logger = logging.getLogger("hive_ray.api")
 PROBLEM_TYPE = "application/problem+json"
 _TYPE_BASE = "https://hive-ray.dev/problems/"
 
-_TITLES = {
+TITLES = {
     400: "Bad request",
     401: "Missing or unknown API key",
     403: "The API key's scope does not allow this",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    410: "Gone",
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid request",
@@ -49,14 +51,17 @@ _TITLES = {
     504: "The wait ran out",
 }
 
-#: Which status each hive error means at the API boundary.
+#: Which status each hive error means at the API boundary. A well-formed request that names
+#: something that does not exist (a pool, an agent type, a capability no pool offers, a task)
+#: is a 404, whose problem lists what does exist; 422 is kept for malformed input.
 _STATUS: list[tuple[type[HiveError], int]] = [
     (UnknownPoolError, 404),
     (TaskNotFoundError, 404),
+    (UnknownAgentTypeError, 404),
+    (NoRouteError, 404),
     (IdempotencyConflictError, 409),
+    (ResultLostError, 410),
     (OverloadedError, 429),
-    (UnknownAgentTypeError, 422),
-    (NoRouteError, 422),
     (ConfigurationError, 422),
     (HiveConnectionError, 503),
 ]
@@ -79,7 +84,7 @@ def problem(status: int, detail: str, *, instance: str | None = None, slug: str 
             headers: dict[str, str] | None = None, **extensions: Any) -> Response:
     body: dict[str, Any] = {
         "type": _TYPE_BASE + (slug or str(status)),
-        "title": _TITLES.get(status, "Error"),
+        "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
     }
@@ -116,7 +121,13 @@ def from_hive_error(error: HiveError, instance: str | None = None) -> Response:
 
 
 def field_errors(errors: Any) -> list[dict[str, str]]:
-    """Pydantic/FastAPI validation errors as ``{"field", "message"}``, field dotted."""
+    """Pydantic/FastAPI validation errors as ``{"field", "in", "message", "code"}``, field dotted.
+
+    ``code`` is pydantic's error type (``missing``, ``int_type``, ``less_than_equal``...).
+
+    An error about fields that disagree (``fields_disagree``, from the models'
+    cross-field checks) is listed once per field it names.
+    """
     listed = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
@@ -124,15 +135,27 @@ def field_errors(errors: Any) -> list[dict[str, str]]:
             where, location = location[0], location[1:]
         else:
             where = "body"
-        listed.append({"field": ".".join(location) or where, "in": where,
-                       "message": str(error.get("msg", "invalid"))})
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        kind = str(error.get("type", ""))
+        if kind.endswith("_type") and "input" in error:
+            shown = repr(error["input"])
+            message += f", not {shown if len(shown) <= 40 else shown[:39] + '…'}"
+        fields = (error.get("ctx") or {}).get("fields") if kind == "fields_disagree" else None
+        for name in fields or [None]:
+            dotted = ".".join([*location, name] if name else location)
+            listed.append({"field": dotted or where, "in": where, "message": message, "code": kind or "invalid"})
     return listed
 
 
 def validation_problem(errors: Any, instance: str | None = None) -> Response:
     listed = field_errors(errors)
     names = sorted({e["field"] for e in listed})
-    detail = f"invalid {', '.join(names)}: " + "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+    fields_of: dict[str, list[str]] = {}
+    for each in listed:
+        fields_of.setdefault(each["message"], []).append(each["field"])
+    detail = f"invalid {', '.join(names)}: " + "; ".join(
+        message if all(field in message for field in fields) else f"{', '.join(fields)}: {message}"
+        for message, fields in fields_of.items())
     return problem(422, detail[:2000], instance=instance, slug="validation", errors=listed)
 
 
@@ -148,11 +171,24 @@ def install(app: Any) -> None:
 
     async def on_http(request: Request, error: HTTPException) -> Response:
         detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
-        return problem(error.status_code, detail, instance=request.url.path,
-                       headers=dict(error.headers or {}))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # Starlette names only the first route that matched the path; a path served by
+            # several routes (GET, PATCH and DELETE /v1/pools/{name}) allows all their methods.
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
+        elif error.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the body could not be read as JSON (is it UTF-8?); send a JSON object"
+        return problem(error.status_code, detail, instance=request.url.path, headers=headers)
 
     async def on_validation(request: Request, error: RequestValidationError) -> Response:
-        return validation_problem(error.errors(), instance=request.url.path)
+        errors = error.errors()
+        if errors and all(each.get("type") == "json_invalid" for each in errors):
+            where = errors[0].get("ctx", {}).get("error", "invalid JSON")
+            return problem(400, f"the body is not valid JSON ({where}); send a JSON object",
+                           instance=request.url.path, slug="malformed-body")
+        return validation_problem(errors, instance=request.url.path)
 
     async def on_model_validation(request: Request, error: ValidationError) -> Response:
         return validation_problem(error.errors(), instance=request.url.path)
@@ -171,6 +207,19 @@ def install(app: Any) -> None:
     app.add_exception_handler(ValidationError, on_model_validation)
     app.add_exception_handler(HiveError, on_hive)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves on the request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 def _slug(name: str) -> str:

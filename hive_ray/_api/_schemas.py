@@ -7,17 +7,61 @@ these are the few shapes the API adds. Unknown fields are refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, create_model
+
+from hive_ray._models import INTEGER_ONLY, AutoscaleSpec, PoolSpec
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class PoolScale(_Body):
-    count: int = Field(..., ge=0, le=100_000, description="Agents the pool should have.")
+def pool_request_models(limit: int) -> tuple[type[PoolSpec], type[BaseModel]]:
+    """The bodies of ``POST /v1/pools`` and ``PATCH /v1/pools/{name}``, bounded by ``limit``.
+
+    ``limit`` is the ``max_agents_per_pool`` setting. It is stated in the OpenAPI
+    document as each size field's ``maximum`` and enforced with a message that
+    names the setting, so a client generated from the document and a person
+    reading a 422 both know the bound and who can raise it.
+    """
+
+    def at_most(field: str) -> Any:
+        def check(value: int) -> int:
+            if value > limit:
+                raise ValueError(f"{field} {value} is above the max_agents_per_pool setting ({limit}); "
+                                 "ask for fewer agents, or have an admin raise the setting")
+            return value
+
+        return AfterValidator(check)
+
+    def bounded(field: str, minimum: int) -> Any:
+        # The constraint before the validators, so that the schema shows it as "minimum".
+        return Annotated[StrictInt, Field(ge=minimum, json_schema_extra={"maximum": limit}),
+                         INTEGER_ONLY, at_most(field)]
+
+    def size(field: str, default: int, minimum: int, description: str) -> Any:
+        return (bounded(field, minimum), Field(min(default, limit), description=f"{description} At most {limit} "
+                                                  "(the max_agents_per_pool setting)."))
+
+    autoscale = create_model(
+        "AutoscaleRequest", __base__=AutoscaleSpec, __doc__=AutoscaleSpec.__doc__,
+        min_agents=size("autoscale.min_agents", 1, 0, "At least this many; at most max_agents."),
+        max_agents=size("autoscale.max_agents", 10, 1, "At most this many; at least min_agents."),
+    )
+    pool = create_model(
+        "PoolRequest", __base__=PoolSpec, __doc__=PoolSpec.__doc__,
+        count=size("count", 1, 0, "Agents to start (added to an existing pool)."),
+        autoscale=(autoscale | None, Field(None, description="Let the pool size follow the load.")),
+    )
+    scale = create_model(
+        "PoolScale", __base__=_Body, __doc__="The size a pool should have.",
+        count=(bounded("count", 0),
+               Field(..., description=f"Agents the pool should have: an integer, at most {limit} "
+                                      "(the max_agents_per_pool setting).")),
+    )
+    return pool, scale
 
 
 class TaskAccepted(_Body):
@@ -46,7 +90,10 @@ class Problem(_Body):
     status: int
     detail: str
     instance: str | None = None
-    errors: list[dict[str, str]] | None = Field(None, description="The offending fields, on 422.")
+    errors: list[dict[str, str]] | None = Field(
+        None, description="On 422, each offending field: `field` (dotted), `in` (body, query, path or "
+        "header), `message`, and `code` (the validation error's type; `fields_disagree` for fields "
+        "valid one by one but not together, such as a backoff's initial delay above its maximum).")
 
 
 class Ready(_Body):

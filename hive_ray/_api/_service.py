@@ -9,6 +9,7 @@ rules and read through the same caches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,8 @@ from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import ApiMetrics
 from hive_ray._api._perf import PerfReader
 from hive_ray._api._telemetry import TERMINAL, TaskWindow, follow_events
-from hive_ray._errors import IdempotencyConflictError
+from hive_ray._errors import IdempotencyConflictError, ResultLostError
+from hive_ray._results import StoredResult, resolve_async
 from hive_ray._settings import Settings
 
 logger = logging.getLogger("hive_ray.api")
@@ -97,11 +99,33 @@ class ApiService:
     async def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         agent_type, count, name = spec.pop("agent_type"), spec.pop("count"), spec.pop("name")
+        await self._check_added_size(name, agent_type, count)
         try:
             info = await self.blocking("spawn", agent_type, count, pool=name, **spec)
         finally:
             self._pools_cache.clear()
         return info.model_dump(mode="json")
+
+    async def _check_added_size(self, name: str, agent_type: str, count: int) -> None:
+        """Creating an existing pool adds agents of its type: refuse (409) another type, or a sum
+        above max_agents_per_pool, before any agent starts."""
+        from hive_ray._api._problems import ProblemError
+        from hive_ray._errors import UnknownPoolError
+
+        limit = self.settings.max_agents_per_pool
+        try:
+            pool = await self.call("pool", name)
+        except UnknownPoolError:
+            return
+        if pool["agent_type"] != agent_type:
+            raise ProblemError(
+                409, f"pool {name!r} already runs agent type {pool['agent_type']!r}, not "
+                f"{agent_type!r}; choose another pool name", slug="pool-type-conflict", pool=name)
+        if pool["desired"] + count > limit:
+            raise ProblemError(
+                409, f"pool {name!r} has {pool['desired']} agents; adding {count} would make "
+                f"{pool['desired'] + count}, above the max_agents_per_pool setting ({limit}). Add "
+                "fewer, or have an admin raise the setting", slug="too-many-agents", pool=name)
 
     async def scale_pool(self, name: str, count: int) -> dict[str, Any]:
         try:
@@ -140,7 +164,12 @@ class ApiService:
         return await self.call("submit", template, payload)
 
     async def run(self, template: dict[str, Any], payload: Any, wait: float) -> tuple[str, tuple[str, Any, Any]]:
-        return await self.call("run", template, payload, wait)
+        task_id, (state, result, error) = await self.call("run", template, payload, wait)
+        return task_id, (state, await self._resolve(task_id, result), error)
+
+    async def _resolve(self, task_id: str, result: Any) -> Any:
+        """A result kept in Ray's object store (too large for the task stream), fetched."""
+        return await resolve_async(task_id, result, lambda task: self.call("fetch_result", task))
 
     async def task_json(self, task_id: str) -> tuple[bytes, bool]:
         """A task's record as JSON; a finished one may come from the cache (it cannot change)."""
@@ -148,8 +177,12 @@ class ApiService:
         if cached is not None:
             return cached, True
         record = await self.call("task", task_id)
+        stored = type(record["result"]) is StoredResult
+        if stored:
+            with contextlib.suppress(ResultLostError):  # gone: the record says what it was
+                record["result"] = await self._resolve(task_id, record["result"])
         body = dumps(record)
-        if record["state"] in TERMINAL:
+        if record["state"] in TERMINAL and not stored:  # large results are not cached here
             self._finished.put(task_id, body)
         return body, False
 

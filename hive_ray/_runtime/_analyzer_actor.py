@@ -90,6 +90,7 @@ class Analyzer:
         )
         self._started_at = clock()
         self._spans_received = 0
+        self._tasks_submitted: int | None = None  # by the orchestrator, since it started
         self._dropped_by_process: dict[str, int] = {}
         self._processes: dict[int, _Process] = {}
         self._queue_depths: dict[str, int] = {}
@@ -142,6 +143,9 @@ class Analyzer:
             self._restarts_latest[name] = total
         for pool in pools:
             self._pool_agents[pool["name"]] = int(pool.get("size", 0))
+        submitted = statistics.get("counters", {}).get("submitted")
+        if submitted is not None:
+            self._tasks_submitted = int(submitted)
 
     # ------------------------------------------------------------------ reading
     def report(self, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -204,9 +208,15 @@ class Analyzer:
         return [asdict(result) for result in self._alerts]
 
     def statistics(self) -> dict[str, Any]:
+        from hive_ray._tracing import effective_sampling
+
         return {
             "pid": os.getpid(),
             "started_at": self._started_at,
+            # What `hive perf report` needs to say why a report is empty: tracing off, no
+            # traffic, or a sampling ratio too low for the traffic seen.
+            "sampling": effective_sampling(self.settings),
+            "tasks_submitted": self._tasks_submitted,
             "spans_received": self._spans_received,
             "spans_dropped": sum(self._dropped_by_process.values()),
             "spans_dropped_by_process": dict(self._dropped_by_process),

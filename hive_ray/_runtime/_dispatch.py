@@ -13,11 +13,10 @@ import asyncio
 import heapq
 import itertools
 import logging
-import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import (
@@ -27,9 +26,9 @@ from hive_ray._errors import (
     NoRouteError,
     TaskNotFoundError,
 )
-from hive_ray._results import PENDING
+from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
-from hive_ray._settings import Settings
+from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition
 
 if TYPE_CHECKING:
@@ -38,24 +37,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class Dispatch:
+class Dispatch(SharedState):
     """Accept, route, dispatch and settle tasks."""
 
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
+    # Shared state: see _state.py. What only this part uses:
     _deadlines: list[tuple[float, int, str]]
     _deadline_sequence: itertools.count
     _waiters: dict[str, list[asyncio.Future[Any]]]
     _idempotency: dict[tuple[str, str], str]
-    _dead_letters: OrderedDict[str, None]
+    _dead_letters: OrderedDict[str, str]
 
     async def run(self, template: dict[str, Any], payload: Any = None, timeout: float | None = None,
                   task_id: str | None = None) -> tuple[str, tuple[str, Any, Any]]:
@@ -144,7 +134,12 @@ class Dispatch:
         if not entries:
             return ids, False
         if self._journal is not None:
-            commit = asyncio.ensure_future(self._journal.durable())
+            try:
+                accepted = self._journal.accept_many(entries)  # buffered now, committed soon
+            except HiveError as error:  # JournalError: a payload that cannot be written
+                self._settle_accept(pool, entries, error)
+                raise
+            commit = asyncio.ensure_future(accepted)
             try:
                 await asyncio.shield(commit)
             except asyncio.CancelledError:
@@ -198,7 +193,7 @@ class Dispatch:
 
     def _accept(self, template: dict[str, Any], payloads: list[Any],
                 task_ids: list[str] | None) -> tuple[Pool, list[str], list[TaskEntry]]:
-        """Route, check the bound, create and journal the records; queue nothing yet.
+        """Route, check the bound and create the records; journal and queue nothing yet.
 
         Returns the pool, the ids and the new entries (none when an idempotency
         key matched an earlier task: its id is returned instead).
@@ -208,7 +203,8 @@ class Dispatch:
         if key is not None and len(payloads) == 1:
             existing = self._idempotency.get((pool.name, key))
             if existing is None and self._journal is not None:
-                existing = self._journal.find_idempotent(pool.name, key)
+                found = self._journal.find_idempotent(pool.name, key)
+                existing = found.task_id if found is not None else None
             if existing is not None:
                 return pool, [existing], []
         ids = task_ids or [uuid.uuid4().hex for _ in payloads]
@@ -228,7 +224,6 @@ class Dispatch:
         affinity = template.get("affinity_key")
         trace_context = template.get("trace_context")
         agent_type = pool.spec["agent_type"]
-        journal = self._journal
         entries = []
         for task_id, payload in zip(ids, payloads, strict=True):
             entry = TaskEntry(task_id=task_id, pool=pool.name, agent_type=agent_type, payload=payload,
@@ -237,8 +232,6 @@ class Dispatch:
                               trace_context=trace_context, created_at=now)
             tasks[task_id] = entry
             entries.append(entry)
-            if journal is not None:
-                journal.record(entry)
             if timeout is not None:
                 heapq.heappush(self._deadlines, (now + timeout, next(self._deadline_sequence), task_id))
         if key is not None:
@@ -282,52 +275,71 @@ class Dispatch:
                     "affinity_key": entry.affinity_key, "max_attempts": entry.max_attempts,
                     "metadata": {**entry.metadata, "resubmitted_from": task_id}}
         accepted = await self.submit(template, entry.payload)
-        self._dead_letters.pop(task_id, None)
+        if self._dead_letters.pop(task_id, None) is not None and self._journal is not None:
+            self._journal.forget_dead_letter(task_id)
         return accepted
 
     def _pump(self, pool: Pool) -> None:
         if self._pools.get(pool.name) is not pool:
             return
+        isolation = pool.isolation
+        if isolation.reserved is not None or isolation.waiting():
+            self._isolate(pool)  # suspects of a host crash run alone (see _isolation.py)
         for agent_id, entries in pool.scheduler.assign():
-            record = pool.agents.get(agent_id)
-            now = time.time()
-            envelopes = []
-            # Sampled tasks get queue spans and the context of their batch's dispatch span.
-            traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
-            for entry in entries:
-                check_transition(entry.state, TaskState.RUNNING)
-                entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
-                entry.attempts += 1
-                pool.queue_waits.append(now - entry.created_at)
-                if record is not None:
-                    record.inflight.add(entry.task_id)
-                envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
-                                          attempt=entry.attempts, deadline=entry.deadline(),
-                                          metadata=entry.metadata,
-                                          trace_context=entry.trace_context if traced is None
-                                          else traced.get(id(entry.trace_context))))
-                self._emit(entry, "running", agent_id=agent_id)
-            self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes))
+            self._start_batch(pool, agent_id, entries)
         next_retry = pool.scheduler.next_retry_at()
         if next_retry is not None and self._wakeup is not None:
             self._wakeup.set()
 
+    def _start_batch(self, pool: Pool, agent_id: str, entries: list[TaskEntry]) -> None:
+        """Mark ``entries`` running on ``agent_id`` and send them as one batch."""
+        record = pool.agents.get(agent_id)
+        now = time.time()
+        envelopes = []
+        # Sampled tasks get queue spans and the context of their batch's dispatch span.
+        traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
+        for entry in entries:
+            check_transition(entry.state, TaskState.RUNNING)
+            entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
+            entry.attempts += 1
+            pool.queue_waits.append(now - entry.created_at)
+            if record is not None:
+                record.inflight.add(entry.task_id)
+            envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
+                                      attempt=entry.attempts, deadline=entry.deadline(),
+                                      metadata=entry.metadata,
+                                      trace_context=entry.trace_context if traced is None
+                                      else traced.get(id(entry.trace_context))))
+            self._emit(entry, "running", agent_id=agent_id)
+        incarnation = record.restarts if record is not None else -1
+        self._spawn_background(self._dispatch(pool, agent_id, entries, envelopes, incarnation))
+
     async def _dispatch(self, pool: Pool, agent_id: str, entries: list[TaskEntry],
-                        envelopes: list[Envelope]) -> None:
+                        envelopes: list[Envelope], incarnation: int = -1,
+                        reclaimed: Awaitable[list[Outcome]] | None = None) -> None:
+        """Run a batch and settle its outcomes; ``reclaimed`` awaits those of a batch an
+        adopted host was already running (see _recovery.py) instead of sending it."""
         try:
-            outcomes = await self._placement.run_batch(agent_id, envelopes)
+            outcomes = await (reclaimed if reclaimed is not None else self._placement.run_batch(agent_id, envelopes))
         except AgentLost as lost:
             if self._tracer is not None:
                 self._tracer.end_dispatch(envelopes, f"agent lost: {lost.cause}")
-            self._release_batch(pool, agent_id, entries)
             if self._pools.get(pool.name) is not pool:
+                self._release_batch(pool, agent_id, entries)
                 return  # the pool was stopped (or the orchestrator is shutting down): nothing to redo
-            for entry in entries:
+            record = pool.agents.get(agent_id)
+            if record is not None and record.restarts != incarnation:
+                return  # a batch of an incarnation restarted since: that failure was handled then
+            # Everything the host held is judged together (who pays for the crash), before
+            # anything can yield: see _isolation.py.
+            failed, decision = self._host_lost(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
+            self._release_batch(pool, agent_id, entries)
+            for entry in entries:  # its agent was not ready (stopping, or already failed)
                 if entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
-                    self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})")
-            await self._on_host_failed(pool, self._placement.siblings(agent_id), lost.cause, lost.detail)
+                    self._redeliver(pool, entry, f"agent {agent_id} lost ({lost.cause})", count_attempt=False)
+            await self._restart_hosts(pool, failed, decision, lost.cause, lost.detail)
             return
-        except Exception as error:  # noqa: BLE001 - e.g. a result that cannot be pickled
+        except Exception as error:  # noqa: BLE001 - e.g. a batch the host could not answer
             logger.exception("batch on %s failed", agent_id)
             outcomes = [Outcome(task_id=e.task_id, status="error",
                                 error={"type": type(error).__name__, "message": str(error)[:2000]})
@@ -335,6 +347,7 @@ class Dispatch:
         if self._tracer is not None:
             self._tracer.end_dispatch(envelopes)
         record = pool.agents.get(agent_id)
+        isolation = pool.isolation if pool.isolation.active else None
         by_id = {entry.task_id: entry for entry in entries}
         for outcome in outcomes:
             entry = by_id.get(outcome.task_id)
@@ -343,6 +356,8 @@ class Dispatch:
             if record is not None:
                 record.inflight.discard(entry.task_id)
                 record.tasks_done += 1
+            if isolation is not None:
+                isolation.cleared(entry.task_id)  # it ran without crashing its host
             if outcome.finished_at:
                 pool.scheduler.observe_handle_seconds(max(0.0, outcome.finished_at - outcome.started_at))
             if entry.state != TaskState.RUNNING or entry.agent_id != agent_id:
@@ -350,6 +365,11 @@ class Dispatch:
                 self._counters["late_results"] += 1
                 if outcome.status == "ok" and entry.state == TaskState.SUCCEEDED:
                     self._counters["duplicate_executions"] += 1
+                self._discard_stored(agent_id, outcome)
+                continue
+            if type(outcome.value) is StoredResult and outcome.status == "ok":
+                # Too large for the stream: settled once the value is safe in the object store.
+                self._spawn_background(self._settle_stored(pool, agent_id, entry, outcome))
                 continue
             self._settle(pool, entry, outcome)
         pool.scheduler.release(agent_id, len(entries))
@@ -389,16 +409,24 @@ class Dispatch:
         if not count_attempt:
             entry.attempts = max(0, entry.attempts - 1)
         if entry.attempts >= (entry.max_attempts or 1):
+            pool.isolation.forget(entry.task_id)
             self._end(entry, TaskState.FAILED, dead_letter=True, error={
                 "type": "AgentLost", "message": f"{reason}; gave up after {entry.attempts} attempt(s)"})
             return
         self._counters["redelivered"] += 1
-        delay = pool.retry.decide(entry.attempts, "AgentLost", self._rng).delay_seconds
+        # An attempt that does not count was not the task's doing: no backoff either.
+        delay = pool.retry.decide(entry.attempts, "AgentLost", self._rng).delay_seconds if count_attempt else 0.0
         self._requeue(pool, entry, delay, reason)
 
     def _requeue(self, pool: Pool, entry: TaskEntry, delay: float, reason: str) -> None:
         check_transition(entry.state, TaskState.QUEUED)
         entry.state, entry.agent_id = TaskState.QUEUED, None
+        if pool.isolation.is_suspect(entry.task_id):
+            # Suspects wait for an isolated host, not in the queue; the host's restart
+            # (with the pool's backoff) paces them, so no retry delay applies.
+            pool.isolation.push(entry)
+            self._emit(entry, "queued", message=f"{reason}; it runs alone until cleared")
+            return
         entry.not_before = time.monotonic() + delay
         pool.scheduler.requeue(entry)
         self._emit(entry, "queued", message=reason)

@@ -1,10 +1,23 @@
-"""The orchestrator's durable memory: tasks and pools in the SQLite journal.
+"""The orchestrator's durable memory: tasks, dead letters, pools and hosts in the SQLite journal.
 
-Every accepted task is buffered here and ``await durable()`` returns once it
-is committed, so ``submit`` answers only for tasks that survive a crash of the
-orchestrator. Task endings are written in the same group commits, without
-making anyone wait. After a restart, :meth:`TaskJournal.unfinished` gives back
-every task that had not ended and :meth:`TaskJournal.pools` every declared pool.
+How the orchestrator uses it:
+
+* **Accepting** (commit before dispatch): build the new `TaskEntry`s, then
+  ``await journal.accept_many(entries)``, and only then queue or dispatch
+  them. It returns once they are committed (many concurrent accepts share
+  one commit) and raises `JournalError` if that commit failed; then nothing
+  of them was written, recovery will never run them, and the caller must
+  drop them and pass the error on.
+* **Changes** (started, retried, ended, dead-lettered): `record` them; they
+  are encoded once per event-loop turn and committed in the next group
+  commit, without making anyone wait (``await durable()`` waits).
+* **Restart**: `unfinished` gives back every task that had not ended,
+  `pools` every declared pool, `hosts` every host actor recorded with
+  `record_host` (to re-adopt), and `dead_letters` the tasks that failed for
+  good (``record(entry, dead_letter=True)`` with the ending that sends a task
+  there; `forget_dead_letter` after a resubmit).
+* **Past memory**: `get` and `find_idempotent` answer from the journal once a
+  task has left the orchestrator's memory.
 
 Pure Python (no Ray): unit-tested with a temporary directory.
 """
@@ -12,14 +25,19 @@ Pure Python (no Ray): unit-tested with a temporary directory.
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import time
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hive_ray._errors import JournalError
 from hive_ray._group_commit import GroupCommitter
 from hive_ray._journal import Journal, JournalEntry
 from hive_ray._task import TaskEntry, TaskState
+
+logger = logging.getLogger("hive_ray.journal")
 
 #: TaskEntry fields that are saved (the rest is scheduling bookkeeping).
 _SAVED = (
@@ -27,6 +45,9 @@ _SAVED = (
     "idempotency_key", "metadata", "max_attempts", "trace_context", "state", "created_at",
     "started_at", "finished_at", "attempts", "agent_id", "result", "error",
 )
+_STATE_INDEX = _SAVED.index("state")
+#: Undecodable rows named one by one in the log at recovery; the rest are counted.
+_NAMED_IN_LOG = 10
 
 
 def _dumps(value: Any) -> bytes:
@@ -54,33 +75,87 @@ def decode_entry(body: bytes) -> TaskEntry:
     return TaskEntry(**fields)
 
 
-_STATE_INDEX = _SAVED.index("state")
-
-
 class TaskJournal:
-    """Tasks and pools, durably. Build it with :meth:`open`."""
+    """Tasks, dead letters, pools and hosts, durably. Build it with :meth:`open`."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, *, failure_backoff_seconds: float = 0.05) -> None:
         self._journal = journal
         # Commit as soon as there is work: batches form by themselves while a
         # commit is in flight, so an idle system adds one commit of latency.
-        self._committer = GroupCommitter(journal, interval_seconds=0.0, checkpoint_seconds=1.0)
+        self._committer = GroupCommitter(journal, interval_seconds=0.0, checkpoint_seconds=1.0,
+                                         failure_backoff_seconds=failure_backoff_seconds)
         self._dirty: dict[str, TaskEntry] = {}
+        self._dead_dirty: set[str] = set()  # of _dirty: endings that are dead letters
         self._flush_scheduled = False
 
     @classmethod
-    def open(cls, directory: str | Path) -> TaskJournal:
-        """Open the journal in ``directory``; raises JournalError with the fix if it cannot."""
-        return cls(Journal.open(directory, background_checkpoints=True))
+    def open(cls, directory: str | Path, *, durability: str = "normal") -> TaskJournal:
+        """Open the journal in ``directory`` (``durability``: the ``journal_durability`` setting).
+
+        Raises:
+            JournalError: it cannot be opened; the message says why and what to do.
+        """
+        return cls(Journal.open(directory, background_checkpoints=True, durability=durability))
 
     @property
     def path(self) -> Path:
         return self._journal.path
 
-    def record(self, entry: TaskEntry) -> None:
+    @property
+    def durability(self) -> str:
+        return self._journal.durability
+
+    # ------------------------------------------------------------ tasks
+
+    def accept_many(self, entries: Sequence[TaskEntry]) -> Awaitable[None]:
+        """Write new tasks; the returned awaitable finishes once they are committed.
+
+        Queue or dispatch the tasks only after awaiting it. The entries are
+        encoded and buffered by this call itself, before anything is awaited
+        (so ``asyncio.ensure_future(journal.accept_many(entries))`` loses no
+        time), and concurrent accepts share one commit. Changes recorded
+        earlier are written in the same commit or before.
+
+        Cancelling the awaiting caller does not withdraw the entries: the
+        commit goes on and decides their fate (shield it, as for a commit).
+
+        Raises:
+            JournalError: (from the awaitable) the commit failed, e.g. with
+                ``reason == "full"``: none of these entries was written and
+                none ever will be, so do not run them (and do not `record`
+                them). Raised by the call itself, ``reason == "unencodable"``,
+                when an entry's payload does not pickle; nothing was buffered.
+        """
+        if not entries:
+            return _nothing()
+        self._flush()
+        now = time.time()
+        rows = []
+        for entry in entries:
+            try:
+                rows.append(self._row(entry, now))
+            except Exception as error:  # noqa: BLE001 - whatever pickling raised
+                raise JournalError(
+                    f"task {entry.task_id!r} cannot be written to the task journal "
+                    f"{str(self.path)!r}: its payload does not pickle ({error!r}); send a payload "
+                    f"that pickles", path=str(self.path), reason="unencodable") from error
+        self._committer.put_many(rows, accept=True)
+        return self._committer.durable()
+
+    def record(self, entry: TaskEntry, *, dead_letter: bool = False) -> None:
         """Note that the entry changed; it is encoded once per event-loop turn and committed
-        in the next group commit. A task accepted and finished in the same turn costs one row."""
+        in the next group commit. A task accepted and finished in the same turn costs one row.
+
+        ``dead_letter=True`` with the ending that sends the task to the dead
+        letters (not from its metadata: a resubmitted task inherits that).
+        Record only tasks already accepted (`accept_many`): a change is retried
+        until a commit succeeds, so recovery would run a task whose accept failed.
+        """
         self._dirty[entry.task_id] = entry
+        if dead_letter:
+            self._dead_dirty.add(entry.task_id)
+        else:
+            self._dead_dirty.discard(entry.task_id)
         if not self._flush_scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -91,45 +166,149 @@ class TaskJournal:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, {}
+        dead, self._dead_dirty = self._dead_dirty, set()
         if not dirty:
             return
         now = time.time()
-        self._committer.put_many([
-            JournalEntry(task_id=entry.task_id, pool=entry.pool, state=entry.state.value,
-                         idempotency_key=entry.idempotency_key, created_at=entry.created_at,
-                         updated_at=now, finished=entry.state.terminal, body=encode_entry(entry))
-            for entry in dirty.values()
-        ])
+        rows = []
+        for entry in dirty.values():
+            try:
+                rows.append(self._row(entry, now, dead_letter=entry.task_id in dead))
+            except Exception:  # noqa: BLE001 - one bad result must not cost the others
+                logger.exception("task %s could not be written to the task journal; its last "
+                                 "change is lost there", entry.task_id)
+        self._committer.put_many(rows)
+
+    @staticmethod
+    def _row(entry: TaskEntry, now: float, *, dead_letter: bool = False) -> JournalEntry:
+        return JournalEntry(task_id=entry.task_id, pool=entry.pool, state=entry.state.value,
+                            idempotency_key=entry.idempotency_key, created_at=entry.created_at,
+                            updated_at=now, finished=entry.state.terminal, body=encode_entry(entry),
+                            dead_letter=dead_letter)
 
     async def durable(self) -> None:
-        """Return once everything recorded so far is committed."""
+        """Return once everything recorded so far is committed.
+
+        Raises:
+            JournalError: a commit carrying some of it failed (what was not
+                new is retried by later commits).
+        """
         self._flush()
         await self._committer.durable()
 
     def unfinished(self) -> list[TaskEntry]:
-        return [decode_entry(row.body) for row in self._journal.unfinished()]
+        """Every task that had not ended, oldest first: what a restarted orchestrator queues again.
+
+        A row this hive-ray cannot decode (its payload's class no longer
+        imports) is logged and left in the journal for a later restart.
+        """
+        entries = []
+        skipped = []
+        for row in self._journal.unfinished():
+            try:
+                entries.append(self._decode(row))
+            except JournalError as error:
+                if len(skipped) < _NAMED_IN_LOG:
+                    logger.error("%s", error)
+                skipped.append(row.task_id)
+        if skipped:
+            logger.error("%d unfinished task(s) in %s could not be decoded and were not recovered; "
+                         "they stay in the journal for the next restart", len(skipped), self.path)
+        return entries
 
     def get(self, task_id: str) -> TaskEntry | None:
+        """The task's latest recorded version, or None if the journal never had it (or pruned it)."""
         if task_id in self._dirty:
             return self._dirty[task_id]
         row = self._journal.get(task_id)
-        return decode_entry(row.body) if row is not None else None
+        return self._decode(row) if row is not None else None
 
-    def find_idempotent(self, pool: str, key: str) -> str | None:
+    def find_idempotent(self, pool: str, key: str) -> TaskEntry | None:
+        """The newest task accepted into ``pool`` with this idempotency key, with its state,
+        result and error; None if there is none (or its accept failed)."""
+        self._flush()
         row = self._journal.find_idempotent(pool, key)
-        return row.task_id if row is not None else None
+        return self._decode(row) if row is not None else None
+
+    def dead_letters(self, limit: int = 100, pool: str | None = None) -> list[TaskEntry]:
+        """Tasks that failed for good (of ``pool``, or all), newest first, from the journal."""
+        self._flush()
+        found = []
+        for row in self._journal.dead_letters(limit, pool):
+            try:
+                found.append(self._decode(row))
+            except JournalError as error:
+                logger.error("%s", error)
+        return found
+
+    def forget_dead_letter(self, task_id: str) -> None:
+        """Take ``task_id`` off the dead letters (it was resubmitted); its record stays."""
+        self._flush()
+        self._journal.forget_dead_letter(task_id)
+        self._committer.nudge()
+
+    def _decode(self, row: JournalEntry) -> TaskEntry:
+        try:
+            return decode_entry(row.body)
+        except Exception as error:  # noqa: BLE001 - pickle raises anything a class's code raises
+            raise JournalError(
+                f"task {row.task_id!r} of pool {row.pool!r} in the task journal {str(self.path)!r} "
+                f"cannot be decoded ({error!r}); install the module its payload or result refers "
+                f"to on the head node, or delete the row (sqlite3 {str(self.path)!r} \"DELETE FROM "
+                f"tasks WHERE task_id = '{row.task_id}'\") with the orchestrator stopped",
+                path=str(self.path), reason="unreadable", task_id=row.task_id) from error
+
+    # ------------------------------------------------------------ pools and hosts
 
     def record_pool(self, name: str, declaration: dict[str, Any]) -> None:
+        """Record a pool's declaration; committed by the next group commit (``await durable()``)."""
         self._journal.put_pool(name, _dumps(declaration))
+        self._committer.nudge()
 
     def forget_pool(self, name: str) -> None:
         self._journal.delete_pool(name)
+        self._committer.nudge()
 
     def pools(self) -> list[dict[str, Any]]:
-        return [pickle.loads(spec) for spec in self._journal.pools().values()]
+        """Every recorded pool declaration, in creation order."""
+        declarations = []
+        for name, spec in self._journal.pools().items():
+            try:
+                declarations.append(pickle.loads(spec))
+            except Exception as error:  # noqa: BLE001 - one bad row must not hide the others
+                logger.error("the declaration of pool %r in %s cannot be decoded (%r); it is "
+                             "not recreated", name, self.path, error)
+        return declarations
+
+    def record_host(self, key: str, record: dict[str, Any]) -> None:
+        """Record a host actor that outlives the orchestrator, e.g. ``{"pool", "actor_name",
+        "namespace", "agent_ids", "node_id"}`` (JSON values); committed by the next group commit.
+
+        Raises:
+            TypeError: ``record`` is not JSON-serializable.
+        """
+        self._journal.put_host(key, record)
+        self._committer.nudge()
+
+    def forget_host(self, key: str) -> None:
+        self._journal.delete_host(key)
+        self._committer.nudge()
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        """Every recorded host, by key, in the order first recorded."""
+        return self._journal.hosts()
+
+    # ------------------------------------------------------------ upkeep
 
     def prune(self, *, max_age_seconds: float, max_finished: int) -> int:
-        return self._journal.prune(max_age_seconds=max_age_seconds, max_finished=max_finished, now=time.time())
+        """Delete finished tasks (dead letters too) past the retention; call from a worker thread."""
+        return self._journal.prune(max_age_seconds=max_age_seconds, max_finished=max_finished,
+                                   now=time.time())
+
+    def check_integrity(self) -> None:
+        """Read the whole journal file and raise `JournalError` (reason ``corrupt``) if it is
+        damaged; seconds for a large journal, so call it from a worker thread after start-up."""
+        self._journal.check_integrity()
 
     def statistics(self) -> dict[str, Any]:
         """Counts and sizes; it reads the table, so call it from a worker thread."""
@@ -137,6 +316,13 @@ class TaskJournal:
         return {name: getattr(stats, name) for name in stats.__dataclass_fields__}
 
     async def close(self) -> None:
-        self._flush()
-        await self._committer.close()
-        self._journal.close()
+        """Commit what is left and close the files (even if that last commit fails)."""
+        try:
+            self._flush()
+            await self._committer.close()
+        finally:
+            self._journal.close()
+
+
+async def _nothing() -> None:
+    """What `TaskJournal.accept_many` returns for no entries: nothing to wait for."""

@@ -2,20 +2,38 @@
 
 Each agent inside a host keeps actor semantics: its own instance and state, and
 a mailbox served one task at a time in arrival order (an ``asyncio.Lock`` is
-FIFO), unless its class declares itself ``concurrent``. Synchronous handlers run
-on a worker thread, a whole batch per hop, so the event loop stays free for
-cancellation and for health checks, which also have their own concurrency
-group so that no handler can starve them.
+FIFO), unless its class declares itself ``concurrent``. Synchronous handlers
+always run on worker threads, a whole batch per hop, so that a handler that
+turns slow never holds up its siblings or the event loop (the hop costs about
+0.1 ms per batch: measured in docs/ARCHITECTURE.md). Threads are made as
+calls need them, up to :data:`SYNC_THREADS`, and reused.
+
+Health checks answer on their own concurrency group, so that no handler can
+starve them, and report how long ago the host's main event loop last ran (a
+heartbeat): an async handler that blocks the loop shows up there, and the
+orchestrator restarts a host whose loop stays blocked past the health timeout.
+
+Results above ``max_result_bytes_in_memory`` stay here until the orchestrator
+takes them into Ray's object store (:mod:`hive_ray._runtime._large_results`).
+
+Hosts are detached actors: they outlive a crash of the orchestrator that
+started them. A restarted orchestrator adopts them (:meth:`AgentHost.adopt`):
+the agents keep their in-memory state, and what the host ran meanwhile is
+handed over from its :class:`~hive_ray._runtime._host_ledger.OutcomeLedger`.
+A host whose orchestrator is gone for good (dead and not restarting) stops
+its agents and exits by itself (:meth:`AgentHost._watch_orchestrator`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,26 +42,37 @@ import ray
 from hive_ray._agent import Agent, AgentContext, current_task_id
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import materialize
-from hive_ray._results import unwrap
+from hive_ray._results import resolve_async, unwrap
 from hive_ray._runtime._channel import HostLink, connect_host
 from hive_ray._runtime._endpoint import Endpoint
+from hive_ray._runtime._frames import MAX_FRAME_BYTES
+from hive_ray._runtime._host_adoption import HostAdoption
+from hive_ray._runtime._large_results import ResultStash
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 
 logger = logging.getLogger("hive_ray.host")
 
-#: A synchronous handler whose every call so far took less than this runs on the
-#: event loop instead of a worker thread (the hop costs about 0.1 ms).
-QUICK_HANDLER_SECONDS = 0.0005
+#: Most worker threads a host makes for synchronous handlers. Threads are made only
+#: when every existing one is busy, so a host has as many as it had calls in progress
+#: at once (one per non-concurrent agent, ``max_concurrency`` per concurrent one).
+SYNC_THREADS = 1024
+#: How often the host's event loop proves it runs; health answers carry the silence.
+LOOP_HEARTBEAT_SECONDS = 0.5
+#: Longest error message an outcome carries (the traceback is cut to 4,000 characters).
+MAX_ERROR_MESSAGE = 10_000
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:
     """A structured, picklable description of an exception raised by a handler."""
     cls = type(error)
     qualified = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    message = str(error) or cls.__name__
+    if len(message) > MAX_ERROR_MESSAGE:  # it travels in the batch's frame, beside its siblings
+        message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message):,} characters in all)"
     return {
         "type": qualified,
-        "message": str(error) or cls.__name__,
+        "message": message,
         "traceback": "".join(traceback.format_exception(cls, error, error.__traceback__))[-4000:],
     }
 
@@ -51,8 +80,7 @@ def describe_error(error: BaseException) -> dict[str, Any]:
 class _Resident:
     """One agent inside a host: its instance, mailbox and running tasks."""
 
-    __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "concurrency", "quick_sync",
-                 "last_used", "batches")
+    __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "concurrency", "last_used", "batches")
 
     def __init__(self, agent: Agent, concurrency: int) -> None:
         self.agent = agent
@@ -61,12 +89,11 @@ class _Resident:
         self.semaphore = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.is_async = inspect.iscoroutinefunction(agent.handle)
-        self.quick_sync = False  # proven quick after a first batch on a thread
         self.last_used = time.monotonic()
         self.batches = 0  # batches in progress: a busy agent is never passivated
 
 
-class AgentHost:
+class AgentHost(HostAdoption):
     """A Ray actor hosting agents of one pool. Built by the placement layer."""
 
     def __init__(
@@ -76,8 +103,12 @@ class AgentHost:
         agent_type: str,
         reference: str | bytes,
         orchestrator: Any,
-        max_threads: int = 8,
+        max_threads: int = SYNC_THREADS,
         passivate_after_seconds: float | None = None,
+        orchestrator_name: str | None = None,
+        namespace: str | None = None,
+        orphan_exit_seconds: float | None = None,
+        max_result_bytes: int = 64 * 1024,
     ) -> None:
         self._pool = pool
         self._agent_type = agent_type
@@ -97,6 +128,11 @@ class AgentHost:
         self._tracer: Any = None  # hive_ray._tracing.Tracer when the orchestrator traces
         self._tracing_asked = False
         self._gc_pauses = gc_pauses()
+        self._init_adoption(orchestrator_name, namespace, orphan_exit_seconds)
+        self._results = ResultStash(max_result_bytes, MAX_FRAME_BYTES)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._loop_seen = time.monotonic()  # when the main event loop last ran (heartbeat)
+        self._hooks_running = 0  # lifecycle hooks (setup) may block the loop: not a failure
 
     # -- lifecycle --------------------------------------------------------------
     async def activate(self, agent_ids: list[str], data_plane: Endpoint | None = None,
@@ -108,16 +144,19 @@ class AgentHost:
         under. Without it, or when it cannot be reached or authenticated, batches
         arrive as Ray calls instead.
         """
-        if self._cls is None:
-            self._cls = materialize(self._reference)
-        if not self._tracing_asked:
-            self._tracing_asked = True
-            self._tracer = await host_tracer(self._orchestrator)
-        if data_plane is not None and (self._link is None or not self._link.open):
-            await self._connect(data_plane, host_key)
-        for agent_id in agent_ids:
-            if agent_id not in self._residents:
-                await self._create(agent_id)
+        self._called()
+        with self._activating():
+            if self._cls is None:
+                self._cls = materialize(self._reference)
+            if not self._tracing_asked:
+                self._tracing_asked = True
+                self._tracer = await host_tracer(self._orchestrator)
+            if data_plane is not None and (self._link is None or not self._link.open):
+                await self._connect(data_plane, host_key)
+            for agent_id in agent_ids:
+                if agent_id not in self._residents:
+                    await self._create(agent_id)
+        self._start_heartbeat()
         if self._passivate_after is not None and self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
         # The agents just built live as long as the host: keep them out of the garbage
@@ -150,7 +189,8 @@ class AgentHost:
             progress_reporter=self._report_progress,
         )
         agent = self._cls(context)
-        await _maybe_await(agent.setup())
+        with self._hook_running():
+            await _maybe_await(agent.setup())
         self._activations += 1
         resident = _Resident(agent, self._cls.concurrency())
         self._residents[agent_id] = resident
@@ -186,6 +226,7 @@ class AgentHost:
 
     async def deactivate(self, agent_ids: list[str]) -> None:
         """Tear agents down (teardown hooks run) and forget them."""
+        self._ledger.contact()
         for agent_id in agent_ids:
             self._passivated.pop(agent_id, None)
             resident = self._residents.pop(agent_id, None)
@@ -201,6 +242,7 @@ class AgentHost:
     async def shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._stop_watching.set()
         await self.deactivate(list(self._residents) + list(self._passivated))
         if self._link is not None:
             self._link.close()
@@ -215,7 +257,21 @@ class AgentHost:
 
     # -- work -------------------------------------------------------------------
     async def run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
-        """Run envelopes for one agent, in order (or concurrently if it is concurrent)."""
+        """Run envelopes for one agent, in order (or concurrently if it is concurrent).
+
+        The ledger keeps the batch and its outcomes for an orchestrator that may
+        die before they reach it (see :meth:`adopt`).
+        """
+        batch = self._ledger.begin(agent_id, envelopes)
+        try:
+            outcomes = await self._run_batch(agent_id, envelopes)
+        except BaseException as error:
+            self._ledger.fail(batch, error)
+            raise
+        self._ledger.end(batch, outcomes)
+        return outcomes
+
+    async def _run_batch(self, agent_id: str, envelopes: list[Envelope]) -> list[Outcome]:
         resident = self._residents.get(agent_id)
         if resident is None and agent_id in self._passivated:
             resident = await self._reactivate(agent_id)
@@ -224,20 +280,17 @@ class AgentHost:
             return [Outcome(task_id=e.task_id, status="lost", error=error) for e in envelopes]
         resident.batches += 1
         try:
-            return await self._run_resident(resident, envelopes)
+            outcomes = await self._run_resident(resident, envelopes)
         finally:
             resident.batches -= 1
             resident.last_used = time.monotonic()
+        return await self._results.prepare(outcomes)
 
     async def _run_resident(self, resident: _Resident, envelopes: list[Envelope]) -> list[Outcome]:
         if resident.lock is not None:
             async with resident.lock:
                 if resident.is_async:
                     return [await self._run_async(resident, envelope) for envelope in envelopes]
-                if resident.quick_sync:
-                    # Handlers that have always been quick run on the loop: a thread hop
-                    # would cost more than the handler. One slow call turns this off.
-                    return self._run_sync_batch(resident, envelopes)
                 return await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._run_sync_batch, resident, envelopes
                 )
@@ -324,8 +377,6 @@ class AgentHost:
                 end_handle_span(span, outcome.status, outcome.error)
             outcomes.append(outcome)
         self._handled += len(envelopes)
-        slowest = max((o.finished_at - o.started_at for o in outcomes), default=0.0)
-        resident.quick_sync = slowest < QUICK_HANDLER_SECONDS
         return outcomes
 
     async def cancel(self, agent_id: str, task_id: str) -> bool:
@@ -340,12 +391,49 @@ class AgentHost:
         resident.agent.context.cancelled_tasks.add(task_id)
         return True
 
+    @ray.method(concurrency_group="results", num_returns=2)
+    async def take_result(self, key: str) -> tuple[int, Any]:
+        """``(size, value)`` of a result kept here; its return value lands in the object store,
+        owned by the caller (the orchestrator), so it outlives this host."""
+        return self._results.take(key)
+
     @ray.method(concurrency_group="health")
     async def health(self) -> dict[str, Any]:
-        """Answered on its own concurrency group, so busy agents cannot starve it."""
+        """Answered on its own concurrency group, so busy agents cannot starve it.
+
+        ``loop_silent_seconds`` is how long the main event loop has gone without
+        running beyond its heartbeat interval (None before the first activation):
+        the orchestrator fails a host whose loop stays silent past its health timeout.
+        """
+        self._ledger.last_contact = time.monotonic()
         return {"pid": os.getpid(), "active": len(self._residents), "passivated": len(self._passivated),
                 "activations": self._activations, "handled": self._handled,
-                "uptime_seconds": time.time() - self._started_at, "gc": self._gc_pauses.statistics()}
+                "uptime_seconds": time.time() - self._started_at, "gc": self._gc_pauses.statistics(),
+                "loop_silent_seconds": self._loop_silence()}
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.ensure_future(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            self._loop_seen = time.monotonic()
+            await asyncio.sleep(LOOP_HEARTBEAT_SECONDS)
+
+    def _loop_silence(self) -> float | None:
+        if self._heartbeat is None or self._hooks_running:
+            return None
+        return max(0.0, time.monotonic() - self._loop_seen - LOOP_HEARTBEAT_SECONDS)
+
+    @contextlib.contextmanager
+    def _hook_running(self) -> Iterator[None]:
+        """A lifecycle hook (a model loading in ``setup``) may hold the loop: not a failure."""
+        self._hooks_running += 1
+        try:
+            yield
+        finally:
+            self._hooks_running -= 1
+            self._loop_seen = time.monotonic()  # the loop runs again: this is it
 
     # -- services given to agents -------------------------------------------------
     async def _delegate(self, template: dict[str, Any], payloads: list[Any]) -> list[Any]:
@@ -356,8 +444,11 @@ class AgentHost:
         answers = await self._orchestrator.wait_many.remote(task_ids, None)
         results = []
         for task_id, answer in zip(task_ids, answers, strict=True):
-            results.append(unwrap(task_id, answer))
+            results.append(await resolve_async(task_id, unwrap(task_id, answer), self._fetch_reference))
         return results
+
+    async def _fetch_reference(self, task_id: str) -> list[Any]:
+        return await self._orchestrator.fetch_result.remote(task_id)
 
     def _report_progress(self, task_id: str, fraction: float, message: str | None) -> None:
         self._orchestrator.report_progress.remote(task_id, fraction, message)

@@ -1,65 +1,99 @@
-"""Host supervision: health checks, failed hosts, restarts by the pool's policy.
+"""Host supervision: health checks, failed hosts, who pays for a crash, restarts by policy.
 
 A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. Health is
 checked per host (a packed host holds many agents, which fail together); a
 failure asks the pool's :class:`~hive_ray._runtime._supervisor.PoolSupervisor`
 whether and when to restart, re-delivers what the host was running, and
 restarts the agents through placement.
+
+A crash is charged to a task only when that task was alone on the host; the
+tasks of a crash with several on board become suspects and run alone, one at a
+time per pool, on a host kept free for them (:mod:`hive_ray._isolation` decides,
+:meth:`HostSupervision._isolate` delivers).
+
+A health answer carries the age of the host's event-loop heartbeat: a host
+whose loop has not run for longer than the health timeout (a handler blocking
+it) fails its check like a host that does not answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hive_ray._gc_pauses import freeze_long_lived
+from hive_ray._isolation import INNOCENT_CAUSES
 from hive_ray._runtime._contracts import AgentLost
-from hive_ray._settings import Settings
-from hive_ray._task import TaskEntry, TaskState
+from hive_ray._runtime._state import SharedState
+from hive_ray._supervision import RestartDecision
+from hive_ray._task import TaskState
 
 if TYPE_CHECKING:
-    from hive_ray._runtime._pools import Pool
+    from hive_ray._runtime._pools import AgentRecord, Pool
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class HostSupervision:
-    """Health checks and restarts of agent hosts."""
+class HostSupervision(SharedState):
+    """Health checks, crash verdicts, isolated delivery and restarts of agent hosts."""
 
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
-
-    async def _on_host_failed(self, pool: Pool, agent_ids: list[str], cause: str, detail: str) -> None:
+    async def _on_host_failed(self, pool: Pool, agent_ids: list[str], cause: str, detail: str,
+                              since: dict[str, int] | None = None) -> None:
         """A host (with one agent, or many packed ones) failed: decide by the pool's policy
-        whether and when to restart its agents, and re-deliver what they were running."""
-        failed = [pool.agents[a] for a in agent_ids if a in pool.agents and pool.agents[a].state == "ready"]
+        whether and when to restart its agents, and re-deliver what they were running.
+        ``since`` (agent id -> restarts) limits it to agents not restarted meanwhile."""
+        failed, decision = self._host_lost(pool, agent_ids, cause, detail, since)
+        await self._restart_hosts(pool, failed, decision, cause, detail)
+
+    def _host_lost(self, pool: Pool, agent_ids: list[str], cause: str, detail: str,
+                   since: dict[str, int] | None = None) -> tuple[list[AgentRecord], RestartDecision | None]:
+        """What must happen before anything can yield: take the host's agents out of
+        dispatch, judge who pays for the crash, re-deliver what they held, ask the
+        restart policy. Returns the failed agents and the policy's decision."""
+        failed = [record for a in agent_ids if (record := pool.agents.get(a)) is not None
+                  and record.state == "ready" and (since is None or since.get(a) == record.restarts)]
         if not failed:
-            self._pump(pool)
-            return
+            return [], None
+        failed_ids = {record.agent_id for record in failed}
+        present: set[str] = set()
         for record in failed:
             record.state = "restarting"
             pool.scheduler.remove_agent(record.agent_id)
-            for task_id in list(record.inflight):  # tasks it held in other batches
-                entry = self._tasks.get(task_id)
-                record.inflight.discard(task_id)
-                if entry is not None and entry.state == TaskState.RUNNING and entry.agent_id == record.agent_id:
-                    self._redeliver(pool, entry, f"agent {record.agent_id} lost ({cause})")
+            present |= record.inflight  # what it held, in every batch, ended or not
+            record.inflight = set()
+        running = sorted((entry for task_id in present if (entry := self._tasks.get(task_id)) is not None
+                          and entry.state == TaskState.RUNNING and entry.agent_id in failed_ids),
+                         key=lambda entry: entry.created_at)  # suspects run again in arrival order
+        isolation = pool.isolation
+        if isolation.reserved is not None and failed_ids.intersection(isolation.reserved):
+            isolation.reserved = isolation.runner = None  # chosen again once agents are ready
+        verdict = isolation.host_crashed(present, running, cause)
+        for entry in verdict.released:
+            self._emit(entry, "queued", message="no longer suspect: the crash it was held for is explained")
+            pool.scheduler.requeue(entry)
+        for entry in verdict.counted:
+            self._redeliver(pool, entry, f"agent {entry.agent_id} lost ({cause}) while this task ran alone on it")
+        isolated = len(verdict.spared) > 1 and cause not in INNOCENT_CAUSES
+        for entry in verdict.spared:
+            self._redeliver(pool, entry, f"agent {entry.agent_id} lost ({cause}) with {len(present)} tasks on "
+                            f"its host; not counted" + ("; it runs alone until cleared" if isolated else ""),
+                            count_attempt=False)
         names = [record.agent_id for record in failed]
         label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} agent(s) on its host"
         decision = pool.supervisor.on_failure(label, cause, detail)
         self._emit(None, "agent_restart" if decision.restart else "agent_failed", pool=pool.name,
                    agent_id=label, cause=cause, message=decision.reason)
         logger.warning("%s failed (%s: %s); %s", label, cause, detail[:200], decision.reason)
+        return failed, decision
+
+    async def _restart_hosts(self, pool: Pool, failed: list[AgentRecord], decision: RestartDecision | None,
+                             cause: str, detail: str) -> None:
+        """Restart failed agents when and if the policy said so."""
+        if not failed or decision is None:
+            self._pump(pool)
+            return
+        names = [record.agent_id for record in failed]
         await self._placement.deactivate(names, kill=True)
         if not decision.restart:
             for record in failed:
@@ -83,6 +117,65 @@ class HostSupervision:
             self._mark_ready(pool, record.agent_id, where.get(record.agent_id, {}))
         freeze_long_lived()
         self._pump(pool)
+
+    # ------------------------------------------------------------------ isolation
+    def _isolate(self, pool: Pool) -> None:
+        """Run the next suspect alone, on a host kept free of other work, one per pool at a time."""
+        isolation = pool.isolation
+        suspect = isolation.peek()
+        if suspect is None:
+            self._end_reservation(pool)
+            return
+        runner = pool.agents.get(isolation.runner) if isolation.runner is not None else None
+        if runner is None or runner.state != "ready":
+            self._end_reservation(pool)
+            if not self._reserve_host(pool):
+                return  # no ready agent: suspects wait like queued tasks do
+        assert isolation.reserved is not None and isolation.runner is not None
+        if any(pool.agents[a].inflight for a in isolation.reserved if a in pool.agents):
+            return  # draining; the last outcome pumps again
+        # Agents placed on the host since it was set aside (they join accepting) take no work either.
+        isolation.reserved = [a for a in self._placement.siblings(isolation.runner) if a in pool.agents]
+        for agent_id in isolation.reserved:
+            pool.scheduler.set_accepting(agent_id, False)
+        if any(pool.agents[a].inflight for a in isolation.reserved):
+            return
+        isolation.pop()
+        self._start_batch(pool, isolation.runner, [suspect])
+
+    def _reserve_host(self, pool: Pool) -> bool:
+        """Set aside the host with the least work for suspects: it takes no other tasks."""
+        best: list[str] | None = None
+        best_load = 0
+        seen: set[str] = set()
+        for record in pool.agents.values():
+            if record.state != "ready" or record.agent_id in seen:
+                continue
+            host = [a for a in self._placement.siblings(record.agent_id) if a in pool.agents]
+            seen.update(host)
+            load = sum(len(pool.agents[a].inflight) for a in host)
+            if best is None or load < best_load:
+                best, best_load = host, load
+                if load == 0:
+                    break
+        if best is None:
+            return False
+        isolation = pool.isolation
+        isolation.reserved = best
+        isolation.runner = next(a for a in best if pool.agents[a].state == "ready")
+        for agent_id in best:
+            pool.scheduler.set_accepting(agent_id, False)
+        return True
+
+    def _end_reservation(self, pool: Pool) -> None:
+        isolation = pool.isolation
+        if isolation.reserved is None:
+            return
+        for agent_id in isolation.reserved:
+            record = pool.agents.get(agent_id)
+            if record is not None and record.state == "ready":
+                pool.scheduler.set_accepting(agent_id, True)
+        isolation.reserved = isolation.runner = None
 
     async def _health_loop(self) -> None:
         """Ping every ready host once per interval; one that does not answer in time is restarted.
@@ -111,10 +204,16 @@ class HostSupervision:
 
     async def _check_host(self, pool: Pool, key: str, agent_ids: list[str], timeout: float,
                           pending: set[str]) -> None:
+        since = {a: record.restarts for a in agent_ids if (record := pool.agents.get(a)) is not None}
         try:
-            await self._placement.host_health(key, timeout)
-        except AgentLost as lost:
-            await self._on_host_failed(pool, agent_ids, lost.cause, lost.detail)
+            answer = await self._placement.host_health(key, timeout)
+            silent = answer.get("loop_silent_seconds") if isinstance(answer, dict) else None
+            if silent is not None and silent > timeout:
+                raise AgentLost(key, "health_check_failed",
+                                f"host {key} answers, but its event loop has not run for {silent:.1f} s "
+                                f"(more than the {timeout:g} s health timeout): a handler blocks it")
+        except AgentLost as lost:  # unless its agents were restarted while it was asked
+            await self._on_host_failed(pool, agent_ids, lost.cause, lost.detail, since)
         except Exception:  # noqa: BLE001 - e.g. the host was stopped meanwhile: nothing to do
             logger.debug("health check of %s failed", key, exc_info=True)
         else:

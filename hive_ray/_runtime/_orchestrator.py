@@ -13,7 +13,8 @@ part (module)               responsibility
 ``_transport.py``           the data plane's start-up; calls arriving over it
 ``_pools.py``               pools: create, scale, stop, autoscale, describe
 ``_dispatch.py``            accept (route, queue bound, journal), dispatch, settle, timeouts
-``_host_supervision.py``    health checks, failed hosts, restarts by policy
+``_host_supervision.py``    health checks, failed hosts, who pays for a crash, restarts
+``_large_results.py``       results too large for the stream: kept in the object store
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
@@ -25,8 +26,10 @@ in :mod:`hive_ray._operations`.
 Delivery is at-least-once: a task running on an agent that dies is queued
 again (up to its pool's ``retry.max_attempts``), and its result is recorded
 exactly once (a late duplicate is counted, not recorded). Accepted tasks are
-in the journal before ``submit`` answers; a restarted orchestrator re-creates
-its pools and re-queues every task that had not ended.
+in the journal before ``submit`` answers. Host actors are detached, so they
+outlive an orchestrator crash: a restarted orchestrator answers at once, adopts
+the hosts (their agents keep their state, the tasks they run finish there)
+and re-queues every other task that had not ended (see ``_recovery.py``).
 
 The class runs without Ray in unit tests: give it a fake ``placement``.
 """
@@ -43,6 +46,7 @@ from typing import Any
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._runtime._dispatch import Dispatch
 from hive_ray._runtime._host_supervision import HostSupervision
+from hive_ray._runtime._large_results import LargeResults
 from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
 from hive_ray._runtime._recovery import Recovery
 from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
@@ -51,7 +55,7 @@ from hive_ray._settings import Settings
 from hive_ray._task import TaskEntry
 
 
-class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, TaskStore):
+class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
@@ -68,7 +72,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         # task store
         self._tasks: dict[str, TaskEntry] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._dead_letters: OrderedDict[str, None] = OrderedDict()
+        self._dead_letters: OrderedDict[str, str] = OrderedDict()
         self._idempotency: dict[tuple[str, str], str] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=self.settings.event_buffer)
@@ -76,7 +80,11 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         self._event_signal: asyncio.Event | None = None
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
-                          "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0}
+                          "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
+                          "adopted_agents": 0, "reclaimed": 0}
+        # large results: task id -> size of each result kept in the object store, oldest first
+        self._stored_results: OrderedDict[str, int] = OrderedDict()
+        self._stored_bytes = 0
         # dispatch (timeouts and due retries)
         self._deadlines: list[tuple[float, int, str]] = []
         self._deadline_sequence = itertools.count()
@@ -106,13 +114,16 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         if self._placement is None:
             self._placement = await self._make_ray_placement()
             self._start_tracing()
+        if self._journal is not None:
+            # Quick (journal reads): pools adopt their hosts in the background. If it
+            # raises, every call gets the error, rather than answers without the pools.
+            self._recover()
+            self._spawn_background(self._prune_loop())
         self._started = True
         self._spawn_background(self._timer_loop())
         self._spawn_background(self._health_loop())
         self._spawn_background(self._autoscale_loop())
-        if self._journal is not None:
-            await self._recover()
-            self._spawn_background(self._prune_loop())
+        self._spawn_background(self._stop_stray_hosts())
         self._recovery_seconds = time.monotonic() - began
         freeze_long_lived()
 
@@ -127,6 +138,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         await self._ensure_started()
         return {"status": "ok", "pools": len(self._pools), "tasks": len(self._tasks),
                 "degraded_pools": sorted(p.name for p in self._pools.values() if p.supervisor.degraded),
+                "recovering_pools": sorted(p.name for p in self._pools.values() if p.recovering),
                 "uptime_seconds": time.time() - self._created_at}
 
     async def statistics(self) -> dict[str, Any]:
@@ -154,11 +166,14 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         """Stop every pool's agents (used by ``hive down`` and ``Hive.close``); keeps the journal."""
         pools = list(self._pools.values())
         self._pools.clear()  # from here on, a host that goes away is not restarted
+        growing = []  # agents starting, and recoveries adopting hosts: they stop what they took
         for pool in pools:
             for starting in list(pool.growing):
                 starting.cancel()
+                growing.append(starting)
             for record in pool.agents.values():
                 record.state = "stopping"
+        await asyncio.gather(*growing, return_exceptions=True)
         # Running tasks stay unfinished in the journal: the next start runs them again.
         await asyncio.gather(*(self._placement.deactivate(list(pool.agents)) for pool in pools),
                              return_exceptions=True)

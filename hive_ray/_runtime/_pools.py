@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ from hive_ray._autoscale import AutoscalePolicy, PoolAutoscaler
 from hive_ray._capacity import CapacityLimits, check_pool_size, hosts_for, room_for
 from hive_ray._errors import CapacityError, ConfigurationError, HiveError, UnknownPoolError
 from hive_ray._gc_pauses import freeze_long_lived
+from hive_ray._isolation import Isolation
 from hive_ray._registry import AgentTypeInfo, describe
 from hive_ray._runtime._contracts import PoolPlacementSpec
+from hive_ray._runtime._state import SharedState
 from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
 from hive_ray._scheduler import PoolScheduler
-from hive_ray._settings import Settings
 from hive_ray._supervision import RetryPolicy
-from hive_ray._task import TaskEntry, TaskState
+from hive_ray._task import TaskState
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
@@ -64,6 +64,11 @@ class Pool:
     autoscaler: PoolAutoscaler | None = None
     queue_waits: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     growing: set[asyncio.Task[Any]] = field(default_factory=set)
+    # After an orchestrator restart: True until the pool's hosts are adopted (or replaced)
+    # and its agents are back; ``adopted`` is set once its surviving hosts are taken over.
+    recovering: bool = False
+    adopted: asyncio.Event | None = None
+    isolation: Isolation = field(default_factory=Isolation)  # suspects of host crashes
 
     def queue_wait_p95(self) -> float | None:
         if not self.queue_waits:
@@ -77,36 +82,20 @@ class Pool:
 
     @property
     def state(self) -> str:
+        if self.recovering:
+            return "recovering"
         return "degraded" if self.supervisor.degraded else "ok"
 
 
 
-class PoolManager:
+class PoolManager(SharedState):
     """Pools: creating, sizing, autoscaling and describing them."""
 
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
-
     async def create_pool(self, spec: dict[str, Any], reference: str | bytes | None = None,
-                          capabilities: list[str] | None = None, concurrency: int | None = None,
-                          _recovering: bool = False) -> dict[str, Any]:
+                          capabilities: list[str] | None = None, concurrency: int | None = None) -> dict[str, Any]:
         """Create a pool (or add ``count`` agents to an existing one) and wait until ready."""
-        if not _recovering:
-            await self._ensure_started()
-        from hive_ray._models import PoolSpec
-
-        try:
-            validated = PoolSpec(**spec).model_dump()
-        except ValueError as error:
-            raise ConfigurationError(f"invalid pool spec: {error}") from None
+        await self._ensure_started()
+        validated = validated_pool_spec(spec)
         name = validated["name"]
         pool = self._pools.get(name)
         if pool is not None:
@@ -115,7 +104,28 @@ class PoolManager:
                     f"pool {name!r} already runs agent type {pool.spec['agent_type']!r}, not "
                     f"{validated['agent_type']!r}; choose another pool name"
                 )
+            await self._adopted(pool)
             return await self.scale(name, self._live_count(pool) + validated["count"])
+        pool = self._new_pool(validated, reference, capabilities, concurrency)
+        await self._check_capacity(pool, validated["count"])
+        if validated["autoscale"] is not None:
+            await self._check_capacity(pool, validated["autoscale"]["max_agents"], autoscaling=True)
+        self._pools[name] = pool
+        self._journal_pool(pool)
+        try:
+            await self._grow(pool, validated["count"])
+        except BaseException:
+            if not pool.agents:
+                self._pools.pop(name, None)
+                if self._journal is not None:
+                    self._journal.forget_pool(name)
+            raise
+        return self._pool_info(pool)
+
+    def _new_pool(self, validated: dict[str, Any], reference: str | bytes | None,
+                  capabilities: list[str] | None, concurrency: int | None) -> Pool:
+        """A pool object from its validated spec, without agents yet."""
+        name = validated["name"]
         if reference is None:
             info = describe(validated["agent_type"])  # raises UnknownAgentTypeError
         else:
@@ -138,21 +148,15 @@ class PoolManager:
             pool.autoscaler = PoolAutoscaler(AutoscalePolicy(**validated["autoscale"]))
             validated["count"] = max(validated["autoscale"]["min_agents"],
                                      min(validated["autoscale"]["max_agents"], validated["count"]))
-        if not _recovering:
-            await self._check_capacity(pool, validated["count"])
-            if validated["autoscale"] is not None:
-                await self._check_capacity(pool, validated["autoscale"]["max_agents"], autoscaling=True)
-        self._pools[name] = pool
-        self._journal_pool(pool)
-        try:
-            await self._grow(pool, validated["count"])
-        except BaseException:
-            if not pool.agents:
-                self._pools.pop(name, None)
-                if self._journal is not None:
-                    self._journal.forget_pool(name)
-            raise
-        return self._pool_info(pool)
+        return pool
+
+    async def _adopted(self, pool: Pool) -> None:
+        """Wait until a recovering pool's surviving hosts are taken over (bounded by the
+        adoption timeout), so that sizing it counts the agents they hold."""
+        if pool.adopted is not None and not pool.adopted.is_set():
+            await pool.adopted.wait()
+            if self._pools.get(pool.name) is not pool:
+                raise UnknownPoolError(pool=pool.name, known=self._pools)  # stopped meanwhile
 
     def _journal_pool(self, pool: Pool) -> None:
         if self._journal is not None:
@@ -170,6 +174,7 @@ class PoolManager:
         pool = self._pool(name)
         if count < 0:
             raise ConfigurationError(f"cannot scale pool {name!r} to {count} agents; use 0 or more")
+        await self._adopted(pool)
         await self._check_capacity(pool, count)
         pool.spec["count"] = count
         self._journal_pool(pool)
@@ -406,11 +411,12 @@ class PoolManager:
             "starting": sum(1 for a in pool.agents.values() if a.state == "starting"),
             "queue_wait_p95": pool.queue_wait_p95(),
             "desired": pool.spec["count"], "state": pool.state, "policy": pool.spec["policy"],
-            "placement": pool.spec["placement"], "queued": stats.queued, "running": stats.inflight,
+            "placement": pool.spec["placement"], "queued": stats.queued + pool.isolation.waiting(),
+            "running": stats.inflight, "suspects": pool.isolation.suspects(),
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
             "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
             "recent_restarts": pool.supervisor.recent(20),
-            "dead_letters": sum(1 for t in self._dead_letters if (e := self._tasks.get(t)) and e.pool == pool.name),
+            "dead_letters": sum(1 for name in self._dead_letters.values() if name == pool.name),
         }
 
     async def hosts(self, pool: str) -> list[dict[str, Any]]:
@@ -424,6 +430,14 @@ class PoolManager:
         events = [event for p in pools for event in p.supervisor.recent(limit)]
         return sorted(events, key=lambda event: event["at"])[-limit:]
 
+
+def validated_pool_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    from hive_ray._models import PoolSpec
+
+    try:
+        return PoolSpec(**spec).model_dump()
+    except ValueError as error:
+        raise ConfigurationError(f"invalid pool spec: {error}") from None
 
 
 def _agents_per_host(spec: dict[str, Any]) -> int:

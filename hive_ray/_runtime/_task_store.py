@@ -37,7 +37,7 @@ class TaskStore:
     _events: deque[dict[str, Any]]
     _event_sequence: itertools.count
     _event_signal: asyncio.Event | None
-    _dead_letters: OrderedDict[str, None]
+    _dead_letters: OrderedDict[str, str]  # task id -> its pool, newest last
     _journal: TaskJournal | None
     _finished: OrderedDict[str, None]
     _idempotency: dict[tuple[str, str], str]
@@ -60,12 +60,12 @@ class TaskStore:
         self._counters[state.value] += 1
         if dead_letter:
             self._counters["dead_lettered"] += 1
-            self._dead_letters[entry.task_id] = None
+            self._dead_letters[entry.task_id] = entry.pool
             if len(self._dead_letters) > DEAD_LETTER_LIMIT:
                 self._dead_letters.popitem(last=False)
             entry.metadata = {**entry.metadata, "dead_letter": "true"}
         if self._journal is not None:
-            self._journal.record(entry)
+            self._journal.record(entry, dead_letter=dead_letter)
         self._emit(entry, state.value)
         self._resolve_waiters(entry)
         self._retain(entry.task_id)
@@ -232,11 +232,18 @@ class TaskStore:
                 "next_cursor": page[-1].task_id if more and page else None}
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Tasks that failed after every allowed attempt, newest first."""
+        """Tasks that failed after every allowed attempt, newest first.
+
+        From the journal when there is one, so they survive orchestrator restarts
+        (a record still in memory is the same task, only fresher).
+        """
         await self._ensure_started()  # type: ignore[attr-defined]
+        if self._journal is not None:
+            entries = self._journal.dead_letters(limit)  # an indexed read of `limit` rows
+            return [self._record(self._tasks.get(entry.task_id) or entry) for entry in entries]
         found = []
         for task_id in reversed(self._dead_letters):
-            entry = self._tasks.get(task_id) or self._from_journal(task_id)
+            entry = self._tasks.get(task_id)
             if entry is not None:
                 found.append(self._record(entry))
             if len(found) >= limit:

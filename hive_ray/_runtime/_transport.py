@@ -8,35 +8,23 @@ them through :meth:`Transport._answer_client_call`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import ConfigurationError
 from hive_ray._operations import DATA_PLANE_OPERATIONS
-from hive_ray._settings import Settings
-from hive_ray._task import TaskEntry
+from hive_ray._runtime._state import SharedState
 
 if TYPE_CHECKING:
-    from hive_ray._runtime._pools import Pool
+    pass
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
 
-class Transport:
+class Transport(SharedState):
     """The data plane's start-up and the calls that arrive over it."""
 
-    # State this part reads or writes, owned as documented in _orchestrator.py.
-    settings: Settings
-    _placement: Any
-    _journal: Any
-    _pools: dict[str, Pool]
-    _tasks: dict[str, TaskEntry]
-    _rng: random.Random
-    _counters: dict[str, int]
-    _wakeup: asyncio.Event | None
-    _tracer: Any
+    # Shared state: see _state.py. What only this part uses:
     _data_plane: Any  # hive_ray._runtime._data_plane.DataPlane, or None when it is off
 
     async def _make_ray_placement(self) -> Any:
@@ -51,7 +39,9 @@ class Transport:
             self.settings, node_id=context.get_node_id(), node_address=ray.util.get_node_ip_address(),
             call_handler=self._answer_client_call)
         return RayPlacement(context.current_actor, namespace=self.settings.namespace,
-                            data_plane=self._data_plane)
+                            data_plane=self._data_plane, orchestrator_name=self.settings.orchestrator_name,
+                            orphan_exit_seconds=self.settings.orphaned_host_exit_seconds,
+                            max_result_bytes=self.settings.max_result_bytes_in_memory)
 
     async def _answer_client_call(self, method: str, args: tuple[Any, ...]) -> Any:
         if method not in DATA_PLANE_OPERATIONS:

@@ -42,7 +42,7 @@ def main() -> None:
         cluster.wait_for_nodes()
         handles = [hive.submit(pool="nap", payload=2.0) for _ in range(20)]
         deadline = time.monotonic() + 60
-        while hive.pool("nap").running == 0:  # remove the node while its agents work
+        while hive.pool("nap").running < len(handles):  # remove the node while its agents work
             assert time.monotonic() < deadline, "the tasks never started"
             time.sleep(0.05)
         cluster.remove_node(doomed)
@@ -57,6 +57,7 @@ def main() -> None:
             "results_nodes": sorted(set(results)),
             "states": sorted({record.state.value for record in records}),
             "max_attempts_used": max(record.attempts for record in records),
+            "redelivered": hive.statistics()["counters"]["redelivered"],
             "restart_causes": sorted({event["cause"] for event in hive.restarts("nap")}),
         }))
     finally:

@@ -63,3 +63,79 @@ def test_dashboard_shows_agents_and_charts_in_a_browser(
         finally:
             browser.close()
     admin_client.delete(f"/v1/pools/{unique_name}")  # type: ignore[attr-defined]
+
+
+def _browser(playwright: object) -> object:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)  # type: ignore[attr-defined]
+
+
+def _painted(page: object, canvas: str, color: tuple[int, int, int]) -> int:
+    """Pixels of the canvas painted in (nearly) ``color``."""
+    return page.evaluate(  # type: ignore[attr-defined]
+        "([id, r, g, b]) => { const c = document.getElementById(id);"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+        " for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 200 && Math.abs(d[i] - r) < 30"
+        " && Math.abs(d[i + 1] - g) < 30 && Math.abs(d[i + 2] - b) < 30) n++; return n; }",
+        [canvas, *color])
+
+
+def test_a_lone_point_is_drawn_on_the_dashboard_charts(api: ApiServer) -> None:
+    """One time slice of data (a first burst of tasks) shows as a dot, not an empty chart."""
+    import json
+    import time
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    point = {"time": time.time() - 5, "succeeded_per_second": 4.2, "failed_per_second": None,
+             "latency_p50_seconds": 0.004, "latency_p95_seconds": 0.009}
+    overview = {"counters": {"submitted": 21, "succeeded": 21}, "pools": [], "recent_failures": [],
+                "series": [point]}
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+            # The page's own data call answers one slice, whatever else the session's API has seen.
+            page.route("**/v1/overview", lambda route: route.fulfill(
+                status=200, content_type="application/json", body=json.dumps(overview)))
+            page.goto(api.base_url + "/dashboard")
+            page.fill("#key", api.read_key)
+            page.click("#login-form button")
+            page.wait_for_function("() => document.getElementById('latency').dataset.drawn === '2'",
+                                   timeout=15_000)
+            assert page.evaluate("() => document.getElementById('throughput').dataset.drawn") == "1"
+            assert _painted(page, "throughput", (0x3F, 0xB9, 0x50)) > 10, "the lone throughput point is not drawn"
+            assert _painted(page, "latency", (0x58, 0xA6, 0xFF)) > 10, "the lone p50 point is not drawn"
+            assert _painted(page, "latency", (0xD2, 0x99, 0x22)) > 10, "the lone p95 point is not drawn"
+        finally:
+            browser.close()  # type: ignore[attr-defined]
+
+
+def test_the_pages_fetch_nothing_without_a_key_and_the_docs_use_it(api: ApiServer) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page()  # type: ignore[attr-defined]
+            requests: list[tuple[str, str | None]] = []
+            page.on("request", lambda request: requests.append(
+                (request.url, request.headers.get("authorization"))))
+            for path in ("/dashboard", "/docs"):
+                page.goto(api.base_url + path)
+                page.wait_for_selector("#login-form", state="visible", timeout=15_000)
+            assert [url for url, _ in requests if "/v1/" in url or "openapi" in url] == []
+            page.fill("#key", api.read_key)
+            page.click("#login-form button")
+            page.wait_for_selector('[data-operation="POST /v1/tasks"]', timeout=15_000)
+            fetched = [(url, key) for url, key in requests if url.endswith("/openapi.json")]
+            assert fetched == [(api.base_url + "/openapi.json", f"Bearer {api.read_key}")]
+            assert page.locator(".operation").count() >= 15
+            # Self-contained: nothing but this API was asked for.
+            assert all(url.startswith(api.base_url) for url, _ in requests), requests
+            # A wrong key is refused and the page asks again, keeping nothing.
+            page.click("#logout")
+            page.wait_for_selector("#login-form", state="visible")
+            page.fill("#key", "not-a-key")
+            page.click("#login-form button")
+            page.wait_for_function("() => document.getElementById('login-error').textContent.length > 0")
+            assert page.evaluate("() => sessionStorage.getItem('hive-api-key')") is None
+        finally:
+            browser.close()  # type: ignore[attr-defined]

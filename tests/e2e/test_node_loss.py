@@ -21,5 +21,7 @@ def test_a_removed_nodes_agents_restart_on_survivors_and_its_tasks_complete():
     assert set(report["after"].values()) == {report["survivor_node"]}
     assert report["states"] == ["succeeded"]  # every task, none lost
     assert report["results_nodes"] == [report["survivor_node"]]  # re-run where agents survived
-    assert report["max_attempts_used"] == 2
+    # Delivered again, but the lost node was not their doing: several tasks were on each of
+    # its hosts, so none lost an attempt (poison isolation, docs/ARCHITECTURE.md).
+    assert report["redelivered"] >= 1 and report["max_attempts_used"] == 1
     assert "node_lost" in report["restart_causes"]

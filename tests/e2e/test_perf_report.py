@@ -60,11 +60,20 @@ def traced_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
         yield SimpleNamespace(root=root, hive=hive)
     finally:
         try:
-            hive._call("shutdown", timeout=60)
-            ray.kill(hive._orchestrator, no_restart=True)
+            stop_orchestrator(hive)
         finally:
-            hive.close()
             patch.undo()
+
+
+def stop_orchestrator(hive: object) -> None:
+    """Stop a test's own orchestrator (and its agents), then the client."""
+    import ray
+
+    try:
+        hive._call("shutdown", timeout=60)  # type: ignore[attr-defined]
+        ray.kill(hive._orchestrator, no_restart=True)  # type: ignore[attr-defined]
+    finally:
+        hive.close()  # type: ignore[attr-defined]
 
 
 def hive_cli(*arguments: str) -> int:
@@ -91,6 +100,43 @@ def test_html_report_has_its_charts_with_data(traced_run: SimpleNamespace, artif
         assert process in memory_chart, process  # long legends are cut short with an ellipsis
     assert memory_chart.count("<polyline") >= 4
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_text_report_shows_memory_per_process(traced_run: SimpleNamespace,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert hive_cli("perf", "report") == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    start = lines.index("memory per process:")
+    table = lines[start + 1: lines.index("", start)]
+    assert table[0].split()[:3] == ["process", "kind", "RSS"]
+    kinds = {line.split()[1] for line in table[1:]}
+    assert {"orchestrator", "analyzer", "agent"} <= kinds, table
+    assert "tracing on, sampling 1 of root calls" in text and "no operations recorded" not in text
+
+
+def test_an_empty_report_says_sampling_was_the_cause(ray_session: None, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Tracing on, traffic seen, nothing sampled: the report names the ratio and the fix."""
+
+    from hive_ray import Hive
+
+    for key, value in {"HIVE_ORCHESTRATOR_NAME": "orchestrator-perf-unsampled",
+                       "HIVE_ANALYZER_NAME": "analyzer-perf-unsampled", "HIVE_STATE_DIR": str(tmp_path),
+                       "HIVE_JOURNAL": "false", "HIVE_TRACING": "true",
+                       "HIVE_TRACING_SAMPLE_RATIO": "0.0"}.items():
+        monkeypatch.setenv(key, value)
+    hive = Hive.connect()
+    try:
+        hive.spawn("echo", count=1, pool="echo", placement="packed", agents_per_host=1)
+        hive.map("echo", range(300), progress=False)
+        assert hive_cli("perf", "report") == 0
+        text = capsys.readouterr().out
+        assert "no operations recorded, although 300 tasks ran" in text
+        assert "the sampling ratio is 0" in text and "HIVE_TRACING_SAMPLE_RATIO=1.0" in text
+    finally:
+        stop_orchestrator(hive)
 
 
 def test_json_report_is_machine_readable(traced_run: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:

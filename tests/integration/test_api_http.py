@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hive_ray import Agent
 from tests.integration.test_api_support import ApiServer, admin_client, api  # noqa: F401
 
 pytestmark = pytest.mark.ray
@@ -113,7 +114,8 @@ def test_pool_lifecycle_create_get_scale_stop(admin_client: httpx.Client, unique
 
 def test_pool_errors_are_problems(admin_client: httpx.Client, unique_name: str) -> None:
     unknown = admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "no-such-agent"})
-    assert "no-such-agent" in assert_problem(unknown, 422)["detail"]
+    body = assert_problem(unknown, 404)  # well-formed, but names an agent type that does not exist
+    assert "no-such-agent" in body["detail"] and "echo" in body["known"]
     invalid = assert_problem(admin_client.post("/v1/pools", json={"name": "bad name!", "agent_type": "echo",
                                                                   "count": -1, "typo": 1}), 422)
     assert {"name", "count", "typo"} <= {e["field"] for e in invalid["errors"]}
@@ -143,6 +145,27 @@ def test_submit_with_wait_returns_the_result_inline(admin_client: httpx.Client, 
     assert answer.json()["state"] == "succeeded" and answer.json()["result"] == [1, 2]
 
 
+class Inflate(Agent):
+    """A result far larger than its request: kept in Ray's object store, not the stream."""
+
+    agent_type = "inflate-api-test"
+
+    def handle(self, task):
+        return "x" * task.payload
+
+
+def test_a_result_kept_in_the_object_store_comes_back_inline_and_in_the_record(
+        admin_client: httpx.Client, hive: Any, unique_name: str) -> None:
+    hive.spawn(Inflate, count=1, pool=unique_name)
+    size = 200_000  # above max_result_bytes_in_memory (64 KiB)
+    answer = admin_client.post("/v1/tasks", params={"wait": 10}, json={"pool": unique_name, "payload": size})
+    assert answer.status_code == 200, answer.text[:500]
+    assert answer.json()["result"] == "x" * size
+    record = admin_client.get(f"/v1/tasks/{answer.json()['task_id']}")
+    assert record.json()["result"] == "x" * size
+    hive.stop(unique_name)
+
+
 def test_wait_that_runs_out_is_a_504_and_the_task_can_be_cancelled(
         admin_client: httpx.Client, unique_name: str) -> None:
     admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})
@@ -163,10 +186,52 @@ def test_task_errors_are_problems(admin_client: httpx.Client, echo_pool: str) ->
     bad = assert_problem(admin_client.post("/v1/tasks", params={"wait": -1},
                                            json={"pool": echo_pool, "priority": 5000}), 422)
     assert {"wait", "priority"} <= {e["field"] for e in bad["errors"]}
-    assert_problem(admin_client.post("/v1/tasks", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    malformed = assert_problem(admin_client.post("/v1/tasks", content=b"{not json",
+                                                 headers={"content-type": "application/json"}), 400)
+    assert "not valid JSON" in malformed["detail"]
+    assert_problem(admin_client.post("/v1/tasks", json={"agent_type": "no-such-type"}), 404)
     assert_problem(admin_client.get("/v1/tasks", params={"state": "sleeping"}), 422)
     assert_problem(admin_client.get("/v1/nothing-here"), 404)
-    assert_problem(admin_client.put("/v1/pools"), 405)
+    assert admin_client.put("/v1/pools").headers["allow"] == "GET, POST"
+    options = admin_client.options(f"/v1/pools/{echo_pool}")
+    assert_problem(options, 405)
+    assert options.headers["allow"] == "DELETE, GET, PATCH"  # every route of the path, not the first
+
+
+def test_pool_fields_that_disagree_are_a_422_naming_them(admin_client: httpx.Client, unique_name: str) -> None:
+    backoff = assert_problem(admin_client.post("/v1/pools", json={
+        "name": unique_name, "agent_type": "echo", "restart": {"backoff_initial_seconds": 20}}), 422)
+    assert [e["field"] for e in backoff["errors"]] == ["restart.backoff_initial_seconds",
+                                                       "restart.backoff_max_seconds"]
+    assert "restart.backoff_initial_seconds (20) is above restart.backoff_max_seconds (10)" in backoff["detail"]
+    bounds = assert_problem(admin_client.post("/v1/pools", json={
+        "name": unique_name, "agent_type": "echo", "autoscale": {"min_agents": 5, "max_agents": 2}}), 422)
+    assert {e["field"] for e in bounds["errors"]} == {"autoscale.min_agents", "autoscale.max_agents"}
+    assert_problem(admin_client.get(f"/v1/pools/{unique_name}"), 404)  # nothing was created
+
+
+def test_a_huge_scale_is_refused_before_any_agent_starts(admin_client: httpx.Client, echo_pool: str,
+                                                        api: ApiServer) -> None:
+    """The 22,605-agent request that once took a control plane down: refused, /readyz stays 200."""
+    as_float = assert_problem(admin_client.patch(f"/v1/pools/{echo_pool}", json={"count": 22605.0}), 422)
+    assert as_float["errors"][0]["code"] == "int_from_float" and "22605.0" in as_float["detail"]
+    too_many = assert_problem(admin_client.patch(f"/v1/pools/{echo_pool}", json={"count": 200_000}), 422)
+    assert "above the max_agents_per_pool setting (100000)" in too_many["detail"]
+    # Within the admin's limit, but 22,605 dedicated agents are 22,605 processes: more than
+    # the cluster's memory holds. The orchestrator refuses it before starting anything.
+    unholdable = assert_problem(admin_client.patch(f"/v1/pools/{echo_pool}", json={"count": 22605}), 422)
+    assert "cannot have 22,605 agents" in unholdable["detail"] and "Ask for at most" in unholdable["detail"]
+    assert httpx.get(api.base_url + "/readyz", timeout=30).status_code == 200
+    assert admin_client.get(f"/v1/pools/{echo_pool}").json()["desired"] == 1
+
+
+def test_the_openapi_document_needs_a_key(api: ApiServer) -> None:
+    assert_problem(httpx.get(api.base_url + "/openapi.json", timeout=30), 401)
+    document = httpx.get(api.base_url + "/openapi.json", headers=api.headers("read"), timeout=30)
+    assert document.status_code == 200 and document.json()["info"]["title"] == "hive-ray API"
+    for page in ("/docs", "/dashboard"):  # pages that ask for a key, and hold no data
+        answer = httpx.get(api.base_url + page, timeout=30)
+        assert answer.status_code == 200 and 'id="login-form"' in answer.text
 
 
 def test_a_body_over_the_limit_is_a_413(admin_client: httpx.Client, echo_pool: str) -> None:
@@ -322,3 +387,4 @@ def test_dashboard_page_and_its_data(api: ApiServer, admin_client: httpx.Client,
     overview = admin_client.get("/v1/overview").json()
     assert echo_pool in [p["name"] for p in overview["pools"]]
     assert {"series", "counters", "recent_failures"} <= set(overview)
+

@@ -12,7 +12,8 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,43 @@ def api(request: pytest.FixtureRequest, hive: object, hive_settings: dict[str, o
         if getattr(request.session, "_hive_api_server", None) is server:
             request.session._hive_api_server = None  # type: ignore[attr-defined]
             stop_api()
+
+
+@contextmanager
+def side_app(api: ApiServer, hive_settings: dict[str, object], settings: object, *, app_name: str,
+             route_prefix: str, prepare: Callable[[object], None] = lambda hive: None) -> Iterator[tuple[str, object]]:
+    """A second deployment of the API at ``route_prefix``, over an orchestrator of its own.
+
+    ``settings`` (a :class:`hive_ray.Settings`) name that orchestrator; ``prepare(hive)`` runs
+    before the app is deployed (spawn its pools). The app takes the session's admin key and
+    the read key. Yields ``(base_url, hive)``; on exit the app, the orchestrator and its
+    agents are gone.
+    """
+    import ray
+    from ray import serve
+
+    from hive_ray import Hive
+    from hive_ray._api._deployment import build_application
+    from hive_ray._api._keys import key_digests
+
+    hive = Hive.connect(settings=settings.model_dump(mode="json", exclude={"api_keys"}))  # type: ignore[attr-defined]
+    try:
+        prepare(hive)
+        digests = key_digests(settings.api_keys, Path(str(hive_settings["state_dir"])))  # type: ignore[attr-defined]
+        serve.run(build_application(settings, digests), name=app_name, route_prefix=route_prefix,  # type: ignore[arg-type]
+                  blocking=False)
+        base_url = api.base_url + route_prefix
+        wait_ready(base_url, f"the API at {route_prefix}")
+        yield base_url, hive
+    finally:
+        try:
+            serve.delete(app_name)
+        finally:
+            try:
+                hive._call("shutdown", timeout=60)
+            finally:
+                ray.kill(hive._orchestrator, no_restart=True)
+                hive.close()
 
 
 @pytest.fixture(scope="session")

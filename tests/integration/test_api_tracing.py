@@ -25,7 +25,7 @@ import pytest
 
 from hive_ray._api import hive_pb2, hive_pb2_grpc
 from hive_ray._span_export import read_span_files
-from tests.integration.test_api_support import READ_KEY, ApiServer, api, wait_ready  # noqa: F401
+from tests.integration.test_api_support import READ_KEY, ApiServer, api, side_app  # noqa: F401
 
 pytestmark = pytest.mark.ray
 
@@ -39,12 +39,6 @@ SERVICE = "hive.v1.Hive"
 def traced(api: ApiServer, hive_settings: dict[str, object],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """A traced API app at ``/traced`` with its own orchestrator, analyzer and echo pool."""
-    import ray
-    from ray import serve
-
-    from hive_ray import Hive
-    from hive_ray._api._deployment import build_application
-    from hive_ray._api._keys import key_digests
     from hive_ray._settings import Settings
 
     root = tmp_path_factory.mktemp("api-tracing")
@@ -57,29 +51,14 @@ def traced(api: ApiServer, hive_settings: dict[str, object],
         "tracing_flush_seconds": 0.2, "analyzer_sample_seconds": 0.5,
         "api_keys": {READ_KEY: "read"}, "api_max_wait_seconds": 10.0,
     })
-    hive = Hive.connect(settings=settings.model_dump(mode="json", exclude={"api_keys"}))
-    try:
-        hive.spawn("echo", count=1, pool=POOL)
-        # The session's admin key (in its state directory) and the read key.
-        digests = key_digests(settings.api_keys, Path(str(hive_settings["state_dir"])))
-        serve.run(build_application(settings, digests), name=TRACED_APP, route_prefix="/traced",
-                  blocking=False)
-        base_url = api.base_url + "/traced"
-        wait_ready(base_url, "the traced API")
+    with side_app(api, hive_settings, settings, app_name=TRACED_APP, route_prefix="/traced",
+                  prepare=lambda hive: hive.spawn("echo", count=1, pool=POOL)) as (base_url, hive):
         yield SimpleNamespace(
             base_url=base_url, settings=settings, spans_dir=root / "spans", state_dir=root / "state",
             admin=api.headers("admin"), read=api.headers("read"), api=api,
             orchestrator_pid=hive.statistics()["pid"],
             host_pids={agent.pid for pool in hive.pools() if pool.name == POOL for agent in pool.agents},
         )
-    finally:
-        try:
-            serve.delete(TRACED_APP)
-        finally:
-            try:
-                ray.kill(hive._orchestrator, no_restart=True)
-            finally:
-                hive.close()
 
 
 def spans_of(directory: Path, trace_id: str, *, until: Callable[[list[dict[str, Any]]], bool],

@@ -31,7 +31,7 @@ class ScriptedOrchestrator:
         monkeypatch.setattr("hive_ray._client.time.sleep", lambda seconds: None)
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        assert method == "admission"
+        assert method == "admission" and timeout is not None
         return {"pool": "p", "max_queue": self.max_queue, "backlog": 0, "concurrency": 1}
 
     def call_once(self, method: str, task_ids: list[str], timeout: float | None = None) -> int:
@@ -53,7 +53,7 @@ class ScriptedOrchestrator:
             future.set_result((task_ids, [("succeeded", p, None) for p in payloads]))
         return future
 
-    def collect(self, pending: Future[Any], timeout: float | None = None) -> Any:
+    def collect(self, pending: Future[Any], timeout: float | None = None, method: str = "call") -> Any:
         answer = pending.result()
         self.in_flight -= len(answer[0])
         return answer

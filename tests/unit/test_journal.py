@@ -17,32 +17,10 @@ import pytest
 
 from hive_ray._errors import JournalError
 from hive_ray._group_commit import GroupCommitter
-from hive_ray._journal import Journal, JournalEntry, JournalStatistics
+from hive_ray._journal import Journal, JournalStatistics
+from tests.unit.journal_helpers import make_entry
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_entry(
-    task_id: str,
-    *,
-    pool: str = "echo",
-    state: str = "queued",
-    idempotency_key: str | None = None,
-    created_at: float = 0.0,
-    updated_at: float | None = None,
-    finished: bool = False,
-    body: bytes = b"{}",
-) -> JournalEntry:
-    return JournalEntry(
-        task_id=task_id,
-        pool=pool,
-        state=state,
-        idempotency_key=idempotency_key,
-        created_at=created_at,
-        updated_at=created_at if updated_at is None else updated_at,
-        finished=finished,
-        body=body,
-    )
 
 
 @pytest.fixture
@@ -209,6 +187,53 @@ def test_commit_from_worker_thread_while_putting(journal: Journal) -> None:
     assert journal.durable_sequence == journal.put_sequence
 
 
+class HeldWrites:
+    """Stands in for the writer connection and holds every commit inside its transaction."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
+    def execute(self, sql: str, *parameters: object) -> sqlite3.Cursor:
+        return self.real.execute(sql, *parameters)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        self.entered.set()
+        assert self.go.wait(10), "the test never let the commit go on"
+        return self.real.executemany(sql, rows)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_reads_during_a_commit_see_its_batch_without_waiting_for_it(journal: Journal) -> None:
+    held = HeldWrites(journal._connection)
+    journal._connection = held  # type: ignore[assignment]
+    journal.put(make_entry("t1", pool="p", idempotency_key="k"))
+    journal.put(make_entry("dead", finished=True, dead_letter=True))
+    journal.put_pool("p", b"spec")
+    journal.put_host("h", {"pool": "p"})
+    committing = threading.Thread(target=journal.commit)
+    committing.start()
+    try:
+        assert held.entered.wait(10)
+        assert journal.pending_count == 0  # the batch left the buffer: it is in flight
+        assert journal.get("t1").pool == "p"
+        assert journal.find_idempotent("p", "k").task_id == "t1"
+        assert [entry.task_id for entry in journal.unfinished()] == ["t1"]
+        assert [entry.task_id for entry in journal.dead_letters()] == ["dead"]
+        assert journal.pools() == {"p": b"spec"} and journal.hosts() == {"h": {"pool": "p"}}
+    finally:
+        held.go.set()
+        committing.join()
+    assert journal.statistics().entries == 2
+
+
 # ---------------------------------------------------------------- opening errors
 
 
@@ -216,12 +241,13 @@ def test_random_bytes_file_is_rejected_not_recreated(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     garbage = os.urandom(8192)
     path.write_bytes(garbage)
-    with pytest.raises(JournalError, match="is not a readable SQLite database") as caught:
+    with pytest.raises(JournalError, match="the file is corrupt or not a SQLite database") as caught:
         Journal.open(tmp_path)
     assert str(path) in str(caught.value)
-    assert "move the file aside" in str(caught.value)
+    assert "journal.sqlite3-shm in" in str(caught.value) and "aside (the journal starts empty)" in str(caught.value)
     assert path.read_bytes() == garbage
-    assert pickle.loads(pickle.dumps(caught.value)).details == {"path": str(path)}
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (copy.reason, copy.path) == ("corrupt", str(path))
 
 
 def test_foreign_sqlite_file_is_rejected(tmp_path: Path) -> None:
@@ -368,6 +394,10 @@ class FailFirstBegin:
         self.real = real
         self.failures_left = 1
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
     def execute(self, sql: str, *parameters: object) -> sqlite3.Cursor:
         if sql == "BEGIN IMMEDIATE" and self.failures_left:
             self.failures_left -= 1
@@ -384,8 +414,9 @@ class FailFirstBegin:
 def test_failed_commit_keeps_entries_buffered(journal: Journal) -> None:
     journal._connection = FailFirstBegin(journal._connection)  # type: ignore[assignment]
     journal.put_many([make_entry("t1"), make_entry("t2")])
-    with pytest.raises(JournalError, match="could not commit 2 entries to the task journal"):
+    with pytest.raises(JournalError, match="committing 2 writes to the task journal") as caught:
         journal.commit()
+    assert "The other writes are retried by the next commit" in str(caught.value)
     journal.put(make_entry("t2", state="running"))  # newer than the failed batch's copy
     assert journal.pending_count == 2
     assert journal.durable_sequence == 0
@@ -413,7 +444,7 @@ def test_commit_error_reaches_every_waiter_and_entries_are_retried(journal: Jour
     results = asyncio.run(main())
     assert all(isinstance(result, JournalError) for result in results)
     assert len({id(result) for result in results}) == 1  # one batch, one error
-    assert "disk I/O error (simulated); check free disk space" in str(results[0])
+    assert "SQLite refused (disk I/O error (simulated)); check free disk space" in str(results[0])
     assert journal.statistics().entries == 51  # the failed batch was retried
 
 
@@ -437,7 +468,7 @@ def test_durable_after_close_is_an_error(journal: Journal) -> None:
         committer.put(make_entry("t1"))
         await committer.close()
         assert journal.get("t1") is not None and journal.pending_count == 0
-        with pytest.raises(JournalError, match="group committer is closed"):
+        with pytest.raises(JournalError, match="journal.sqlite3' is closed; open the journal again"):
             await committer.durable()
 
     asyncio.run(main())

@@ -22,8 +22,15 @@ class ControlledJournal:
         self.fail_with: Exception | None = None
         self.hold = False
 
-    def record(self, entry: Any) -> None:
-        self.recorded.append(entry.task_id)
+    def accept_many(self, entries: list[Any]) -> Any:
+        self.recorded.extend(entry.task_id for entry in entries)
+        return self.durable()
+
+    def record(self, entry: Any, *, dead_letter: bool = False) -> None:
+        pass
+
+    def dead_letters(self, limit: int = 100, pool: str | None = None) -> list[Any]:
+        return []
 
     async def durable(self) -> None:
         if self.fail_with is not None:
@@ -41,7 +48,7 @@ class ControlledJournal:
                 commit.set_exception(error)
         self.commits.clear()
 
-    def find_idempotent(self, pool: str, key: str) -> str | None:
+    def find_idempotent(self, pool: str, key: str) -> Any:
         return None
 
     def get(self, task_id: str) -> None:
@@ -57,6 +64,15 @@ class ControlledJournal:
         pass
 
     def forget_pool(self, name: str) -> None:
+        pass
+
+    def hosts(self) -> dict[str, Any]:
+        return {}
+
+    def record_host(self, key: str, record: dict[str, Any]) -> None:
+        pass
+
+    def forget_host(self, key: str) -> None:
         pass
 
     def prune(self, **limits: Any) -> int:

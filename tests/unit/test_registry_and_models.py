@@ -69,3 +69,29 @@ def test_config_errors_point_at_the_key(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigurationError, match="cannot read config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_pool_spec_refuses_fields_that_disagree_naming_both():
+    with pytest.raises(ValidationError, match=r"restart.backoff_initial_seconds \(20\) is above "
+                                              r"restart.backoff_max_seconds \(10\)"):
+        PoolSpec(name="p", agent_type="echo", restart={"backoff_initial_seconds": 20})
+    with pytest.raises(ValidationError, match=r"autoscale.min_agents \(5\) is above autoscale.max_agents \(2\)"):
+        PoolSpec(name="p", agent_type="echo", autoscale={"min_agents": 5, "max_agents": 2})
+    # Each is fine alone, and the policies they feed accept them.
+    from hive_ray._supervision import RestartPolicy
+
+    spec = PoolSpec(name="p", agent_type="echo", restart={"backoff_initial_seconds": 20, "backoff_max_seconds": 30})
+    RestartPolicy(**spec.restart.model_dump())
+
+
+def test_boundary_numbers_are_strict_and_finite():
+    assert PoolSpec(name="p", agent_type="echo", count=2, num_cpus=1).num_cpus == 1.0  # an int is a number
+    for bad in ({"count": 2.0}, {"count": "2"}, {"num_cpus": float("nan")}, {"health_check": 1},
+                {"restart": {"window_seconds": float("inf")}}):
+        with pytest.raises(ValidationError):
+            PoolSpec(name="p", agent_type="echo", **bad)
+    with pytest.raises(ValidationError):
+        TaskSpec(pool="p", priority=1.0)
+    assert TaskSpec(pool="p", timeout=2).timeout == 2.0
+    with pytest.raises(ValidationError, match="at least 1 character"):
+        TaskSpec(agent_type="")

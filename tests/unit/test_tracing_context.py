@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 
+from hive_ray._api._trace_ingress import (
+    finish_http_span,
+    http_server_span,
+    inject_into,
+    response_headers,
+)
 from hive_ray._settings import Settings
 from hive_ray._task import Envelope
 from hive_ray._tracing import (
@@ -21,13 +27,9 @@ from hive_ray._tracing import (
     TracingConfig,
     current_trace_context,
     end_handle_span,
-    finish_http_span,
     format_traceparent,
-    http_server_span,
     inject_client_context,
-    inject_into,
     parse_traceparent,
-    response_headers,
     traced_call,
 )
 

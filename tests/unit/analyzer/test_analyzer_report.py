@@ -157,3 +157,76 @@ def test_every_chart_is_well_formed_svg_drawn_inside_its_view_box():
             for pair in (element.get("points") or "").split():
                 x, y = (float(part) for part in pair.split(","))
                 assert 0 <= x <= width and 0 <= y <= height
+
+
+# ---------------------------------------------------------------------- a lone point, memory, empty reports
+def _only_svg(page: str, kind: str) -> ElementTree.Element:
+    match = re.search(rf'<svg class="chart" data-chart="{kind}".*?</svg>', page, re.S)
+    assert match, kind
+    return ElementTree.fromstring(match.group(0))
+
+
+def test_a_lone_point_is_drawn_as_a_point_under_a_single_now_tick():
+    from hive_ray._analyzer._svg import Line, line_chart
+
+    svg = ElementTree.fromstring(line_chart(
+        "throughput", "throughput over time", [Line("echo", ((1_700_000_000.0, 4.2),))],
+        format_value=lambda value: f"{value:.1f}/s"))
+    ns = "{http://www.w3.org/2000/svg}"
+    circles = svg.findall(f"{ns}circle")
+    assert len(circles) == 1 and not svg.findall(f"{ns}polyline")
+    width = float(svg.get("width"))
+    assert abs(float(circles[0].get("cx")) - (64 + (width - 64 - 16) / 2)) < 1  # mid-chart
+    time_labels = [text.text for text in svg.findall(f"{ns}text")
+                   if text.get("class") == "axis" and text.get("text-anchor") == "middle"]
+    assert time_labels == ["now"]
+    # The value axis runs from 0 to above the point, so the point sits inside the plot.
+    value_labels = [text.text for text in svg.findall(f"{ns}text") if text.get("text-anchor") == "end"]
+    assert value_labels[0] == "0.0/s" and float(value_labels[-1].removesuffix("/s")) > 4.2
+
+
+def test_two_points_a_second_apart_get_readable_time_ticks():
+    from hive_ray._analyzer._svg import Line, line_chart
+
+    svg = ElementTree.fromstring(line_chart(
+        "latency", "latency", [Line("p50", ((100.0, 0.01), (101.0, 0.02)))],
+        format_value=lambda value: f"{value:g}"))
+    labels = [text.text for text in svg.iter("{http://www.w3.org/2000/svg}text")
+              if text.get("text-anchor") == "middle" and text.get("class") == "axis"]
+    assert labels == ["-1.0 s", "-0.5 s", "now"]
+
+
+def test_a_report_of_one_slice_draws_its_point_in_the_html_page():
+    clock = FakeClock()
+    clock.now = 1_700_000_000.0
+    table = OperationTable(clock=clock, rng=random.Random(1))
+    table.record("hive.run echo", 0.004, ok=True)
+    report = PerformanceReport(generated_at=clock.now, operations=table.snapshot(), series=table.series())
+    page = render_html(report)
+    for kind in ("throughput", "latency"):
+        svg = _only_svg(page, kind)
+        assert svg.findall("{http://www.w3.org/2000/svg}circle"), f"{kind}: the lone point is not drawn"
+        assert "0 s" not in ElementTree.tostring(svg, encoding="unicode")
+
+
+def test_text_report_shows_memory_per_process():
+    text = render_text(_report())
+    lines = text.splitlines()
+    start = lines.index("memory per process:")
+    assert lines[start + 1].split() == ["process", "kind", "RSS", "MB", "USS", "MB", "budget", "MB"]
+    assert lines[start + 2].split() == ["worker-1", "agent", "210.0", "180.0", "500"]
+    assert "memory per process: not measured yet" in render_text(PerformanceReport(generated_at=0.0))
+
+
+def test_an_empty_report_names_its_cause_and_the_command_that_fixes_it():
+    from hive_ray._analyzer import explain_empty
+
+    off = explain_empty({"sampling": {"tracing": False, "ratio": 0.01}}, 5000)
+    assert "tracing is off" in off and "HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0 hive up" in off
+    idle = explain_empty({"sampling": {"tracing": True, "ratio": 0.01}}, 0)
+    assert "no task has run yet" in idle and "1%" in idle
+    sparse = explain_empty({"sampling": {"tracing": True, "ratio": 0.01}}, 5000)
+    assert "5,000 tasks ran" in sparse and "1 in 100" in sparse and "too low for the traffic" in sparse
+    assert "HIVE_TRACING_SAMPLE_RATIO=1.0" in sparse and "OTEL_TRACES_SAMPLER=parentbased_traceidratio" in sparse
+    noted = explain_empty({"sampling": {"tracing": True, "ratio": 0.01, "note": "ARG is ignored"}}, 10)
+    assert noted.endswith("Note: ARG is ignored.")
