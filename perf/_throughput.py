@@ -15,7 +15,7 @@ The same echo items go, in every round and in a rotating order, through:
 and, when asked (``bench_overhead``), two more orchestrators of their own in the
 same Ray, to separate what each part gives:
 
-- ``hive_data_plane_off``: ``data_plane_host: "off"``: tasks travel as Ray calls,
+- ``hive_data_plane_off``: the data plane off (``data_plane: false``): tasks travel as Ray calls,
   still batched, so this against ``actor_pool`` is what batching gives, and
   ``hive`` against this is what the data plane gives;
 - ``hive_journal_off``: ``journal: false``: what durability costs.
@@ -136,7 +136,7 @@ class ThroughputComparison:
         self._add("mp_pool", mp_map, {"driver": [driver], "actors": mp_pids})
         self._add_hive("hive", self._hive)
         if self._variants:
-            for name, extra in (("hive_data_plane_off", {"data_plane_host": "off"}),
+            for name, extra in (("hive_data_plane_off", _data_plane_off()),
                                 ("hive_journal_off", {"journal": False})):
                 client = Hive.connect(settings=isolated_settings(name, self._state_dir, **extra))
                 self._cleanup.append(lambda client=client: close_isolated(client))
@@ -223,6 +223,14 @@ class ThroughputComparison:
                                 "the same with the journal off", measured[no_journal].cpu_median(role),
                                 data_plane_off=round(measured[off].cpu_median(role), 2)))
         return rows
+
+
+def _data_plane_off() -> dict[str, Any]:
+    """The setting that sends every task as a Ray call: ``data_plane: false`` where the
+    settings have it, else the older ``data_plane_host: "off"``."""
+    from hive_ray import Settings
+
+    return {"data_plane": False} if "data_plane" in Settings.model_fields else {"data_plane_host": "off"}
 
 
 def _roles(measured: _Measured) -> dict[str, float]:
