@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()  # to sys.stderr: the log when quiet
         console.error(f"unexpected {type(error).__name__}: {error}{_see_log(console)}")
         return 1
+    finally:
+        console.close()
 
 
 def _console(args: argparse.Namespace) -> Console:

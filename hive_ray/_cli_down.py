@@ -29,6 +29,7 @@ from hive_ray._local_head import (
     STOP_GRACE_SECONDS,
     HeadRecord,
     forget_head,
+    gcs_answers,
     listening_ports,
     read_pointer,
     remove_pointer,
@@ -126,7 +127,8 @@ def stop_cluster(settings: Any, *, record: HeadRecord | None, child: Any = None,
     at once."""
     import ray
 
-    head_alive = record is not None and record.alive()
+    # A head whose GCS no longer answers is being stopped: nothing on it can be asked.
+    head_alive = record is not None and record.alive() and gcs_answers(record.address)
     clean = reached = True
     if (record is None or head_alive) and (ray.is_initialized() or _timed("attach", _attach, address, settings)):
         api_removed = _timed("remove the API", _remove_api) if record is None else False  # a head of ours takes it along

@@ -34,10 +34,19 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 class Console:
     """Where a command's own output goes (``out`` for results, ``err`` for errors)."""
 
-    def __init__(self, out: TextIO, err: TextIO, log: Path | None) -> None:
+    def __init__(self, out: TextIO, err: TextIO, log: Path | None,
+                 restore: Callable[[], None] | None = None) -> None:
         self.out = out
         self.err = err
         self.log = log
+        self._restore = restore
+
+    def close(self) -> None:
+        """Put file descriptors 1 and 2 and ``sys.stdout`` back as they were (a command run
+        in-process, from a test or a notebook, must not leave its caller writing to the log)."""
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            restore()
 
     def error(self, message: str) -> None:
         print(f"hive: {message}", file=self.err, flush=True)
@@ -45,7 +54,9 @@ class Console:
 
 def open_console(log_dir: Path, *, verbose: bool, command: str) -> Console:
     """Quiet mode: file descriptors 1 and 2 (and ``sys.stderr``) go to the log; ``sys.stdout``
-    and :attr:`Console.err` are the terminal's. Verbose: nothing moves."""
+    and :attr:`Console.err` are the terminal's. Verbose: nothing moves. A ``sys.stdout`` or
+    ``sys.stderr`` that is not the process's descriptor (pytest's capture, a notebook's
+    stream) is kept as it is. :meth:`Console.close` undoes all of it."""
     if verbose:
         return Console(sys.stdout, sys.stderr, None)
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -53,8 +64,12 @@ def open_console(log_dir: Path, *, verbose: bool, command: str) -> Console:
     rotate(log)
     sys.stdout.flush()
     sys.stderr.flush()
-    terminal_out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
-    terminal_err = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    saved = {number: os.dup(number) for number in (1, 2)}
+    previous_out, previous_err = sys.stdout, sys.stderr
+    terminal_out = (os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+                    if _on_descriptor(sys.stdout, 1) else sys.stdout)
+    terminal_err = (os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+                    if _on_descriptor(sys.stderr, 2) else sys.stderr)
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
@@ -62,7 +77,29 @@ def open_console(log_dir: Path, *, verbose: bool, command: str) -> Console:
     os.write(2, f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} hive {command} (pid {os.getpid()})\n".encode())
     sys.stdout = terminal_out
     # sys.stderr keeps writing to descriptor 2, which is now the log.
-    return Console(terminal_out, terminal_err, log)
+
+    def restore() -> None:
+        for stream in (sys.stdout, sys.stderr, terminal_out, terminal_err):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        for number, copy in saved.items():
+            os.dup2(copy, number)
+            os.close(copy)
+        sys.stdout, sys.stderr = previous_out, previous_err
+        for stream in (terminal_out, terminal_err):
+            if stream is not previous_out and stream is not previous_err:
+                stream.close()
+
+    return Console(terminal_out, terminal_err, log, restore)
+
+
+def _on_descriptor(stream: TextIO, number: int) -> bool:
+    try:
+        return stream.fileno() == number
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
 
 
 def rotate(log: Path, limit: int = LOG_ROTATE_BYTES) -> None:

@@ -35,6 +35,7 @@ from hive_ray._errors import HiveConnectionError
 from hive_ray._local_head import (
     HeadRecord,
     describe_process,
+    gcs_answers,
     head_processes,
     running_head,
     start_head,
@@ -77,6 +78,12 @@ class _Signals:
         if self.phase == "starting":
             raise KeyboardInterrupt
 
+    def reinstall(self) -> None:
+        """Take SIGTERM back: ``ray.init`` installs its C++ failure handler (abseil's) over
+        it, which prints a stack and aborts the process once Python's handler has run."""
+        for number in self._previous:
+            signal.signal(number, self._handle)
+
     def restore(self) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
@@ -93,6 +100,7 @@ def up(args: argparse.Namespace, console: Console) -> int:
     run = _Run()
     try:
         hive = _connect_or_start(args, settings, directory, run)
+        signals.reinstall()
         _create_pools(hive, config)
         api_url = None
         if config.api.enabled and not args.no_api:
@@ -229,6 +237,8 @@ def _watch(hive: Any, settings: Any, run: _Run, signals: _Signals, line: StatusL
                 run.processes = head_processes(record, session=False)  # to clean up if the head dies
                 if not run.processes:
                     return "the Ray head is gone (stopped from elsewhere?)"
+                if not gcs_answers(record.address):
+                    return "the Ray head is stopping (stopped from elsewhere?)"
             text, shape = _status(hive, settings)
             if text is None:
                 return "the orchestrator is gone (stopped by `hive down`?)"
@@ -253,11 +263,11 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
     except GetTimeoutError:
         return "", ""  # busy: keep the last line rather than flicker
     except RayActorError:
-        try:
-            if named_actor(settings.orchestrator_name, settings.namespace) is None:
-                return None, ""
-        except Exception as error:  # noqa: BLE001 - the GCS itself: the watch loop checks the head next
-            return f"cluster unreachable ({type(error).__name__})", "unreachable"
+        lookup = _bounded(named_actor, settings.orchestrator_name, settings.namespace, timeout=WATCH_SECONDS)
+        if isinstance(lookup, BaseException):  # the GCS itself: the watch loop checks the head next
+            return f"cluster unreachable ({type(lookup).__name__})", "unreachable"
+        if lookup is None:
+            return None, ""
         return "orchestrator restarting", "restarting"
     except Exception as error:  # noqa: BLE001 - the watch loop checks the head next
         return f"cluster unreachable ({type(error).__name__})", "unreachable"
@@ -268,3 +278,20 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
                      f"ok={pool.succeeded} fail={pool.failed}{state}")
         shape.append(f"{pool.name}:{pool.size}/{pool.desired}{state}")
     return " | ".join(parts) or "no pools", " ".join(shape)
+
+
+def _bounded(function: Any, *args: Any, timeout: float) -> Any:
+    """``function(*args)``, or the exception it raised, or :class:`TimeoutError` once
+    ``timeout`` passed (a GCS lookup can otherwise wait a minute on a head that is going)."""
+    outcome: list[Any] = [TimeoutError(f"no answer within {timeout:.0f} s")]
+
+    def call() -> None:
+        try:
+            outcome[0] = function(*args)
+        except Exception as error:  # noqa: BLE001 - handed to the caller
+            outcome[0] = error
+
+    worker = threading.Thread(target=call, name="hive-up-lookup", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0]

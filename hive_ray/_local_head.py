@@ -210,6 +210,11 @@ def start_head(state_dir: Path, node_ip: str = "127.0.0.1") -> tuple[HeadRecord,
     ports = _free_ports(len(PORT_NAMES))
     command = head_command(node_ip, ports)
     environment = dict(os.environ)
+    # On SIGTERM (`kill`, `ray stop`) Ray 2.5x+ first marks the node draining and waits up to
+    # 30 s for it to go idle, for Serve replicas to move to other nodes. This head is the
+    # cluster's only node unless an admin adds more: there is nowhere to move, only a wait
+    # that outlasts every stop bound. An admin's own setting is kept.
+    environment.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     if is_loopback(node_ip):
         environment[LOOPBACK_SWITCH] = "0"
     with open(log_path, "wb") as log:
@@ -290,6 +295,19 @@ class StopReport:
     processes: int = 0
     killed: int = 0
     reason: str = ""
+
+
+def gcs_answers(address: str, timeout: float = 0.5) -> bool:
+    """The head's GCS accepts a connection at ``address`` (``host:port``). A head being
+    stopped (``ray start --block`` ends its processes one by one) closes its GCS long before
+    its own process exits; a driver left talking to a dead GCS is aborted by Ray a minute
+    later, so whoever watches the head must notice this first."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def head_processes(record: HeadRecord, session: bool = True) -> list[Any]:

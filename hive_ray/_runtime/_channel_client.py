@@ -77,9 +77,16 @@ class ChannelClient:
         self._numbers = itertools.count()
         self.closed = False
         self.close_reason = ""
+        self._stream: _SocketStream | _LoopStream | None = None
         stream = _SocketStream if endpoint.tls == "off" else _LoopStream
-        self._stream = stream(self, endpoint, name, self._limits)
-        self.tls_version = self._stream.tls_version
+        # Its reader may fail the client before the constructor returns: close it then.
+        opened = stream(self, endpoint, name, self._limits)
+        with self._state_lock:
+            self._stream = opened
+            closed = self.closed
+        if closed:
+            opened.close()
+        self.tls_version = opened.tls_version
 
     def call_async(self, method: str, *args: Any) -> PendingCall:
         """Send a call; returns its future reply (a :class:`concurrent.futures.Future`)."""
@@ -96,6 +103,7 @@ class ChannelClient:
         except BaseException:
             self.forget(future)  # arguments that cannot be pickled: this call only
             raise
+        assert self._stream is not None  # set before the constructor returns
         self._stream.send(frame)
         return future
 
@@ -158,11 +166,15 @@ class ChannelClient:
                 future.set_exception(culprit)
             else:
                 future.set_exception(ChannelClosed(f"the stream to the orchestrator closed: {reason}"))
-        self._stream.close()
+        with self._state_lock:
+            stream = self._stream
+        if stream is not None:  # None: still being opened; the constructor closes it
+            stream.close()
 
     def close(self) -> None:
         self._fail("closed by the client")
-        self._stream.join()
+        if self._stream is not None:
+            self._stream.join()
 
 
 class _SocketStream:

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import psutil
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_CLUSTER = REPO / "deploy" / "fake-cluster.yaml"
@@ -298,12 +299,15 @@ def test_the_cluster_refuses_a_client_without_its_token(fake_cluster: RayHead) -
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # ray.init() retries for about 20 s before it gives up; the GCS's answer comes at once.
     seen = []
+    watchdog = threading.Timer(90, client.kill)  # ends the read below if neither line ever comes
+    watchdog.start()
     try:
         for line in client.stdout:  # type: ignore[union-attr]
             seen.append(line)
             if "InvalidAuthToken" in line or "CONNECTED" in line:
                 break
     finally:
+        watchdog.cancel()
         client.kill()
         client.wait(timeout=10)
     output = "".join(seen)

@@ -130,9 +130,9 @@ def test_the_head_starts_ray_with_token_auth_then_hive_up() -> None:
 
 
 def test_the_cli_accepts_the_commands_the_cluster_runs() -> None:
-    from hive_ray._cli import _parser
+    from hive_ray._cli import build_parser
 
-    parser = _parser()
+    parser = build_parser()
     for command in load(CLUSTER)["head_start_ray_commands"]:
         words = shlex.split(command)
         if "hive" in words:
