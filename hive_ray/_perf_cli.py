@@ -134,7 +134,7 @@ def analyzer_note(statistics: dict[str, Any], tasks_submitted: int | None, *, em
     received = statistics.get("spans_received", 0)
     dropped = statistics.get("spans_dropped", 0)
     sampling = statistics.get("sampling") or {}
-    traced = (f"tracing on, sampling {float(sampling.get('ratio', 0)):g} of root calls"
+    traced = (f"tracing on, sampling {float(sampling.get('ratio', 0)):g} of tasks"
               if sampling.get("tracing") else "tracing off")
     note = f"\nanalyzer: {received} spans in the window, {dropped} dropped ({traced})"
     if empty:

@@ -1,7 +1,9 @@
 """Tracing configuration: what a process needs to trace, and the root sampling decision.
 
-Split from :mod:`hive_ray._tracing`, which re-exports every name here. The
-ratio comes from ``tracing_sample_ratio`` (``HIVE_TRACING_SAMPLE_RATIO``), or
+Split from :mod:`hive_ray._tracing`, which re-exports every name here. One
+ratio serves every decision: a client call's, an API request's, and the
+orchestrator's for each task that no sampled trace covers
+(:mod:`hive_ray._task_sampling`). The ratio comes from ``tracing_sample_ratio`` (``HIVE_TRACING_SAMPLE_RATIO``), or
 from the standard pair ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``;
 the argument alone changes nothing (as the OpenTelemetry specification says),
 and :func:`effective_sampling` says so for reports.
@@ -22,8 +24,9 @@ logger = logging.getLogger("hive_ray.tracing")
 class TracingConfig:
     """What a process needs to trace: taken from :class:`hive_ray.Settings`, sent to hosts.
 
-    ``sample_ratio`` applies only where traces start (clients, the API); the
-    standard ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` override it.
+    ``sample_ratio`` applies where traces start: client calls, API requests, and
+    in the orchestrator each task outside a sampled trace; the standard
+    ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` override it.
     """
 
     enabled: bool = False
@@ -117,8 +120,9 @@ def lone_sampler_argument_note(environ: Mapping[str, str] = os.environ) -> str:
 def effective_sampling(settings: Any, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """What this process's settings and environment make of sampling, for reports and advice.
 
-    ``ratio`` is the share of root calls traced here; ``note`` explains a
-    variable that has no effect (None when everything set is used).
+    ``ratio`` is the share of root calls (client calls, requests) traced here
+    and, with the cluster's settings, of tasks outside a sampled trace; ``note``
+    explains a variable that has no effect (None when everything set is used).
     """
     lone_argument = (not environ.get("OTEL_TRACES_SAMPLER", "").strip()
                      and bool(environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()))

@@ -222,8 +222,9 @@ class Settings(BaseSettings):
     # analyzer hundreds of traces a minute on a busy system.
     tracing_sample_ratio: float = Field(
         0.01, ge=0.0, le=1.0,
-        description="Share of root operations (client calls, API requests) traced; the "
-        "decision is made once, where a trace starts, and followed downstream.",
+        description="Share traced of client calls and API requests (decided where the call "
+        "is made) and of tasks outside a sampled trace (the orchestrator decides for each); "
+        "a sampled trace is followed downstream.",
     )
     tracing_export_dir: Path | None = Field(
         None,

@@ -1,11 +1,14 @@
 """Traces that follow a task across processes: W3C trace context carried in the task.
 
 Ray's own tracing hook is unmaintained, so the context travels inside the task
-itself: the client (or the API's ingress) makes the sampling decision once and
-puts ``{"traceparent": "00-<trace id>-<span id>-01"}`` into the task template;
-the orchestrator keeps it on the ``TaskEntry`` and hands each agent a context
-whose parent is its dispatch span; an agent that delegates passes its handle
-span's context on to the sub-tasks. A task that was not sampled carries
+itself: the client (or the API's ingress) makes the sampling decision once per
+call and, if sampled, puts ``{"traceparent": "00-<trace id>-<span id>-01"}``
+into the task template; the orchestrator keeps it on the ``TaskEntry`` and hands
+each agent a context whose parent is its dispatch span; an agent that delegates
+passes its handle span's context on to the sub-tasks. A task that arrives
+without a sampled context gets a decision of its own when the orchestrator
+accepts it (:mod:`hive_ray._task_sampling`); one sampled there starts a trace
+whose root is its ``hive.task`` span. A task that was not sampled carries
 ``trace_context=None`` and costs nothing anywhere downstream.
 
 Spans here are deliberately not OpenTelemetry SDK spans. Creating one of those
@@ -22,6 +25,7 @@ Span names (the analyzer's operations are span names)::
 
     hive.<call> <target>     client root span (submit, run, run_async, map, submit_many)
     <METHOD> <route>         HTTP server span (the API), <service>/<method> for gRPC
+    hive.task <pool>         orchestrator: created -> ended, root of a task it sampled itself
     hive.queue <pool>        orchestrator: accepted -> dispatched, one per task
     hive.dispatch <pool>     orchestrator: one per batch sent to an agent (and per trace)
     hive.handle <pool>       agent host: the agent's handle(), one per task

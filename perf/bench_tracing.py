@@ -6,13 +6,15 @@ filled or left a backlog in:
 
 - ``off``: tracing off everywhere (the reference);
 - ``default``: tracing on at the default sampling (``tracing_sample_ratio``,
-  1%), with the analyzer it owns, as ``hive up`` deploys it: unsampled calls
-  carry no context, so the traced system does no per-task work for them;
+  1%), with the analyzer it owns, as ``hive up`` deploys it: 1% of the calls
+  are traced whole, and the orchestrator samples 1% of the other calls' tasks
+  (an unsampled task costs it a random draw and carries no context downstream);
 - ``100pct``: every call sampled: a root span per ``map`` call, a queue span and a
   handle span per task, a dispatch span per batch, all fed to its analyzer.
 
 A round runs one phase of each configuration: several ``hive.map`` calls of
-echo tasks over 8 agents (each call is one root decision). Rounds go through
+echo tasks over 8 agents (one decision per call at the client, then one per
+task of an unsampled call at the orchestrator). Rounds go through
 all six orders of the three phases, after one warm-up round that is not
 counted, and every phase is followed by a pause that lasts until the 100%
 analyzer has taken every span: otherwise the phase after a 100% phase pays for

@@ -171,25 +171,26 @@ def explain_empty(statistics: Mapping[str, Any], tasks_submitted: int | None) ->
     """
     sampling = statistics.get("sampling") or {}
     ratio = float(sampling.get("ratio", 0.0))
-    turn_on = ("`hive down`, then `HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0 hive up`; set the "
-               "same two variables where work is submitted (in a notebook, `%env HIVE_TRACING=1` and "
-               "`%env HIVE_TRACING_SAMPLE_RATIO=1.0` before `Hive.connect()`)")
+    turn_on = ("`hive down`, then `HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0 hive up`; to trace "
+               "the calls of the process that submits work as well, set the same two variables there "
+               "(in a notebook, `%env HIVE_TRACING=1` and `%env HIVE_TRACING_SAMPLE_RATIO=1.0` before "
+               "`Hive.connect()`)")
     if not sampling.get("tracing"):
         return f"no operations recorded: tracing is off for this cluster. Turn it on: {turn_on}."
     note = f" Note: {sampling['note']}." if sampling.get("note") else ""
     if not tasks_submitted:
-        return (f"no operations recorded: tracing is on (the cluster samples {ratio:.0%} of root "
-                "calls), but no task has run yet. Run some work, then `hive perf report` again."
+        return (f"no operations recorded: tracing is on (the cluster samples {ratio:.0%} of tasks), "
+                "but no task has run yet. Run some work, then `hive perf report` again."
                 + note)
-    per_trace = f"1 in {round(1 / ratio):,}" if ratio > 0 else "none"
+    share = (f"1 in {round(1 / ratio):,} tasks is traced: about {tasks_submitted * ratio:,.0f} of these"
+             if ratio > 0 else "no task is traced")
     return (f"no operations recorded, although {tasks_submitted:,} tasks ran: tracing is on, but the "
-            f"sampling ratio is {ratio:g} ({per_trace} of the root calls is traced; a `map` of 5,000 "
-            "tasks is one root call, an HTTP request is one), too low for the traffic seen, or the "
-            "processes that submitted the work run without HIVE_TRACING=1 (a trace starts where the "
-            "call is made). Raise the ratio for the cluster and for the submitting process: "
-            "`HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0` (or the OpenTelemetry pair "
-            "`OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=1.0`), restart "
-            "with `hive down` and `hive up`, and run the work again." + note)
+            f"sampling ratio is {ratio:g} ({share}), too low for the "
+            "traffic seen, or the tasks ran inside traces their caller decided not to sample. Raise "
+            "the cluster's ratio: `HIVE_TRACING=1 HIVE_TRACING_SAMPLE_RATIO=1.0` (or the "
+            "OpenTelemetry pair `OTEL_TRACES_SAMPLER=parentbased_traceidratio "
+            "OTEL_TRACES_SAMPLER_ARG=1.0`), restart with `hive down` and `hive up`, and run the work "
+            "again." + note)
 
 
 def render_text(report: PerformanceReport) -> str:

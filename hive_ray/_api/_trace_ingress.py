@@ -3,7 +3,8 @@
 Each incoming request that is sampled (or carries a sampled ``traceparent``)
 gets a server span; the submit handlers put its context into the task
 (:func:`inject_into`), and the caller learns the trace id from
-:func:`response_headers`.
+:func:`response_headers`. The tasks of a request that is not sampled carry no
+context, so the orchestrator samples each of them like any other task.
 """
 
 from __future__ import annotations

@@ -234,6 +234,8 @@ class Dispatch(SharedState):
             entries.append(entry)
             if timeout is not None:
                 heapq.heappush(self._deadlines, (now + timeout, next(self._deadline_sequence), task_id))
+        if self._task_sampling is not None:  # tracing on: each task outside a sampled trace decides
+            self._task_sampling.sample(entries, trace_context)
         if key is not None:
             self._idempotency[(pool.name, key)] = ids[0]
         if timeout is not None and self._wakeup is not None:

@@ -96,6 +96,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         self._rng = random.Random()
         self._created_at = time.time()
         self._tracer: Any = None  # hive_ray._tracing.Tracer when settings.tracing is on
+        self._task_sampling: Any = None  # hive_ray._task_sampling.TaskSampling, with the tracer
         self._analyzer: Any = None
         self._gc_pauses = gc_pauses()
 
@@ -186,12 +187,22 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         """The orchestrator's tracer, and the analyzer it owns (with Ray only)."""
         from hive_ray._tracing import tracer_from_settings
 
-        self._tracer = tracer_from_settings(self.settings, "orchestrator")
+        self._use_tracer(tracer_from_settings(self.settings, "orchestrator"))
         wanted = self.settings.analyzer
         if wanted or (wanted is None and self.settings.tracing):
             from hive_ray._runtime._analyzer_actor import get_or_create_analyzer
 
             self._analyzer = get_or_create_analyzer(self.settings)
+
+    def _use_tracer(self, tracer: Any, draw: Any = None) -> None:
+        """Trace with ``tracer`` (None: off), sampling each task without a sampled trace.
+
+        ``draw`` replaces the random source of the per-task decisions (tests).
+        """
+        from hive_ray._task_sampling import TaskSampling
+
+        self._tracer = tracer
+        self._task_sampling = None if tracer is None else TaskSampling(tracer, draw=draw)
 
     async def tracing_config(self) -> dict[str, Any]:
         """What agent hosts need to trace (they ask once, when they start)."""

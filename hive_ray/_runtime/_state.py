@@ -32,6 +32,7 @@ class SharedState:
     _counters: dict[str, int]
     _wakeup: asyncio.Event | None
     _tracer: Any
+    _task_sampling: Any
 
 
 __all__ = ["SharedState"]

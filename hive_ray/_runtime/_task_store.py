@@ -3,7 +3,8 @@
 A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. Records
 live in ``_tasks`` until retention drops them (finished ones are then read
 from the journal); :meth:`TaskStore._end` is the one place a task ends: it
-counts, journals, emits the event and wakes whoever waits for the answer.
+counts, journals, emits the event (and the ``hive.task`` span of a task the
+orchestrator sampled) and wakes whoever waits for the answer.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class TaskStore:
     _idempotency: dict[tuple[str, str], str]
     _counters: dict[str, int]
     _pools: dict[str, Any]
+    _task_sampling: Any  # hive_ray._task_sampling.TaskSampling when tracing is on
     settings: Settings
 
     # ------------------------------------------------------------------ endings
@@ -66,6 +68,8 @@ class TaskStore:
             entry.metadata = {**entry.metadata, "dead_letter": "true"}
         if self._journal is not None:
             self._journal.record(entry, dead_letter=dead_letter)
+        if entry.trace_context is not None and self._task_sampling is not None:
+            self._task_sampling.end(entry, dead_letter=dead_letter)  # a task sampled here: its root span
         self._emit(entry, state.value)
         self._resolve_waiters(entry)
         self._retain(entry.task_id)

@@ -113,7 +113,7 @@ def test_text_report_shows_memory_per_process(traced_run: SimpleNamespace,
     kind_end = table[0].index("kind") + len("kind")  # names and kinds may hold spaces: by column
     kinds = {line[:kind_end].split("  ")[-1].strip() for line in table[1:]}
     assert {"orchestrator", "analyzer", "agent host"} <= kinds, table
-    assert "tracing on, sampling 1 of root calls" in text and "no operations recorded" not in text
+    assert "tracing on, sampling 1 of tasks" in text and "no operations recorded" not in text
 
 
 def test_an_empty_report_says_sampling_was_the_cause(ray_session: None, tmp_path: Path,

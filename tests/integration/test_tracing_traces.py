@@ -1,7 +1,10 @@
 """One traced submit, followed across processes: client -> orchestrator -> agent -> sub-tasks.
 
 The module runs one scenario on a private, traced orchestrator and the tests
-check what it left behind. Spans of other processes are read from the JSON-lines
+check what it left behind: a sampled client call (one trace, sub-tasks
+included), tasks of a client that samples nothing itself (the orchestrator
+samples each one: a trace per task), and tasks whose caller decided "not
+sampled" (no spans). Spans of other processes are read from the JSON-lines
 files every traced process writes into ``tracing_export_dir``. The periodic
 shipment is set to a minute, longer than the scenario, so every span found got
 out through the flushes that run when hosts and the orchestrator shut down:
@@ -24,6 +27,8 @@ from hive_ray._span_export import read_span_files
 pytestmark = pytest.mark.ray
 
 _names = itertools.count()
+PER_TASK = 20  # tasks the untraced client maps, each sampled by the orchestrator
+UNSAMPLED_PARENT = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +47,20 @@ def scenario(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "tracing_flush_seconds": 60.0, "analyzer_sample_seconds": 0.5,
     }
     hive = Hive.connect(settings=settings)
-    unsampled = Hive.connect(settings={**settings, "tracing_sample_ratio": 0.0})
+    # The orchestrator (started by `hive`) samples at 1.0; this client's own calls never are.
+    untraced = Hive.connect(settings={**settings, "tracing_sample_ratio": 0.0})
     try:
         hive.spawn("coordinator", count=1, pool="coordinator")
         hive.spawn("compute", count=2, pool="compute")
+        hive.spawn("echo", count=1, pool="per-task")
         hive.spawn("echo", count=1, pool="unsampled-echo")
-        # Unsampled work: no context anywhere, so no spans anywhere.
-        assert unsampled.run(pool="unsampled-echo", payload="quiet") == "quiet"
-        assert unsampled.map(None, list(range(20)), pool="unsampled-echo", progress=False)[-1] == 19
+        # An unsampled map: its tasks carry no context, so each gets its own decision.
+        assert untraced.map(None, list(range(PER_TASK)), pool="per-task", progress=False) \
+            == list(range(PER_TASK))
+        # A caller that decided "not sampled": its tasks stay unsampled, no spans anywhere.
+        _, answers = hive._call("run_many", {"pool": "unsampled-echo", "trace_context": UNSAMPLED_PARENT},
+                                ["quiet", "too"], 60)
+        assert [answer[1] for answer in answers] == ["quiet", "too"]
         result = hive.run("coordinator", {"items": [1, 2, 3], "agent_type": "compute", "reduce": "sum"})
         pools = {pool.name: pool for pool in hive.pools()}
         orchestrator_pid = hive.statistics()["pid"]
@@ -76,7 +87,7 @@ def scenario(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         try:
             ray.kill(hive._orchestrator, no_restart=True)
         finally:
-            unsampled.close()
+            untraced.close()
             hive.close()
 
 
@@ -86,9 +97,11 @@ def by_name(spans: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 def test_one_submit_makes_one_trace_parented_across_processes(scenario: SimpleNamespace) -> None:
     assert scenario.result["result"] == 6
-    spans = scenario.spans
-    assert len({span["trace_id"] for span in spans}) == 1, "every span belongs to the one sampled call"
-    [client] = by_name(spans, "hive.run coordinator")
+    [client] = by_name(scenario.spans, "hive.run coordinator")
+    spans = [span for span in scenario.spans if span["trace_id"] == client["trace_id"]]
+    assert {span["name"].split(" ")[1] for span in scenario.spans if span not in spans} == {"per-task"}, \
+        "every other span belongs to the per-task traces"
+    assert not by_name(spans, "hive.task coordinator"), "tasks of a sampled call need no root of their own"
     [queue] = by_name(spans, "hive.queue coordinator")
     [dispatch] = by_name(spans, "hive.dispatch coordinator")
     [handle] = by_name(spans, "hive.handle coordinator")
@@ -110,7 +123,7 @@ def test_spans_come_from_the_process_that_did_the_work(scenario: SimpleNamespace
         return {span["resource"]["process.pid"] for span in scenario.spans if span["name"].startswith(name_prefix)}
 
     assert pids("hive.run") == {scenario.client_pid}
-    assert pids("hive.queue") == pids("hive.dispatch") == {scenario.orchestrator_pid}
+    assert pids("hive.queue") == pids("hive.dispatch") == pids("hive.task") == {scenario.orchestrator_pid}
     assert pids("hive.handle coordinator") == scenario.host_pids["coordinator"]
     assert pids("hive.handle compute") <= scenario.host_pids["compute"]
     kinds = {span["resource"]["process.pid"]: span["resource"]["hive.process.kind"] for span in scenario.spans}
@@ -126,7 +139,23 @@ def test_handle_spans_carry_task_attributes(scenario: SimpleNamespace) -> None:
     assert handle["start_ns"] <= handle["end_ns"]
 
 
-def test_unsampled_tasks_make_no_spans_anywhere(scenario: SimpleNamespace) -> None:
+def test_each_task_of_an_unsampled_map_gets_a_trace_of_its_own(scenario: SimpleNamespace) -> None:
+    roots = by_name(scenario.spans, "hive.task per-task")
+    assert len({root["attributes"]["hive.task_id"] for root in roots}) == PER_TASK
+    assert len({root["trace_id"] for root in roots}) == PER_TASK
+    for root in roots:
+        assert root["parent_span_id"] is None and root["attributes"]["hive.state"] == "succeeded"
+        trace = [span for span in scenario.spans if span["trace_id"] == root["trace_id"]]
+        [queue] = by_name(trace, "hive.queue per-task")
+        [dispatch] = by_name(trace, "hive.dispatch per-task")
+        [handle] = by_name(trace, "hive.handle per-task")
+        assert len(trace) == 4
+        assert queue["parent_span_id"] == dispatch["parent_span_id"] == root["span_id"]
+        assert handle["parent_span_id"] == dispatch["span_id"]
+        assert root["start_ns"] <= queue["start_ns"] and handle["end_ns"] <= root["end_ns"]
+
+
+def test_tasks_whose_caller_decided_not_to_sample_make_no_spans(scenario: SimpleNamespace) -> None:
     assert not [span for span in scenario.spans if "unsampled" in span["name"]]
     assert not [op for op in scenario.report["operations"] if "unsampled" in op["operation"]]
 
