@@ -358,11 +358,13 @@ def _measure_memory(targets: Mapping[int, tuple[str, str]],
             process = psutil.Process(pid)
             if detailed:
                 info = process.memory_full_info()
-                measured[pid] = (name, kind, int(info.rss), int(getattr(info, "uss", info.rss)))
+                reading = (name, kind, int(info.rss), int(getattr(info, "uss", info.rss)) or None)
             else:
-                measured[pid] = (name, kind, int(process.memory_info().rss), None)
+                reading = (name, kind, int(process.memory_info().rss), None)
         except (psutil.Error, OSError):
             continue
+        if reading[2] > 0:  # 0: it exited and awaits reaping; its last real figures stand
+            measured[pid] = reading
     return measured
 
 

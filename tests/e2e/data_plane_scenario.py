@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 
 import ray
 from ray.cluster_utils import Cluster
@@ -44,6 +45,18 @@ def _refused_with(endpoint, token: bytes) -> str:
     return "accepted"
 
 
+def _after_the_refusal(hive: Hive) -> dict:
+    """The orchestrator's data-plane statistics once it has counted the intruder's refusal:
+    the intruder learns it is refused (the orchestrator's proof does not verify) and hangs up
+    before the orchestrator's side of that connection has ended; give it 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        statistics = hive.statistics()["data_plane"]
+        if sum(statistics["refused"].values()) or time.monotonic() > deadline:
+            return statistics
+        time.sleep(0.1)
+
+
 def main() -> None:
     # Token authentication on every node from the start, as `hive up` and ray-cluster.yaml
     # do (Hive.connect would turn it on for nodes started after it, and only for those).
@@ -71,7 +84,7 @@ def main() -> None:
             "driver_channel": None if hive._channel is None else hive._channel.endpoint.describe(),
             "ran_on": sorted(nodes.get(node, node) for node in ran_on),
             "forged_token": _refused_with(remote, bytes(32)),
-            "data_plane": hive.statistics()["data_plane"],
+            "data_plane": _after_the_refusal(hive),
         }))
         hive.close()
     finally:
