@@ -37,7 +37,8 @@ _DESCRIPTIONS = {
     413: "The body is larger than the api_max_body_bytes setting.",
     422: "A parameter or body field is invalid; the problem's `errors` names each one.",
     429: "The pool's queue is full; retry after the Retry-After header's seconds.",
-    503: "The orchestrator is not reachable (starting or restarting); retry after a few seconds.",
+    503: "The orchestrator is not reachable (starting or restarting; retry after a few seconds), "
+         "or its journal cannot record tasks (`reason`: full, locked, io, ...; an admin must act).",
     504: "`wait` ran out before the task ended; the task keeps running.",
 }
 

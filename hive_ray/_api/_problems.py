@@ -21,6 +21,7 @@ from hive_ray._errors import (
     HiveConnectionError,
     HiveError,
     IdempotencyConflictError,
+    JournalError,
     NoRouteError,
     OverloadedError,
     ResultLostError,
@@ -64,6 +65,9 @@ _STATUS: list[tuple[type[HiveError], int]] = [
     (OverloadedError, 429),
     (ConfigurationError, 422),
     (HiveConnectionError, 503),
+    # The orchestrator cannot record tasks (disk full, journal locked, I/O errors): nothing is
+    # accepted until an admin fixes it; the problem's `reason` says which.
+    (JournalError, 503),
 ]
 
 
@@ -111,6 +115,9 @@ def from_hive_error(error: HiveError, instance: str | None = None) -> Response:
         extensions["retry_after"] = error.retry_after
     elif isinstance(error, HiveConnectionError):
         headers["Retry-After"] = "2"
+    elif isinstance(error, JournalError):
+        headers["Retry-After"] = "30"  # a disk to free or a lock to release: not a blip
+        extensions["reason"] = error.reason
     if status == 500:
         logger.error("unmapped hive error %s: %s", type(error).__name__, error)
     for name in ("pool", "task_id", "agent_type", "known"):

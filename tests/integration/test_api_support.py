@@ -8,6 +8,7 @@ on the session and started only once.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -261,6 +262,16 @@ def test_problem_slugs_and_statuses() -> None:
     assert _slug("TaskNotFoundError") == "task-not-found"
     assert status_of(TaskNotFoundError(task_id="x")) == 404
     assert status_of(OverloadedError(pool="p", retry_after=2.5)) == 429
+
+
+def test_a_journal_that_cannot_record_is_a_503_with_its_reason() -> None:
+    from hive_ray._api._problems import from_hive_error
+    from hive_ray._errors import JournalError
+
+    answer = from_hive_error(JournalError("no space left for the journal: free disk space", reason="full"))
+    body = json.loads(answer.body)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "30"
+    assert body["reason"] == "full" and body["error"] == "JournalError" and "free disk space" in body["detail"]
 
 
 def test_the_serve_config_agrees_with_the_settings() -> None:
