@@ -129,3 +129,16 @@ def median(values: Sequence[float]) -> float:
     if not values:
         return float("nan")
     return float(statistics.median(values))
+
+
+def median_interval(values: Sequence[float], *, rng: random.Random, resamples: int = 2000,
+                    level: float = 0.95) -> tuple[float, float]:
+    """A bootstrap interval for the median of ``values`` (per-round ratios: each round is one
+    sample): the ``level`` central range of the medians of ``resamples`` resamples drawn with
+    replacement. Pass a seeded ``rng`` for a figure that the same rounds reproduce."""
+    if not values:
+        return float("nan"), float("nan")
+    count = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=count)) for _ in range(resamples))
+    tail = (1.0 - level) / 2
+    return quantile(medians, tail), quantile(medians, 1.0 - tail)

@@ -40,8 +40,10 @@ per task: the throughput ratio a CPU-bound machine would see.
 
 Rows: ``traced_throughput_ratio@100pct`` (goal >= 0.7) and
 ``traced_throughput_ratio@default`` (goal >= 0.95), with the median rates as
-value and baseline; plus the spans the 100% analyzer received and dropped,
-which shows that the traced path really ran.
+value and baseline, the median of the per-round ratios as ``ratio`` (which is
+why it need not equal value / baseline) and ``ratio_interval95``, a bootstrap
+interval of that median over the rounds; plus the spans the 100% analyzer
+received and dropped, which shows that the traced path really ran.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import statistics
 import tempfile
 import time
 from typing import Any
 
 from _measure import cpu_seconds, row
+from _stats import median_interval
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -136,6 +140,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                      median["off"], goal=goal, round_ratios=[round(ratio, 3) for ratio in per_round],
                      phases=[round(rate) for rate in rates[name]])
         result["ratio"] = round(statistics.median(per_round), 4)
+        low, high = median_interval(per_round, rng=random.Random(20261201))
+        result["ratio_interval95"] = [round(low, 4), round(high, 4)]  # bootstrap over rounds
         if name == "default":
             result["sample_ratio"] = default_ratio
         rows.append(result)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from perf._stats import Degradation, degradation, median, quantile, rounds_settled
+from perf._stats import Degradation, degradation, median, median_interval, quantile, rounds_settled
 
 
 def test_quantile_takes_the_sample_at_the_rounded_rank() -> None:
@@ -101,3 +101,13 @@ def test_rounds_needed_follows_the_square_root_law_and_always_moves_on() -> None
     assert rounds_needed(10, 5.5, 5.0) == 13
     assert rounds_needed(10, 5.01, 5.0) == 12  # at least two more
     assert rounds_needed(10, 4.0, 5.0) == 10  # already there
+
+
+def test_the_median_interval_holds_the_median_and_widens_with_noise() -> None:
+    steady = [1.0] * 12
+    assert median_interval(steady, rng=random.Random(1)) == (1.0, 1.0)
+    noisy = [0.63, 1.03, 0.75, 0.70, 1.26, 1.23, 0.70, 1.19, 1.14, 0.98, 0.98, 1.12]
+    low, high = median_interval(noisy, rng=random.Random(1))
+    assert low <= median(noisy) <= high and high - low > 0.1
+    assert (low, high) == median_interval(noisy, rng=random.Random(1))  # a seed reproduces it
+    assert all(math.isnan(bound) for bound in median_interval([], rng=random.Random(1)))
