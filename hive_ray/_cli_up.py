@@ -280,9 +280,15 @@ def _status(hive: Any, settings: Any) -> tuple[str | None, str]:
     return " | ".join(parts) or "no pools", " ".join(shape)
 
 
+_lookups: list[threading.Thread] = []  # the last bounded lookup, while it may still run
+
+
 def _bounded(function: Any, *args: Any, timeout: float) -> Any:
     """``function(*args)``, or the exception it raised, or :class:`TimeoutError` once
-    ``timeout`` passed (a GCS lookup can otherwise wait a minute on a head that is going)."""
+    ``timeout`` passed (a GCS lookup can otherwise wait a minute on a head that is going).
+    While an earlier lookup is still stuck, none is added: at most one thread waits."""
+    if _lookups and _lookups[0].is_alive():
+        return TimeoutError("an earlier lookup has not returned yet")
     outcome: list[Any] = [TimeoutError(f"no answer within {timeout:.0f} s")]
 
     def call() -> None:
@@ -292,6 +298,7 @@ def _bounded(function: Any, *args: Any, timeout: float) -> Any:
             outcome[0] = error
 
     worker = threading.Thread(target=call, name="hive-up-lookup", daemon=True)
+    _lookups[:] = [worker]
     worker.start()
     worker.join(timeout)
     return outcome[0]

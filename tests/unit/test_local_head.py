@@ -204,3 +204,37 @@ def test_what_a_dead_head_left_behind_is_stopped_when_it_was_seen_before(tmp_pat
     report = stop_head(record, None, grace_seconds=0.5, known=seen)
     assert report.stopped and report.processes == 2 and report.reason == "it had exited"
     assert not [p.pid for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_gcs_answers_tells_a_listening_port_from_a_closed_one() -> None:
+    import socket
+
+    from hive_ray._local_head import gcs_answers
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        assert gcs_answers(address)
+    assert not gcs_answers(address)  # closed now: a head being stopped
+    assert not gcs_answers("not an address")
+
+
+def test_a_stuck_lookup_is_bounded_and_never_joined_by_another() -> None:
+    import threading
+
+    from hive_ray._cli_up import _bounded
+
+    release = threading.Event()
+    try:
+        assert isinstance(_bounded(release.wait, 30, timeout=0.05), TimeoutError)
+        assert isinstance(_bounded(lambda: "second", timeout=0.05), TimeoutError)  # no second thread
+    finally:
+        release.set()
+    for _ in range(100):
+        answer = _bounded(lambda: "answer", timeout=1.0)
+        if answer == "answer":
+            break
+        threading.Event().wait(0.01)  # the first lookup is still finishing
+    assert answer == "answer"
+    assert isinstance(_bounded(lambda: 1 / 0, timeout=1.0), ZeroDivisionError)
