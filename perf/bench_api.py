@@ -12,7 +12,17 @@ locust (``perf/locustfile.py``) in a separate process, one phase at a time:
   goal <= 50 ms (its ratio is to the no-op's p95);
 - ``rps``: ``GET /v1/pools`` with 32 users back to back; baseline: the no-op's
   capacity the same way; goal ratio >= 0.8;
-- ``error_rate``: failed requests over all phases; goal 0.
+- ``submit_wait_rps@32``: ``POST /v1/tasks?wait=10`` with 32 users back to back;
+  baseline: the ``GET`` no-op's capacity; goal ratio >= 0.7;
+- ``submit_wait_rps@vs_post_noop``: the same, against a ``POST`` of the same JSON
+  body to the no-op: what Serve itself charges for a request with a body (the
+  replica fetches the body from the proxy with an actor call of its own);
+- ``submit_wait_p95_ms@200``: 200 users back to back; baseline: the ``POST``
+  no-op's p95 under the same 200 users; goal <= 250 ms;
+- ``refused_p50_ms@32``: 32 users submitting to a pool whose queue is full, p50
+  of the 429 answers; baseline: the ``POST`` no-op's p50 at 32 users;
+- ``error_rate``: failed requests over all phases (429s from the full pool are
+  the point of their phase, not errors); goal 0.
 
 ``HIVE_BENCH_THROUGHPUT_OPTIMIZED=1`` starts Serve with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``.
 """
@@ -33,42 +43,60 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 POOL = "bench-echo"
+FULL_POOL = "bench-full"  # one sleep agent, its queue kept full: every submission is refused
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     # Phases alternate, round after round, so that the machine's background noise
     # (other processes on 2 shared cores) falls on the API and its baseline alike.
-    rounds, paced_seconds, flat_seconds = (3, 6, 5) if quick else (6, 10, 8)
+    rounds, paced_seconds, flat_seconds = (2, 6, 5) if quick else (6, 10, 8)
     plan = [("noop_paced", "NoopPaced", 20, paced_seconds), ("get_paced", "GetPaced", 20, paced_seconds),
             ("submit_paced", "SubmitWaitPaced", 20, paced_seconds),
-            ("noop_flat", "NoopFlat", 32, flat_seconds), ("get_flat", "GetFlat", 32, flat_seconds)]
+            ("noop_flat", "NoopFlat", 32, flat_seconds), ("get_flat", "GetFlat", 32, flat_seconds),
+            ("post_flat", "NoopPostFlat", 32, flat_seconds), ("submit_flat", "SubmitWaitFlat", 32, flat_seconds),
+            ("refused_flat", "SubmitRefusedFlat", 32, flat_seconds),
+            ("post_200", "NoopPostFlat", 200, flat_seconds), ("submit_200", "SubmitWaitFlat", 200, flat_seconds)]
     phases: dict[str, dict[str, Any]] = {}
     with _Deployment() as target:
         for _ in range(rounds):
             for name, user, users, seconds in plan:
                 measured = target.load(user, users, seconds)
-                merged = phases.setdefault(name, {"milliseconds": [], "errors": [], "error_count": 0, "rps": []})
-                merged["milliseconds"] += measured["milliseconds"]
-                merged["errors"] += measured["errors"]
+                merged = phases.setdefault(name, {"milliseconds": [], "statuses": [], "errors": [],
+                                                  "error_count": 0, "rps": []})
+                for key in ("milliseconds", "statuses", "errors"):
+                    merged[key] += measured.get(key, [])
                 merged["error_count"] += measured["error_count"]
                 merged["rps"].append(measured["rps"])
     for merged in phases.values():
         merged["rps"] = sorted(merged["rps"])[len(merged["rps"]) // 2]  # the median round
-    noop_p95 = _percentile(phases["noop_paced"]["milliseconds"], 0.95)
-    get_p95 = _percentile(phases["get_paced"]["milliseconds"], 0.95)
-    submit_p95 = _percentile(phases["submit_paced"]["milliseconds"], 0.95)
-    noop_rps, get_rps = phases["noop_flat"]["rps"], phases["get_flat"]["rps"]
-    requests = sum(len(p["milliseconds"]) for p in phases.values())
-    errors = sum(p["error_count"] for p in phases.values())
+
+    def p(name: str, fraction: float) -> float:
+        return _percentile(phases[name]["milliseconds"], fraction)
+
+    refused = [ms for ms, status in zip(phases["refused_flat"]["milliseconds"], phases["refused_flat"]["statuses"])
+               if status == 429]
+    requests = sum(len(phase["milliseconds"]) for phase in phases.values())
+    errors = sum(phase["error_count"] for phase in phases.values())
     noop = "bare Serve FastAPI no-op, same proxy and load"
+    post_noop = "bare Serve FastAPI no-op taking the same JSON body by POST"
     return [
-        _row("get_p95_ms", get_p95, "ms", noop, noop_p95, "ratio <= 1.2"),
-        _row("submit_wait_p95_ms", submit_p95, "ms", noop, noop_p95, "value <= 50"),
-        _row("rps", get_rps, "requests/s", noop + " (32 users back to back)", noop_rps, "ratio >= 0.8"),
+        _row("get_p95_ms", p("get_paced", 0.95), "ms", noop, p("noop_paced", 0.95), "ratio <= 1.2"),
+        _row("submit_wait_p95_ms", p("submit_paced", 0.95), "ms", noop, p("noop_paced", 0.95), "value <= 50"),
+        _row("rps", phases["get_flat"]["rps"], "requests/s", noop + " (32 users back to back)",
+             phases["noop_flat"]["rps"], "ratio >= 0.8"),
+        _row("submit_wait_rps@32", phases["submit_flat"]["rps"], "requests/s",
+             "bare Serve FastAPI no-op, GET, 32 users back to back", phases["noop_flat"]["rps"], "ratio >= 0.7"),
+        _row("submit_wait_rps@vs_post_noop", phases["submit_flat"]["rps"], "requests/s",
+             post_noop + ", 32 users back to back", phases["post_flat"]["rps"], "ratio >= 0.9"),
+        _row("submit_wait_p95_ms@200", p("submit_200", 0.95), "ms", post_noop + ", 200 users back to back",
+             p("post_200", 0.95), "value <= 250"),
+        {**_row("refused_p50_ms@32", _percentile(refused, 0.5), "ms", post_noop + ", 32 users back to back",
+                p("post_flat", 0.5), "ratio <= 1.2"), "refused": len(refused),
+         "accepted": phases["refused_flat"]["statuses"].count(202)},
         {"metric": "error_rate", "value": errors / max(1, requests), "unit": "fraction",
          "baseline": {"name": "no errors", "value": 0.0}, "ratio": None, "goal": "value == 0",
          "requests": requests, "errors": errors,
-         "error_samples": [e for p in phases.values() for e in p["errors"]][:5]},
+         "error_samples": [e for phase in phases.values() for e in phase["errors"]][:5]},
     ]
 
 
@@ -119,8 +147,21 @@ class _Deployment:
         self.base_url = start_api(self.settings, environment)["http"]
         _deploy_noop(self.settings)
         self.hive.spawn("echo", 1, pool=POOL)
+        self._fill(FULL_POOL)
         self._wait_ready()
         return self
+
+    def _fill(self, pool: str) -> None:
+        """A pool whose queue is full: one sleep agent (up to 100 tasks at once), then one queued."""
+        from hive_ray import OverloadedError
+
+        self.hive.spawn("sleep", 1, pool=pool, max_queue=1)
+        for _ in range(500):
+            try:
+                self.hive.submit(None, {"seconds": 3600}, pool=pool)
+            except OverloadedError:
+                return
+        raise RuntimeError(f"pool {pool} still accepted tasks after 500 submissions")
 
     def _wait_ready(self) -> None:
         import httpx
@@ -148,7 +189,7 @@ class _Deployment:
         locust = shutil.which("locust", path=str(Path(sys.executable).parent)) or "locust"
         with tempfile.TemporaryDirectory() as out:
             samples = Path(out) / "samples.json"
-            env = {**os.environ, "HIVE_BENCH_KEY": self.key, "HIVE_BENCH_POOL": POOL,
+            env = {**os.environ, "HIVE_BENCH_KEY": self.key, "HIVE_BENCH_POOL": POOL, "HIVE_BENCH_FULL_POOL": FULL_POOL,
                    "HIVE_BENCH_SAMPLES": str(samples)}
             command = [locust, "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
                        "-t", f"{seconds}s", "--host", self.base_url, "--csv", str(Path(out) / "load"),
@@ -203,6 +244,10 @@ def _deploy_noop(settings: Any) -> None:
 
     @app.get("/")
     async def noop() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/post")
+    async def post(body: dict[str, Any]) -> dict[str, bool]:  # the body parsed, as a submission's is
         return {"ok": True}
 
     @serve.ingress(app)

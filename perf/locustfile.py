@@ -10,12 +10,17 @@ Users:
 
 - ``NoopPaced`` / ``NoopFlat``: the bare Serve FastAPI no-op (the baseline);
 - ``GetPaced`` / ``GetFlat``: ``GET /v1/pools``, the cached read endpoint;
-- ``SubmitWaitPaced``: ``POST /v1/tasks?wait=5`` to the echo pool.
+- ``SubmitWaitPaced`` / ``SubmitWaitFlat``: ``POST /v1/tasks?wait=5`` to the echo pool;
+- ``NoopPostFlat``: a ``POST`` of the same JSON body to the no-op (Serve's own cost of a
+  request with a body, the fair baseline for a submission);
+- ``SubmitRefusedFlat``: submissions to a pool whose queue is full (``HIVE_BENCH_FULL_POOL``):
+  429 answers are what is measured, so they count as successes.
 
 *Paced* users send one request per second each; *Flat* ones send back to back.
 Environment: ``HIVE_BENCH_KEY`` (API key), ``HIVE_BENCH_POOL`` (echo pool),
-``HIVE_BENCH_SAMPLES`` (a file where every response time, in ms, is written at
-exit: locust's own percentiles are rounded to whole milliseconds).
+``HIVE_BENCH_FULL_POOL`` (a pool that refuses), ``HIVE_BENCH_SAMPLES`` (a file where
+every response time, in ms, and its status are written at exit: locust's own
+percentiles are rounded to whole milliseconds).
 """
 
 from __future__ import annotations
@@ -30,14 +35,19 @@ from locust import FastHttpUser, constant, events, task
 
 KEY = os.environ.get("HIVE_BENCH_KEY", "")
 POOL = os.environ.get("HIVE_BENCH_POOL", "bench-echo")
+FULL_POOL = os.environ.get("HIVE_BENCH_FULL_POOL", "bench-full")
+BODY = {"pool": POOL, "payload": {"n": 1}}
 AUTH = {"Authorization": f"Bearer {KEY}"}
 _samples: list[float] = []
+_statuses: list[int] = []
 _errors: list[str] = []
 
 
 @events.request.add_listener
-def _record(response_time: float, exception: BaseException | None, **_: object) -> None:
+def _record(response_time: float, exception: BaseException | None, response: object = None,
+            **_: object) -> None:
     _samples.append(response_time)
+    _statuses.append(int(getattr(response, "status_code", 0) or 0))
     if exception is not None:
         _errors.append(repr(exception)[:200])
 
@@ -47,7 +57,7 @@ def _write_samples(**_: object) -> None:
     path = os.environ.get("HIVE_BENCH_SAMPLES")
     if path:
         with open(path, "w") as file:
-            json.dump({"milliseconds": _samples, "errors": _errors[:20], "error_count": len(_errors)}, file)
+            json.dump({"milliseconds": _samples, "statuses": _statuses, "errors": _errors[:20], "error_count": len(_errors)}, file)
 
 
 class _Noop(FastHttpUser):
@@ -111,5 +121,32 @@ class GetFlat(_Get):
 class SubmitWaitPaced(_Paced):
     @task
     def submit(self) -> None:
-        self.client.post("/v1/tasks?wait=5", json={"pool": POOL, "payload": {"n": 1}}, headers=AUTH,
-                         name="POST /v1/tasks?wait")
+        self.client.post("/v1/tasks?wait=5", json=BODY, headers=AUTH, name="POST /v1/tasks?wait")
+
+
+class SubmitWaitFlat(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def submit(self) -> None:
+        self.client.post("/v1/tasks?wait=10", json=BODY, headers=AUTH, name="POST /v1/tasks?wait")
+
+
+class NoopPostFlat(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def post(self) -> None:
+        self.client.post("/noop/post", json=BODY, name="POST noop")
+
+
+class SubmitRefusedFlat(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def submit(self) -> None:
+        body = {"pool": FULL_POOL, "payload": {"seconds": 600}}
+        with self.client.post("/v1/tasks", json=body, headers=AUTH, name="POST /v1/tasks (full pool)",
+                              catch_response=True) as response:
+            if response.status_code in (202, 429):
+                response.success()
