@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from hive_ray._calls import _RETRYABLE_METHODS, OrchestratorCalls, _NoAnswer  # noqa: F401 - _api/_gateway.py imports it from here
 from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError, ResultLostError
 from hive_ray._results import StoredResult, resolve, resolve_async, unwrap
+from hive_ray._task import new_task_ids
 from hive_ray._tracing import inject_client_context, traced_call
 
 if TYPE_CHECKING:
@@ -263,10 +264,8 @@ class Hive(OrchestratorCalls):
         ``pool=``. Other options: ``priority``, ``timeout``, ``affinity_key``,
         ``idempotency_key``, ``max_attempts``, ``metadata``.
         """
-        import uuid
-
         template = self._template(agent, options)
-        task_id = uuid.uuid4().hex
+        [task_id] = new_task_ids(1)
         try:
             accepted = self._call("submit", template, payload, task_id)
         except HiveConnectionError:
@@ -284,10 +283,8 @@ class Hive(OrchestratorCalls):
         a record); only the separate acknowledgement is skipped. Raises the
         task's error like :meth:`TaskHandle.result`; ``wait_timeout`` bounds the wait.
         """
-        import uuid
-
         template = self._template(agent, options)
-        task_id = uuid.uuid4().hex
+        [task_id] = new_task_ids(1)
         deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         try:
             _, answer = self._call("run", template, payload, wait_timeout, task_id, timeout=wait_timeout)
@@ -350,15 +347,13 @@ class Hive(OrchestratorCalls):
         failed task raises its error once every task has ended, unless
         ``return_exceptions`` is True, in which case the error takes its place.
         """
-        import uuid
-
         items = list(payloads)
         template = self._template(agent, options)
         # A quick read, bounded like the map itself (or by MAP_ADMISSION_SECONDS).
         admission = self._call("admission", template, timeout=timeout or MAP_ADMISSION_SECONDS) if items else None
         window = _MapWindow.for_pool(admission, chunk_size, len(items))
         chunks = _chunks(items, window.chunk_size)
-        ids = [[uuid.uuid4().hex for _ in chunk] for chunk in chunks]  # known even if a reply is lost
+        ids = [new_task_ids(len(chunk)) for chunk in chunks]  # known even if a reply is lost
         # With a timeout, each chunk's answer is given up on at the timeout plus the margin
         # after it was sent, whether or not the orchestrator answers.
         bound = None if timeout is None else timeout + self.settings.client_timeout_margin_seconds

@@ -33,13 +33,19 @@ def freeze_long_lived() -> None:
 class GcPauses:
     """Counts full collections and their durations; one per process, from :func:`gc_pauses`."""
 
-    __slots__ = ("_started", "count", "max_seconds", "total_seconds")
+    __slots__ = ("_frozen", "_frozen_at", "_started", "count", "max_seconds", "total_seconds")
+
+    #: How long a count of frozen objects is reused: counting walks them all (milliseconds
+    #: for a host of thousands of agents), and health checks ask every few seconds.
+    FROZEN_COUNT_SECONDS = 30.0
 
     def __init__(self) -> None:
         self.count = 0
         self.total_seconds = 0.0
         self.max_seconds = 0.0
         self._started = 0.0
+        self._frozen = 0
+        self._frozen_at: float | None = None
 
     def install(self) -> GcPauses:
         gc.callbacks.append(self._observe)
@@ -56,9 +62,12 @@ class GcPauses:
         self.total_seconds += pause
         self.max_seconds = max(self.max_seconds, pause)
 
-    def statistics(self) -> dict[str, float]:
+    def statistics(self, now: float | None = None) -> dict[str, float]:
+        now = time.monotonic() if now is None else now
+        if self._frozen_at is None or now - self._frozen_at >= self.FROZEN_COUNT_SECONDS:
+            self._frozen, self._frozen_at = gc.get_freeze_count(), now
         return {"full_collections": self.count, "pause_total_ms": round(self.total_seconds * 1000, 2),
-                "pause_max_ms": round(self.max_seconds * 1000, 2), "frozen_objects": gc.get_freeze_count()}
+                "pause_max_ms": round(self.max_seconds * 1000, 2), "frozen_objects": self._frozen}
 
 
 _PROCESS_PAUSES: GcPauses | None = None

@@ -73,8 +73,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     def p(name: str, fraction: float) -> float:
         return _percentile(phases[name]["milliseconds"], fraction)
 
-    refused = [ms for ms, status in zip(phases["refused_flat"]["milliseconds"], phases["refused_flat"]["statuses"])
-               if status == 429]
+    refusals = phases["refused_flat"]
+    refused = [ms for ms, status in zip(refusals["milliseconds"], refusals["statuses"], strict=True) if status == 429]
     requests = sum(len(phase["milliseconds"]) for phase in phases.values())
     errors = sum(phase["error_count"] for phase in phases.values())
     noop = "bare Serve FastAPI no-op, same proxy and load"

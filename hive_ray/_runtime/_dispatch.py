@@ -14,7 +14,6 @@ import heapq
 import itertools
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from hive_ray._errors import (
 from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._state import SharedState
-from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition
+from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition, new_task_ids
 
 if TYPE_CHECKING:
     from hive_ray._runtime._pools import Pool
@@ -207,7 +206,7 @@ class Dispatch(SharedState):
                 existing = found.task_id if found is not None else None
             if existing is not None:
                 return pool, [existing], []
-        ids = task_ids or [uuid.uuid4().hex for _ in payloads]
+        ids = task_ids or new_task_ids(len(payloads))
         if len(ids) != len(payloads):
             raise ConfigurationError("submit_many needs one task id per payload when ids are given")
         tasks = self._tasks

@@ -21,3 +21,30 @@ def test_invalid_transition_message_lists_allowed_states():
         check_transition(TaskState.SUCCEEDED, TaskState.RUNNING)
     with pytest.raises(InvalidTransition, match="allowed next states: cancelled, failed, running, timed_out"):
         check_transition(TaskState.QUEUED, TaskState.SUCCEEDED)
+
+
+def test_new_task_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from hive_ray._task import new_task_ids
+
+    ids = new_task_ids(2_000)
+    assert len(set(ids)) == 2_000
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
+    assert new_task_ids(0) == []
+
+
+def test_envelopes_and_outcomes_survive_pickling_with_every_field() -> None:
+    import pickle
+
+    from hive_ray._task import Envelope, Outcome
+
+    envelope = Envelope(task_id="t", agent_id="a-1", payload={"n": [1, 2]}, attempt=3, deadline=12.5,
+                        metadata={"k": "v"}, trace_context={"traceparent": "00-x"})
+    outcome = Outcome(task_id="t", status="error", value=None, error={"type": "ValueError"},
+                      started_at=1.0, finished_at=2.0)
+    for protocol in (2, 5):
+        assert pickle.loads(pickle.dumps([envelope, outcome], protocol)) == [envelope, outcome]
+    assert pickle.loads(pickle.dumps(Envelope(task_id="t", agent_id="a", payload=None))).metadata == {}
