@@ -16,6 +16,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from hive_ray import Agent, Hive
+from hive_ray._client import _ensure_token_auth
 
 
 class Napper(Agent):
@@ -29,6 +30,10 @@ class Napper(Agent):
 
 
 def main() -> None:
+    # Token authentication on every node from the start, as `hive up` and ray-cluster.yaml do.
+    # Without it the survivor, added after Hive.connect turned token mode on in this process,
+    # demands a token the head's GCS never sends: it takes no actor, and the restarts wait.
+    _ensure_token_auth()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     try:
         doomed = cluster.add_node(num_cpus=1, resources={"agent_slot": 4})
