@@ -18,24 +18,33 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)  # version and variant bits
-_UUID4_SET = (4 << 76) | (0x8000 << 48)  # version 4, RFC 4122 variant
+_RAND_B = (1 << 62) - 1
 
 
-def new_task_ids(count: int) -> list[str]:
-    """``count`` random version-4 UUIDs as 32 hex digits (what ``uuid.uuid4().hex`` gives).
+def new_task_ids(count: int, *, unix_ms: int | None = None) -> list[str]:
+    """``count`` new task ids: version-7 UUIDs (RFC 9562) as 32 hex digits.
 
-    One ``os.urandom`` call for the lot and no ``UUID`` object per id: for a
-    chunk of 512, 1.4 µs an id against 3.4 µs for ``uuid.uuid4().hex`` (which
-    showed as 3 % of the orchestrator's CPU in ``map``); the same for one id.
+    The first 48 bits are the creation time in milliseconds, the other 74 (beside
+    version and variant) random, so ids sort by creation time. That is for the
+    journal: its primary-key index takes each new id at its end instead of at a
+    random place, and a task's ending touches the same recent pages. Measured
+    with SQLite over 400,000 tasks (an insert and an end each): random version-4
+    ids cost 42 µs a task at first and 64 µs by the end, time-ordered ones 18 µs
+    throughout. One ``os.urandom`` call serves the whole chunk.
     """
-    raw = os.urandom(16 * count)
+    millis = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
+    prefix = ((millis & 0xFFFF_FFFF_FFFF) << 80) | (7 << 76) | (0b10 << 62)
+    raw = os.urandom(10 * count)
     from_bytes = int.from_bytes
-    return [f"{(from_bytes(raw[start:start + 16]) & _UUID4_CLEAR) | _UUID4_SET:032x}"
-            for start in range(0, 16 * count, 16)]
+    ids = []
+    for start in range(0, 10 * count, 10):
+        bits = from_bytes(raw[start:start + 10])
+        ids.append(f"{prefix | (((bits >> 62) & 0xFFF) << 64) | (bits & _RAND_B):032x}")
+    return ids
 
 
 class TaskState(str, enum.Enum):

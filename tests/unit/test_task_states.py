@@ -23,17 +23,23 @@ def test_invalid_transition_message_lists_allowed_states():
         check_transition(TaskState.QUEUED, TaskState.SUCCEEDED)
 
 
-def test_new_task_ids_are_distinct_version_4_uuids() -> None:
+def test_new_task_ids_are_distinct_version_7_uuids_that_sort_by_creation_time() -> None:
+    import time
     import uuid
 
     from hive_ray._task import new_task_ids
 
-    ids = new_task_ids(2_000)
+    now = time.time_ns() // 1_000_000
+    ids = new_task_ids(2_000, unix_ms=now)
     assert len(set(ids)) == 2_000
     for task_id in ids:
         parsed = uuid.UUID(task_id)
-        assert (parsed.hex, parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
+        assert (parsed.hex, parsed.version, parsed.variant) == (task_id, 7, uuid.RFC_4122)
+        assert parsed.int >> 80 == now  # the creation time, in milliseconds
+    later = new_task_ids(3, unix_ms=now + 1)
+    assert max(ids) < min(later)  # the journal's index takes new ids at its end
     assert new_task_ids(0) == []
+    assert uuid.UUID(new_task_ids(1)[0]).int >> 80 >= now
 
 
 def test_envelopes_and_outcomes_survive_pickling_with_every_field() -> None:
