@@ -221,7 +221,7 @@ def _demo(args: argparse.Namespace) -> int:
         other.cancel()
         for handle in (slow, other):
             record = _wait_done(hive, handle.task_id)
-            print(f"   task {handle.task_id[:8]}: {record.state.value}")
+            print(f"   task {handle.task_id[-8:]}: {record.state.value}")  # ids start with their time
         print("\nPools:")
         for pool in hive.pools():
             print(f"  {pool.name:<12} {plural(pool.size, 'agent'):<9} succeeded={pool.succeeded} failed={pool.failed}")
