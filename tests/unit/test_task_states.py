@@ -54,3 +54,17 @@ def test_envelopes_and_outcomes_survive_pickling_with_every_field() -> None:
     for protocol in (2, 5):
         assert pickle.loads(pickle.dumps([envelope, outcome], protocol)) == [envelope, outcome]
     assert pickle.loads(pickle.dumps(Envelope(task_id="t", agent_id="a", payload=None))).metadata == {}
+
+
+def test_the_pickled_forms_name_every_field_in_order() -> None:
+    # __reduce__ lists the fields by hand: a field added to the class must be added there too.
+    import dataclasses
+    import inspect
+
+    from hive_ray._task import Envelope, Outcome, _envelope, _outcome
+
+    for cls, build in ((Envelope, _envelope), (Outcome, _outcome)):
+        names = [field.name for field in dataclasses.fields(cls)]
+        assert list(inspect.signature(build).parameters) == names
+        sample = cls(**{name: f"value-{name}" for name in names})
+        assert sample.__reduce__() == (build, tuple(f"value-{name}" for name in names))
