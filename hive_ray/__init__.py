@@ -28,6 +28,7 @@ _EXPORTS = {
     "PoolSpec": "hive_ray._models",
     "ResultLostError": "hive_ray._errors",
     "Settings": "hive_ray._settings",
+    "StreamRestart": "hive_ray._streaming",
     "Task": "hive_ray._task",
     "TaskCancelledError": "hive_ray._errors",
     "TaskError": "hive_ray._errors",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "TaskRecord": "hive_ray._models",
     "TaskSpec": "hive_ray._models",
     "TaskState": "hive_ray._task",
+    "TaskStream": "hive_ray._streaming",
     "TaskTimeoutError": "hive_ray._errors",
     "UnknownAgentTypeError": "hive_ray._errors",
     "UnknownPoolError": "hive_ray._errors",
@@ -101,4 +103,5 @@ if TYPE_CHECKING:
     from hive_ray._models import AgentInfo, PoolInfo, PoolSpec, TaskRecord, TaskSpec
     from hive_ray._registry import known_agent_types, register_agent
     from hive_ray._settings import Settings
+    from hive_ray._streaming import StreamRestart, TaskStream
     from hive_ray._task import Task, TaskState

@@ -20,7 +20,7 @@ other agents and reports progress::
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, ClassVar
 
 from hive_ray._task import Task
@@ -46,11 +46,13 @@ class AgentContext:
         agent_type: str,
         submitter: Any = None,
         progress_reporter: Any = None,
+        streamer: Any = None,
     ) -> None:
         self.agent_id = agent_id
         self.pool = pool
         self.agent_type = agent_type
         self._submitter = submitter
+        self._streamer = streamer
         self._progress_reporter = progress_reporter
         self.cancelled_tasks: set[str] = set()
 
@@ -113,6 +115,37 @@ class AgentContext:
         if parent is not None:
             template["metadata"].setdefault("parent_task_id", parent)
         return await self._submitter(template, list(payloads))
+
+    def delegate_stream(
+        self,
+        payload: Any = None,
+        *,
+        agent_type: str | None = None,
+        capability: str | None = None,
+        pool: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        affinity_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> AsyncIterator[Any]:
+        """Run one sub-task and iterate its parts as its agent yields them (``async for``).
+
+        A generator handler can pass them on (``async for part in ...: yield part``).
+        The sub-task's error is raised after the parts before it; leaving the loop
+        early (or this task being cancelled) cancels the sub-task. A
+        :class:`hive_ray.StreamRestart` comes before the parts of a run after a lost host.
+        """
+        if self._streamer is None:
+            raise RuntimeError(
+                "this agent has no runtime to delegate through; it runs outside hive-ray. "
+                "Give AgentContext a streamer, or run the agent with Hive.spawn()."
+            )
+        template = {"agent_type": agent_type, "capability": capability, "pool": pool, "priority": priority,
+                    "timeout": timeout, "affinity_key": affinity_key, "metadata": dict(metadata or {})}
+        parent = current_task_id.get()
+        if parent is not None:
+            template["metadata"].setdefault("parent_task_id", parent)
+        return self._streamer(template, payload)
 
     def report_progress(self, fraction: float, message: str | None = None) -> None:
         """Tell watchers how far the current task is (0.0 to 1.0). Never blocks."""

@@ -11,7 +11,7 @@
     hive types                      installed agent types
     hive spawn TYPE [-n N] [--pool P] [--num-cpus C] ...   start N agents (adds to a pool)
     hive scale POOL N               set a pool's size to N agents
-    hive submit TARGET [PAYLOAD_JSON] [--capability | --pool] [--timeout S] [--no-wait]
+    hive submit TARGET [PAYLOAD_JSON] [--capability | --pool] [--timeout S] [--no-wait | --stream]
     hive tasks [--state S] [--pool P] [--limit N] [--json]
     hive perf report [--html F] [--json] | perf baseline save [F] | perf baseline compare [F]
 
@@ -147,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--pool", action="store_true", help="TARGET is a pool name")
     submit.add_argument("--timeout", type=float, help="seconds until the task times out")
     submit.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
-    submit.add_argument("--no-wait", action="store_true", help="print the task id and return")
+    waiting = submit.add_mutually_exclusive_group()
+    waiting.add_argument("--no-wait", action="store_true", help="print the task id and return")
+    waiting.add_argument("--stream", action="store_true",
+                         help="print the task's parts as its agent yields them (text as it comes, "
+                         "other parts a JSON line each); Ctrl-C cancels the task")
 
     tasks = command("tasks", _tasks, "recent tasks, newest first")
     tasks.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "timed_out"],
@@ -338,6 +342,8 @@ def _submit(args: argparse.Namespace) -> int:
     elif args.pool:
         route["pool"] = args.target
     agent = None if route else args.target
+    if args.stream:
+        return _stream(args, hive.stream(agent, payload, timeout=args.timeout, priority=args.priority, **route))
     handle = hive.submit(agent, payload, timeout=args.timeout, priority=args.priority, **route)
     if args.no_wait:
         print(handle.task_id)
@@ -347,6 +353,33 @@ def _submit(args: argparse.Namespace) -> int:
     except HiveError as error:
         args.console.error(str(error))
         return 1
+    return 0
+
+
+def _stream(args: argparse.Namespace, stream: Any) -> int:
+    from hive_ray._streaming import StreamRestart
+
+    text = False  # the last part printed was text: end its line before anything else
+    try:
+        for part in stream:
+            if isinstance(part, StreamRestart):
+                args.console.error(f"the task starts over (attempt {part.attempt}): its agent's host was lost")
+            elif isinstance(part, str):
+                print(part, end="", flush=True)
+                text = True
+                continue
+            else:
+                if text:
+                    print()
+                _print_json(part)
+            text = False
+    except HiveError as error:
+        if text:
+            print()
+        args.console.error(str(error))
+        return 1
+    if text:
+        print()
     return 0
 
 

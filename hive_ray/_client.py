@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from hive_ray._agent import Agent
     from hive_ray._models import AgentInfo, PoolInfo, TaskRecord
     from hive_ray._settings import Settings
+    from hive_ray._streaming import TaskStream
     from hive_ray._tables import RecordList
 
 logger = logging.getLogger("hive_ray.client")
@@ -75,6 +76,15 @@ class TaskHandle:
     async def _await_result(self) -> Any:
         answer = await self._hive._call_async("wait", self.task_id, None)
         return await self._hive._value_async(self.task_id, answer)
+
+    def stream(self, *, detach: bool = False, idle_timeout: float | None = None) -> TaskStream:
+        """The task's parts as its agent yields them (see :meth:`Hive.stream`)."""
+        from hive_ray._streaming import TaskStream
+
+        return TaskStream(self._hive, self.task_id, self.pool, detach=detach, idle_timeout=idle_timeout)
+
+    def __aiter__(self) -> Any:
+        return self.stream().__aiter__()
 
     def status(self) -> TaskRecord:
         return self._hive.task(self.task_id)
@@ -193,13 +203,14 @@ class Hive(OrchestratorCalls):
 
     # ------------------------------------------------------------------ pools
     def spawn(self, agent: str | type[Agent], count: int = 1, *, pool: str | None = None,
-              **options: Any) -> PoolInfo:
+              wait_seconds: float | None = None, **options: Any) -> PoolInfo:
         """Start ``count`` agents of a type (by name or class) in a pool, and wait until ready.
 
         ``pool`` defaults to the agent type's name; spawning into an existing pool
         adds agents. ``options`` are :class:`hive_ray.PoolSpec` fields: ``num_cpus``,
         ``num_gpus``, ``memory``, ``resources``, ``policy``, ``max_queue``,
-        ``max_attempts``, ``placement``, ``agents_per_host``.
+        ``max_attempts``, ``placement``, ``agents_per_host``. ``wait_seconds`` bounds the wait
+        (default: the ``spawn_wait_seconds`` setting); agents not placed by then keep starting.
         """
         from hive_ray._errors import UnknownAgentTypeError
         from hive_ray._models import PoolInfo
@@ -215,12 +226,12 @@ class Hive(OrchestratorCalls):
                 raise
             agent_type = agent  # perhaps installed where the orchestrator runs
         spec = {"name": pool or agent_type, "agent_type": agent_type, "count": count, **options}
-        return PoolInfo(**self._call("create_pool", spec, reference, capabilities, concurrency))
+        return PoolInfo(**self._call("create_pool", spec, reference, capabilities, concurrency, wait_seconds))
 
-    def scale(self, pool: str, count: int) -> PoolInfo:
+    def scale(self, pool: str, count: int, *, wait_seconds: float | None = None) -> PoolInfo:
         from hive_ray._models import PoolInfo
 
-        return PoolInfo(**self._call("scale", pool, count))
+        return PoolInfo(**self._call("scale", pool, count, wait_seconds))
 
     def stop(self, pool: str) -> PoolInfo:
         """Stop a pool's agents and remove it; its queued tasks are cancelled."""
@@ -264,7 +275,9 @@ class Hive(OrchestratorCalls):
         ``pool=``. Other options: ``priority``, ``timeout``, ``affinity_key``,
         ``idempotency_key``, ``max_attempts``, ``metadata``.
         """
-        template = self._template(agent, options)
+        return self._submit(self._template(agent, options), payload)
+
+    def _submit(self, template: dict[str, Any], payload: Any) -> TaskHandle:
         [task_id] = new_task_ids(1)
         try:
             accepted = self._call("submit", template, payload, task_id)
@@ -273,6 +286,22 @@ class Hive(OrchestratorCalls):
             if accepted is None:
                 raise
         return TaskHandle(self, accepted["task_id"], accepted["pool"])
+
+    def stream(self, agent: str | type[Agent] | None = None, payload: Any = None, *, detach: bool = False,
+               idle_timeout: float | None = None, **options: Any) -> TaskStream:
+        """Submit one task and iterate its parts as its agent's generator yields them.
+
+        ``for part in hive.stream("words", "a b c")`` (or ``async for``). Stopping
+        early cancels the task unless ``detach``; ``idle_timeout`` bounds the wait
+        for each part (:class:`~hive_ray.TaskTimeoutError`). The task's error, if
+        it fails, is raised after the parts that came before it. Options as in
+        :meth:`submit`.
+        """
+        from hive_ray._streaming import TaskStream
+
+        # "stream": this consumer counts as reading from the start (no first part is dropped).
+        handle = self._submit({**self._template(agent, options), "stream": True}, payload)
+        return TaskStream(self, handle.task_id, handle.pool, detach=detach, idle_timeout=idle_timeout)
 
     @traced_call("run")
     def run(self, agent: str | type[Agent] | None = None, payload: Any = None, *,

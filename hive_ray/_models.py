@@ -17,6 +17,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -47,8 +48,26 @@ Count = Annotated[StrictInt, INTEGER_ONLY]
 Number = StrictFloat
 Flag = StrictBool
 Target = Annotated[str, Field(min_length=1, max_length=256)]
-TypeName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
-ResourceQuantity = Annotated[StrictFloat, Field(ge=0)]
+#: An exception's type name, plain or dotted (``ValueError``, ``hive_ray.AgentNotHere``).
+TypeName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\W\d]\w*(\.[^\W\d]\w*)*$")]
+#: A custom Ray resource's name: printable ASCII without spaces (Ray encodes names as ASCII).
+ResourceName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+#: At most a billion of a resource per agent: Ray keeps quantities as fixed-point integers
+#: (1/10,000 units in 64 bits), and a host holds agents_per_host agents' worth. The schema
+#: says what PoolSpec's validator checks: 0, or between RESOURCE_UNIT and the maximum.
+MAX_RESOURCE = 1e9
+ResourceQuantity = Annotated[StrictFloat, Field(ge=0, le=MAX_RESOURCE), WithJsonSchema({
+    "anyOf": [{"type": "number", "const": 0},
+              {"type": "number", "minimum": RESOURCE_UNIT, "maximum": MAX_RESOURCE}]})]
+
+
+def _names_in_property_names(schema: dict[str, Any]) -> None:
+    """A dict whose keys have a pattern: pydantic writes ``patternProperties``, which lets other
+    keys through (to JSON Schema); say it as ``propertyNames`` and ``additionalProperties``."""
+    patterns = schema.pop("patternProperties", {})
+    for pattern, values in patterns.items():
+        schema.setdefault("propertyNames", {})["pattern"] = pattern
+        schema["additionalProperties"] = values
 
 
 class _Model(BaseModel):
@@ -242,8 +261,8 @@ class PoolSpec(_Model):
     num_gpus: ResourceQuantity = Field(0.0, description="GPUs per agent: 0, or at least 0.0001.")
     memory: Annotated[StrictInt, Field(gt=0), INTEGER_ONLY] | None = Field(
         None, description="Bytes of memory reserved per agent host.")
-    resources: dict[Annotated[str, Field(min_length=1, max_length=200)], ResourceQuantity] = Field(
-        default_factory=dict, max_length=64,
+    resources: dict[ResourceName, ResourceQuantity] = Field(
+        default_factory=dict, max_length=64, json_schema_extra=_names_in_property_names,
         description="Custom Ray resources per agent, e.g. {\"agent_slot\": 1}: each 0, or at least "
         "0.0001; CPU and GPU go in num_cpus and num_gpus.")
     policy: RoutingPolicyName = "least_loaded"

@@ -45,6 +45,8 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("admission", True, True, "the pool a task would go to and its queue bound (map)"),
     Operation("resubmit", True, False, "submit an ended task again, as a new task"),
     Operation("report_progress", False, False, "an agent reports its task's progress"),
+    Operation("report_parts", False, False, "a host sends parts a streaming task's generator yielded"),
+    Operation("stream_parts", True, True, "a streaming task's parts after a sequence number (long-poll)"),
     # reads
     Operation("task", True, True, "one task's record"),
     Operation("tasks", True, True, "recent task records, newest first"),

@@ -83,6 +83,17 @@ class Settings(BaseSettings):
         "when its task leaves the orchestrator's memory (finished_retention_count).",
     )
     event_buffer: int = Field(10_000, ge=100, description="Recent task events kept for streams.")
+    stream_buffer_parts: int = Field(
+        256, ge=1, le=100_000,
+        description="Unread parts of a streaming task kept for its consumer. When it is full, "
+        "the agent's generator waits for the consumer (back-pressure), as long as the consumer "
+        "keeps reading (stream_reader_idle_seconds).",
+    )
+    stream_reader_idle_seconds: float = Field(
+        30.0, gt=0,
+        description="A stream consumer that has not read for this long no longer holds its agent "
+        "back: unread parts beyond stream_buffer_parts are dropped (the task's result keeps them all).",
+    )
     max_batch: int = Field(64, ge=1, le=4096, description="Most tasks sent to one agent per Ray call.")
     target_batch_seconds: float = Field(
         0.002, gt=0, description="Tasks shorter than half this are batched."
@@ -130,6 +141,11 @@ class Settings(BaseSettings):
     spawn_wait_seconds: float = Field(
         120.0, gt=0, description="How long spawn/scale wait for agents to be placed; the rest "
         "keep starting in the background (their demand reaches the autoscaler).")
+    api_spawn_wait_seconds: float = Field(
+        5.0, gt=0, le=600,
+        description="How long POST /v1/pools and PATCH /v1/pools/{name} wait for new agents to be "
+        "placed before answering (the rest show as starting and keep starting in the background).",
+    )
     max_agents_per_pool: int = Field(
         100_000, ge=1, le=1_000_000,
         description="Most agents one pool may have (spawn, scale, autoscaling's max_agents); a "

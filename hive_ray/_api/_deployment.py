@@ -78,6 +78,18 @@ class HiveAPI:
         async for reply in _grpc.stream_events(self.service, request, grpc_context):
             yield reply
 
+    async def SubmitStream(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        async for reply in _grpc.submit_stream(self.service, request, grpc_context):
+            yield reply
+
+    async def StreamParts(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        async for reply in _grpc.stream_parts(self.service, request, grpc_context):
+            yield reply
+
 
 def deployment_options(settings: Settings) -> dict[str, Any]:
     """Serve options of the API deployment, from settings (``deploy/serve.yaml`` mirrors them)."""

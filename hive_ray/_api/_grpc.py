@@ -24,7 +24,7 @@ from hive_ray._api._keys import KeyRing, bearer_token
 from hive_ray._api._middleware import request_span
 from hive_ray._api._problems import ProblemError, field_errors, status_of
 from hive_ray._api._service import ApiService, dumps
-from hive_ray._api._streams import task_events
+from hive_ray._api._streams import task_events, task_parts
 from hive_ray._api._trace_ingress import (
     finish_grpc_span,
     grpc_server_span,
@@ -112,18 +112,23 @@ async def _answer(service: ApiService, context: Any, needed: str, work: Any, emp
     return empty, code
 
 
+def _task_spec(request: Any) -> tuple[TaskSpec, Any]:
+    try:
+        payload = json.loads(request.payload_json) if request.payload_json else None
+    except ValueError as error:
+        raise ProblemError(422, f"payload_json is not JSON: {error}") from None
+    spec = TaskSpec(
+        agent_type=request.agent_type or None, capability=request.capability or None,
+        pool=request.pool or None, payload=payload, priority=request.priority,
+        timeout=request.timeout or None, affinity_key=request.affinity_key or None,
+        idempotency_key=request.idempotency_key or None, metadata=dict(request.metadata),
+    )
+    return spec, payload
+
+
 async def submit(service: ApiService, request: Any, context: Any) -> Any:
     async def work() -> Any:
-        try:
-            payload = json.loads(request.payload_json) if request.payload_json else None
-        except ValueError as error:
-            raise ProblemError(422, f"payload_json is not JSON: {error}") from None
-        spec = TaskSpec(
-            agent_type=request.agent_type or None, capability=request.capability or None,
-            pool=request.pool or None, payload=payload, priority=request.priority,
-            timeout=request.timeout or None, affinity_key=request.affinity_key or None,
-            idempotency_key=request.idempotency_key or None, metadata=dict(request.metadata),
-        )
+        spec, payload = _task_spec(request)
         maximum = service.settings.api_max_wait_seconds
         if not 0 <= request.wait <= maximum:
             raise ProblemError(422, f"wait must be between 0 and {maximum:g} seconds")
@@ -189,3 +194,70 @@ async def stream_events(service: ApiService, request: Any, context: Any) -> Asyn
             sequence=event["sequence"], time=event["time"], task_id=event["task_id"],
             pool=event["pool"], state=event["state"], progress=event.get("progress"),
             message=event.get("message") or "")
+
+
+async def submit_stream(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
+    """Submit a task and stream its parts; a call cancelled before the end cancels the task."""
+    try:
+        _authorize(service, context, "admin")
+        if request.wait:
+            raise ProblemError(422, "SubmitStream answers as the task runs: leave wait at 0")
+        spec, payload = _task_spec(request)
+        if spec.idempotency_key:
+            service.check_idempotency(spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+        template = inject_into(spec.template(), request_span.get())
+        accepted = await service.submit({**template, "stream": True}, payload)
+    except _Refused as refused:
+        _fail(context, refused.status, refused.detail)
+        raise
+    except ProblemError as error:
+        _fail(context, error.status, error.detail)
+        raise
+    except HiveError as error:
+        _fail(context, status_of(error), error.message)
+        raise
+    except ValidationError as error:
+        listed = field_errors(error.errors())
+        _fail(context, 422, "invalid " + "; ".join(f"{e['field']}: {e['message']}" for e in listed))
+        raise
+    async for part in _parts(service, accepted["task_id"], 0, cancel_on_disconnect=not request.detach):
+        yield part
+
+
+async def stream_parts(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
+    """A streaming task's parts after ``request.after``; a cancelled call leaves the task running."""
+    try:
+        _authorize(service, context, "read")
+        await service.task_json(request.task_id)  # NOT_FOUND before streaming
+    except _Refused as refused:
+        _fail(context, refused.status, refused.detail)
+        raise
+    except HiveError as error:
+        _fail(context, status_of(error), error.message)
+        raise
+    async for part in _parts(service, request.task_id, request.after, cancel_on_disconnect=False):
+        yield part
+
+
+async def _parts(service: ApiService, task_id: str, after: int, *, cancel_on_disconnect: bool) -> AsyncIterator[Any]:
+    ended = False
+    try:
+        async for item in task_parts(service.call, service.resolve, task_id, after=after,
+                                     max_seconds=service.settings.api_stream_max_seconds):
+            if item is None:
+                continue  # gRPC has its own keepalives
+            kind, sequence, data = item
+            if kind == "part":
+                yield hive_pb2.TaskPart(kind=kind, sequence=sequence or 0, task_id=task_id,
+                                        part_json=dumps(data).decode())
+            elif kind == "restart":
+                yield hive_pb2.TaskPart(kind=kind, sequence=sequence or 0, task_id=task_id, attempt=data["attempt"])
+            elif kind == "missed":
+                yield hive_pb2.TaskPart(kind=kind, task_id=task_id, missed=data["count"])
+            else:
+                yield hive_pb2.TaskPart(kind=kind, task_id=task_id, state=data["state"],
+                                        error_json=dumps(data["error"]).decode() if data["error"] else "")
+        ended = True  # the end, or the stream's time limit (resume with StreamParts)
+    finally:
+        if not ended and cancel_on_disconnect:
+            service.cancel_soon(task_id)  # the caller cancelled the call before the end

@@ -28,7 +28,7 @@ from hive_ray._api._openapi import openapi_document
 from hive_ray._api._problems import ProblemError
 from hive_ray._api._schemas import Problem, Ready, TaskAccepted, TaskOutcome, pool_request_models
 from hive_ray._api._service import ApiService, dumps
-from hive_ray._api._streams import SSE_END, sse_frame, task_events
+from hive_ray._api._streams import SSE_END, sse_frame, sse_part_frame, task_events, task_parts
 from hive_ray._api._trace_ingress import inject_into
 from hive_ray._models import PoolInfo, TaskPage, TaskRecord, TaskSpec
 from hive_ray._task import TaskState
@@ -158,14 +158,24 @@ def build_http_app(service: ApiService) -> FastAPI:
                    **auth_errors, **_problem_responses(404, 409, 413, 422, 429, 504)},
         summary="Submit a task",
         description="Answers 202 with a Location at once. With `wait` (seconds), answers 200 with "
-        "the result if the task ends in time, else 504 (the task keeps running). An "
-        "`Idempotency-Key` makes a retried submission return the first task; reusing a key with "
-        "another body is a 409.")
+        "the result if the task ends in time, else 504 (the task keeps running). With "
+        "`stream=true`, answers 200 with the task's parts as Server-Sent Events (as "
+        "`GET /v1/tasks/{id}/stream`); closing the connection before the end cancels the task "
+        "unless `detach=true`. An `Idempotency-Key` makes a retried submission return the first "
+        "task; reusing a key with another body is a 409.")
     async def submit(
         spec: TaskSpec,
         wait: Annotated[float | None, Query(gt=0, le=max_wait, description="Seconds to wait for the result.")] = None,
+        stream: Annotated[bool, Query(description="Answer with the task's parts as Server-Sent Events.")] = False,
+        detach: Annotated[bool, Query(description="With `stream`: a closed connection leaves the task "
+                                      "running.")] = False,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
     ) -> Response:
+        if stream and wait is not None:
+            raise ProblemError(422, "give either stream=true or wait, not both: a stream already "
+                               "answers as the task runs", slug="validation",
+                               errors=[{"field": "wait", "in": "query", "message": "not with stream=true",
+                                        "code": "fields_disagree"}])
         template = inject_into(spec.template(), request_span.get())
         replayed = False
         if idempotency_key is not None:
@@ -178,6 +188,10 @@ def build_http_app(service: ApiService) -> FastAPI:
             template["idempotency_key"] = idempotency_key
             replayed = service.check_idempotency(
                 idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+        if stream:
+            accepted = await service.submit({**template, "stream": True}, spec.payload)
+            return parts_response(accepted["task_id"], 0, cancel_on_disconnect=not detach,
+                                  headers={"Location": f"/v1/tasks/{accepted['task_id']}"})
         if wait is None:
             accepted = await service.submit(template, spec.payload)
             location = f"/v1/tasks/{accepted['task_id']}"
@@ -253,6 +267,40 @@ def build_http_app(service: ApiService) -> FastAPI:
                     yield SSE_END
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=stream_headers)
+
+    def parts_response(task_id: str, after: int, *, cancel_on_disconnect: bool,
+                       headers: dict[str, str] | None = None) -> StreamingResponse:
+        async def frames() -> Any:
+            ended = False
+            try:
+                yield b"retry: 1000\n\n"
+                async for item in task_parts(service.call, service.resolve, task_id, after=after,
+                                             max_seconds=settings.api_stream_max_seconds):
+                    yield sse_part_frame(item)
+                ended = True  # the end, or the stream's time limit: the client resumes from its last id
+            finally:
+                if not ended and cancel_on_disconnect:
+                    service.cancel_soon(task_id)  # the consumer went away before the end
+
+        return StreamingResponse(frames(), media_type="text/event-stream",
+                                 headers={**stream_headers, **(headers or {})})
+
+    @app.get("/v1/tasks/{task_id}/stream", tags=["events"], dependencies=read,
+             responses={**sse_doc, **auth_errors, **_problem_responses(404)}, response_class=StreamingResponse,
+             summary="A streaming task's parts as Server-Sent Events, until it ends",
+             description="`event: part` frames carry each part as JSON (`id` its sequence: "
+             "Last-Event-ID resumes), `event: restart` says the task runs again from its start (its "
+             "agent's host was lost), `event: missed` counts parts dropped before they were read, "
+             "and `event: end` carries the task's state and error. A task whose handler is not a "
+             "generator sends its result as its one part. Watching does not own the task: closing "
+             "this stream leaves it running (submit with `POST /v1/tasks?stream=true` for that).")
+    async def parts_stream(
+        task_id: TaskId,
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    ) -> StreamingResponse:
+        await service.task_json(task_id)  # 404 before the stream starts
+        return parts_response(task_id, resume_point(after, last_event_id), cancel_on_disconnect=False)
 
     @app.get("/v1/events", tags=["events"], dependencies=read, responses={**sse_doc, **auth_errors},
              response_class=StreamingResponse, summary="Every task event as Server-Sent Events")

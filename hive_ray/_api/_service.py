@@ -50,7 +50,7 @@ class ApiService:
         self._idempotency: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
         self._follower: asyncio.Task[None] | None = None
         self._refreshing: set[str] = set()  # cache keys being fetched ahead of expiry
-        self._background: set[asyncio.Task[None]] = set()  # strong references to those fetches
+        self._background: set[asyncio.Future[Any]] = set()  # strong references: those fetches, cancels
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_following(self) -> None:
@@ -101,7 +101,8 @@ class ApiService:
         agent_type, count, name = spec.pop("agent_type"), spec.pop("count"), spec.pop("name")
         await self._check_added_size(name, agent_type, count)
         try:
-            info = await self.blocking("spawn", agent_type, count, pool=name, **spec)
+            info = await self.blocking("spawn", agent_type, count, pool=name,
+                                       wait_seconds=self.settings.api_spawn_wait_seconds, **spec)
         finally:
             self._pools_cache.clear()
         return info.model_dump(mode="json")
@@ -129,7 +130,7 @@ class ApiService:
 
     async def scale_pool(self, name: str, count: int) -> dict[str, Any]:
         try:
-            info = await self.blocking("scale", name, count)
+            info = await self.blocking("scale", name, count, wait_seconds=self.settings.api_spawn_wait_seconds)
         finally:
             self._pools_cache.clear()
         return info.model_dump(mode="json")
@@ -165,11 +166,22 @@ class ApiService:
 
     async def run(self, template: dict[str, Any], payload: Any, wait: float) -> tuple[str, tuple[str, Any, Any]]:
         task_id, (state, result, error) = await self.call("run", template, payload, wait)
-        return task_id, (state, await self._resolve(task_id, result), error)
+        return task_id, (state, await self.resolve(task_id, result), error)
 
-    async def _resolve(self, task_id: str, result: Any) -> Any:
+    async def resolve(self, task_id: str, result: Any) -> Any:
         """A result kept in Ray's object store (too large for the task stream), fetched."""
         return await resolve_async(task_id, result, lambda task: self.call("fetch_result", task))
+
+    def cancel_soon(self, task_id: str) -> None:
+        """Cancel a task without waiting (a stream's consumer went away; its request is ending)."""
+        cancelling = asyncio.ensure_future(self.call("cancel_many", [task_id]))
+        self._background.add(cancelling)
+        cancelling.add_done_callback(self._cancelled)
+
+    def _cancelled(self, cancelling: asyncio.Future[Any]) -> None:
+        self._background.discard(cancelling)
+        if not cancelling.cancelled() and cancelling.exception() is not None:
+            logger.warning("could not cancel a task whose stream was closed: %s", cancelling.exception())
 
     async def task_json(self, task_id: str) -> tuple[bytes, bool]:
         """A task's record as JSON; a finished one may come from the cache (it cannot change)."""
@@ -180,7 +192,7 @@ class ApiService:
         stored = type(record["result"]) is StoredResult
         if stored:
             with contextlib.suppress(ResultLostError):  # gone: the record says what it was
-                record["result"] = await self._resolve(task_id, record["result"])
+                record["result"] = await self.resolve(task_id, record["result"])
         body = dumps(record)
         if record["state"] in TERMINAL and not stored:  # large results are not cached here
             self._finished.put(task_id, body)

@@ -1,4 +1,4 @@
-"""Task event streams, shared by Server-Sent Events and the gRPC server stream.
+"""Task event streams and streaming tasks' parts, shared by Server-Sent Events and gRPC.
 
 :func:`task_events` long-polls the orchestrator's ``events(after, timeout,
 task_id)`` and yields events in sequence order, a ``None`` heartbeat when a
@@ -53,3 +53,51 @@ def sse_frame(event: dict[str, Any] | None) -> bytes:
 
 
 SSE_END = b"event: end\ndata: {}\n\n"
+
+
+async def task_parts(call: Callable[..., Any], resolve: Callable[[str, Any], Any], task_id: str, *,
+                     after: int = 0, max_seconds: float = 60.0) -> AsyncIterator[tuple[str, int | None, Any] | None]:
+    """A streaming task's items from the one after sequence ``after``, for SSE and gRPC.
+
+    Yields ``(kind, sequence, data)``: ``part`` (the part), ``restart`` (the
+    task runs again from its start: ``{"attempt": n}``), ``missed``
+    (``{"count": n}`` parts were dropped before this consumer read them) and
+    last ``end`` (``{"task_id", "state", "error"}``); ``None`` when a poll
+    found nothing (a heartbeat). A task whose handler is not a generator
+    yields its whole result as its one part. Stops after ``max_seconds``
+    without the end: the client resumes from the last sequence.
+    """
+    deadline = time.monotonic() + max_seconds
+    got_part = False
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        reply = await call("stream_parts", task_id, after, min(POLL_SECONDS, remaining))
+        if reply["missed"]:
+            yield ("missed", None, {"count": reply["missed"]})
+        for sequence, kind, value in reply["items"]:
+            after = sequence
+            if kind == "part":
+                got_part = True
+                yield ("part", sequence, value)
+            else:
+                yield ("restart", sequence, {"attempt": value})
+        if reply["ended"]:
+            state, result, error = reply["answer"]
+            if state == "succeeded" and not (got_part or reply["streamed"] or reply["missed"] or after):
+                yield ("part", reply["last_sequence"], await resolve(task_id, result))
+            yield ("end", None, {"task_id": task_id, "state": state, "error": error})
+            return
+        if not reply["items"] and not reply["missed"]:
+            yield None
+
+
+def sse_part_frame(item: tuple[str, int | None, Any] | None) -> bytes:
+    """One Server-Sent Events frame of :func:`task_parts`; ``id`` is the sequence."""
+    if item is None:
+        return b": heartbeat\n\n"
+    kind, sequence, data = item
+    head = f"id: {sequence}\n" if sequence is not None else ""
+    body = json.dumps(data, separators=(",", ":"), default=str)
+    return f"{head}event: {kind}\ndata: {body}\n\n".encode()

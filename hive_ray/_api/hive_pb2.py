@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hive_ray/_api/hive.proto\x12\x07hive.v1\"\xa4\x02\n\rSubmitRequest\x12\x12\n\nagent_type\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0f\n\x07timeout\x18\x06 \x01(\x01\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x36\n\x08metadata\x18\t \x03(\x0b\x32$.hive.v1.SubmitRequest.MetadataEntry\x12\x0c\n\x04wait\x18\n \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x0bSubmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x12\n\nerror_json\x18\x04 \x01(\t\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"N\n\tTaskReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0brecord_json\x18\x04 \x01(\t\"5\n\x13StreamEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"\x8e\x01\n\tTaskEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x15\n\x08progress\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x07 \x01(\tB\x0b\n\t_progress2\xf0\x01\n\x04Hive\x12\x36\n\x06Submit\x12\x16.hive.v1.SubmitRequest\x1a\x14.hive.v1.SubmitReply\x12\x36\n\x07GetTask\x12\x17.hive.v1.GetTaskRequest\x1a\x12.hive.v1.TaskReply\x12\x34\n\x06\x43\x61ncel\x12\x16.hive.v1.CancelRequest\x1a\x12.hive.v1.TaskReply\x12\x42\n\x0cStreamEvents\x12\x1c.hive.v1.StreamEventsRequest\x1a\x12.hive.v1.TaskEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hive_ray/_api/hive.proto\x12\x07hive.v1\"\xb4\x02\n\rSubmitRequest\x12\x12\n\nagent_type\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0f\n\x07timeout\x18\x06 \x01(\x01\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x36\n\x08metadata\x18\t \x03(\x0b\x32$.hive.v1.SubmitRequest.MetadataEntry\x12\x0c\n\x04wait\x18\n \x01(\x01\x12\x0e\n\x06\x64\x65tach\x18\x0b \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x0bSubmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x12\n\nerror_json\x18\x04 \x01(\t\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"N\n\tTaskReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0brecord_json\x18\x04 \x01(\t\"5\n\x13StreamEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"\x8e\x01\n\tTaskEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x15\n\x08progress\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x07 \x01(\tB\x0b\n\t_progress\"4\n\x12StreamPartsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"\x92\x01\n\x08TaskPart\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tpart_json\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x0e\n\x06missed\x18\x05 \x01(\x04\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x12\n\nerror_json\x18\x08 \x01(\t2\xee\x02\n\x04Hive\x12\x36\n\x06Submit\x12\x16.hive.v1.SubmitRequest\x1a\x14.hive.v1.SubmitReply\x12\x36\n\x07GetTask\x12\x17.hive.v1.GetTaskRequest\x1a\x12.hive.v1.TaskReply\x12\x34\n\x06\x43\x61ncel\x12\x16.hive.v1.CancelRequest\x1a\x12.hive.v1.TaskReply\x12\x42\n\x0cStreamEvents\x12\x1c.hive.v1.StreamEventsRequest\x1a\x12.hive.v1.TaskEvent0\x01\x12;\n\x0cSubmitStream\x12\x16.hive.v1.SubmitRequest\x1a\x11.hive.v1.TaskPart0\x01\x12?\n\x0bStreamParts\x12\x1b.hive.v1.StreamPartsRequest\x1a\x11.hive.v1.TaskPart0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SUBMITREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITREQUEST']._serialized_start=38
-  _globals['_SUBMITREQUEST']._serialized_end=330
-  _globals['_SUBMITREQUEST_METADATAENTRY']._serialized_start=283
-  _globals['_SUBMITREQUEST_METADATAENTRY']._serialized_end=330
-  _globals['_SUBMITREPLY']._serialized_start=332
-  _globals['_SUBMITREPLY']._serialized_end=436
-  _globals['_GETTASKREQUEST']._serialized_start=438
-  _globals['_GETTASKREQUEST']._serialized_end=471
-  _globals['_CANCELREQUEST']._serialized_start=473
-  _globals['_CANCELREQUEST']._serialized_end=505
-  _globals['_TASKREPLY']._serialized_start=507
-  _globals['_TASKREPLY']._serialized_end=585
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=587
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=640
-  _globals['_TASKEVENT']._serialized_start=643
-  _globals['_TASKEVENT']._serialized_end=785
-  _globals['_HIVE']._serialized_start=788
-  _globals['_HIVE']._serialized_end=1028
+  _globals['_SUBMITREQUEST']._serialized_end=346
+  _globals['_SUBMITREQUEST_METADATAENTRY']._serialized_start=299
+  _globals['_SUBMITREQUEST_METADATAENTRY']._serialized_end=346
+  _globals['_SUBMITREPLY']._serialized_start=348
+  _globals['_SUBMITREPLY']._serialized_end=452
+  _globals['_GETTASKREQUEST']._serialized_start=454
+  _globals['_GETTASKREQUEST']._serialized_end=487
+  _globals['_CANCELREQUEST']._serialized_start=489
+  _globals['_CANCELREQUEST']._serialized_end=521
+  _globals['_TASKREPLY']._serialized_start=523
+  _globals['_TASKREPLY']._serialized_end=601
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=603
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=656
+  _globals['_TASKEVENT']._serialized_start=659
+  _globals['_TASKEVENT']._serialized_end=801
+  _globals['_STREAMPARTSREQUEST']._serialized_start=803
+  _globals['_STREAMPARTSREQUEST']._serialized_end=855
+  _globals['_TASKPART']._serialized_start=858
+  _globals['_TASKPART']._serialized_end=1004
+  _globals['_HIVE']._serialized_start=1007
+  _globals['_HIVE']._serialized_end=1373
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,16 @@ class HiveStub:
                 request_serializer=hive__ray_dot___api_dot_hive__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=hive__ray_dot___api_dot_hive__pb2.TaskEvent.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.unary_stream(
+                '/hive.v1.Hive/SubmitStream',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.TaskPart.FromString,
+                _registered_method=True)
+        self.StreamParts = channel.unary_stream(
+                '/hive.v1.Hive/StreamParts',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.StreamPartsRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.TaskPart.FromString,
+                _registered_method=True)
 
 
 class HiveServicer:
@@ -87,6 +97,21 @@ class HiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitStream(self, request, context):
+        """Submit a task and stream its parts as its agent's generator yields them, then its end.
+        Cancelling the call before the end cancels the task, unless detach is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamParts(self, request, context):
+        """A streaming task's parts after a sequence, then its end; cancelling the call leaves the task running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HiveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +134,16 @@ def add_HiveServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=hive__ray_dot___api_dot_hive__pb2.StreamEventsRequest.FromString,
                     response_serializer=hive__ray_dot___api_dot_hive__pb2.TaskEvent.SerializeToString,
+            ),
+            'SubmitStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.SubmitRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.TaskPart.SerializeToString,
+            ),
+            'StreamParts': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamParts,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.StreamPartsRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.TaskPart.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +254,60 @@ class Hive:
             '/hive.v1.Hive/StreamEvents',
             hive__ray_dot___api_dot_hive__pb2.StreamEventsRequest.SerializeToString,
             hive__ray_dot___api_dot_hive__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hive.v1.Hive/SubmitStream',
+            hive__ray_dot___api_dot_hive__pb2.SubmitRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.TaskPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamParts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hive.v1.Hive/StreamParts',
+            hive__ray_dot___api_dot_hive__pb2.StreamPartsRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.TaskPart.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,6 +161,7 @@ class Dispatch(SharedState):
             for entry in entries:
                 if self._tasks.get(entry.task_id) is entry:
                     del self._tasks[entry.task_id]
+                self._streams.pop(entry.task_id, None)
                 if entry.idempotency_key is not None:
                     self._idempotency.pop((entry.pool, entry.idempotency_key), None)
                 for waiter in self._waiters.pop(entry.task_id, ()):
@@ -237,6 +238,8 @@ class Dispatch(SharedState):
             self._task_sampling.sample(entries, trace_context)
         if key is not None:
             self._idempotency[(pool.name, key)] = ids[0]
+        if template.get("stream"):
+            self._expect_stream_readers(ids)  # see _streams.py
         if timeout is not None and self._wakeup is not None:
             self._wakeup.set()
         self._counters["submitted"] += len(ids)

@@ -47,6 +47,7 @@ from hive_ray._runtime._channel import HostLink, connect_host
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import MAX_FRAME_BYTES
 from hive_ray._runtime._host_adoption import HostAdoption
+from hive_ray._runtime._host_streams import PartSender, delegated_parts, drain, is_streaming
 from hive_ray._runtime._large_results import ResultStash
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
@@ -80,7 +81,8 @@ def describe_error(error: BaseException) -> dict[str, Any]:
 class _Resident:
     """One agent inside a host: its instance, mailbox and running tasks."""
 
-    __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "concurrency", "last_used", "batches")
+    __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "streams", "concurrency", "last_used",
+                 "batches")
 
     def __init__(self, agent: Agent, concurrency: int) -> None:
         self.agent = agent
@@ -88,7 +90,8 @@ class _Resident:
         self.lock = asyncio.Lock() if concurrency == 1 else None
         self.semaphore = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self.running: dict[str, asyncio.Task[Any]] = {}
-        self.is_async = inspect.iscoroutinefunction(agent.handle)
+        self.streams = is_streaming(agent.handle)  # a generator: runs like async handlers (_host_streams.py)
+        self.is_async = self.streams or inspect.iscoroutinefunction(agent.handle)
         self.last_used = time.monotonic()
         self.batches = 0  # batches in progress: a busy agent is never passivated
 
@@ -186,6 +189,7 @@ class AgentHost(HostAdoption):
             pool=self._pool,
             agent_type=self._agent_type,
             submitter=self._delegate,
+            streamer=self._delegate_stream,
             progress_reporter=self._report_progress,
         )
         agent = self._cls(context)
@@ -318,7 +322,11 @@ class AgentHost(HostAdoption):
         # Sub-tasks the handler delegates become children of its span (see _delegate).
         trace_token = None if span is None else current_trace_context.set(span.context())
         try:
-            running = asyncio.ensure_future(resident.agent.handle(_task_of(envelope)))
+            produced = resident.agent.handle(_task_of(envelope))
+            if resident.streams:
+                sender = PartSender(self._orchestrator, envelope.task_id, envelope.agent_id, envelope.attempt)
+                produced = drain(produced, sender, self._executor)
+            running = asyncio.ensure_future(produced)
         finally:
             current_task_id.reset(token)
             if trace_token is not None:
@@ -446,6 +454,12 @@ class AgentHost(HostAdoption):
         for task_id, answer in zip(task_ids, answers, strict=True):
             results.append(await resolve_async(task_id, unwrap(task_id, answer), self._fetch_reference))
         return results
+
+    def _delegate_stream(self, template: dict[str, Any], payload: Any) -> Any:
+        trace_context = current_trace_context.get()
+        if trace_context is not None:
+            template = {**template, "trace_context": trace_context}
+        return delegated_parts(self._orchestrator, template, payload, self._fetch_reference)
 
     async def _fetch_reference(self, task_id: str) -> list[Any]:
         return await self._orchestrator.fetch_result.remote(task_id)

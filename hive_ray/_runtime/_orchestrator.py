@@ -16,6 +16,7 @@ part (module)               responsibility
 ``_host_supervision.py``    health checks, failed hosts, who pays for a crash, restarts
 ``_large_results.py``       results too large for the stream: kept in the object store
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
+``_streams.py``             streaming tasks: parts from generators to their consumers
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
 
@@ -49,13 +50,15 @@ from hive_ray._runtime._host_supervision import HostSupervision
 from hive_ray._runtime._large_results import LargeResults
 from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
 from hive_ray._runtime._recovery import Recovery
+from hive_ray._runtime._streams import Streams
 from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
 from hive_ray._runtime._transport import Transport
 from hive_ray._settings import Settings
 from hive_ray._task import TaskEntry
 
 
-class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, TaskStore):
+class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, Streams,
+                   TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
@@ -78,6 +81,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
         self._events: deque[dict[str, Any]] = deque(maxlen=self.settings.event_buffer)
         self._event_sequence = itertools.count(1)
         self._event_signal: asyncio.Event | None = None
+        self._init_streams()  # streaming tasks' unread parts
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,

@@ -92,8 +92,10 @@ class PoolManager(SharedState):
     """Pools: creating, sizing, autoscaling and describing them."""
 
     async def create_pool(self, spec: dict[str, Any], reference: str | bytes | None = None,
-                          capabilities: list[str] | None = None, concurrency: int | None = None) -> dict[str, Any]:
-        """Create a pool (or add ``count`` agents to an existing one) and wait until ready."""
+                          capabilities: list[str] | None = None, concurrency: int | None = None,
+                          wait_seconds: float | None = None) -> dict[str, Any]:
+        """Create a pool (or add ``count`` agents to an existing one) and wait until ready,
+        at most ``wait_seconds`` (default ``spawn_wait_seconds``)."""
         await self._ensure_started()
         validated = validated_pool_spec(spec)
         name = validated["name"]
@@ -105,7 +107,7 @@ class PoolManager(SharedState):
                     f"{validated['agent_type']!r}; choose another pool name"
                 )
             await self._adopted(pool)
-            return await self.scale(name, self._live_count(pool) + validated["count"])
+            return await self.scale(name, self._live_count(pool) + validated["count"], wait_seconds)
         pool = self._new_pool(validated, reference, capabilities, concurrency)
         await self._check_capacity(pool, validated["count"])
         if validated["autoscale"] is not None:
@@ -113,7 +115,7 @@ class PoolManager(SharedState):
         self._pools[name] = pool
         self._journal_pool(pool)
         try:
-            await self._grow(pool, validated["count"])
+            await self._grow(pool, validated["count"], wait_seconds=wait_seconds)
         except BaseException:
             if not pool.agents:
                 self._pools.pop(name, None)
@@ -168,8 +170,9 @@ class PoolManager(SharedState):
     def _live_count(pool: Pool) -> int:
         return sum(1 for a in pool.agents.values() if a.state != "stopping")
 
-    async def scale(self, name: str, count: int) -> dict[str, Any]:
-        """Grow or shrink a pool to ``count`` agents. Busy agents finish their tasks first."""
+    async def scale(self, name: str, count: int, wait_seconds: float | None = None) -> dict[str, Any]:
+        """Grow or shrink a pool to ``count`` agents. Busy agents finish their tasks first; new
+        ones are waited for at most ``wait_seconds`` (default ``spawn_wait_seconds``)."""
         await self._ensure_started()
         pool = self._pool(name)
         if count < 0:
@@ -183,7 +186,7 @@ class PoolManager(SharedState):
             pool.agents.pop(record.agent_id)
         current = [a for a in pool.agents.values() if a.state != "stopping"]
         if count > len(current):
-            await self._grow(pool, count)
+            await self._grow(pool, count, wait_seconds=wait_seconds)
         elif count < len(current):
             leaving = sorted(current, key=lambda a: len(a.inflight))[: len(current) - count]
             await self._stop_agents(pool, [a.agent_id for a in leaving])
@@ -223,8 +226,9 @@ class PoolManager(SharedState):
             raise UnknownPoolError(pool=name, known=self._pools)
         return pool
 
-    async def _grow(self, pool: Pool, target: int, *, wait: bool = True) -> None:
-        """Start agents up to ``target``. Waits for them up to ``spawn_wait_seconds``.
+    async def _grow(self, pool: Pool, target: int, *, wait: bool = True, wait_seconds: float | None = None) -> None:
+        """Start agents up to ``target``. Waits for them up to ``wait_seconds`` (default
+        ``spawn_wait_seconds``).
 
         Agents the cluster cannot place yet stay ``starting`` (their demand goes
         to the autoscaler) and become ready in the background once placed.
@@ -241,7 +245,8 @@ class PoolManager(SharedState):
         starting.add_done_callback(pool.growing.discard)
         if not wait:
             return
-        done, _ = await asyncio.wait({starting}, timeout=self.settings.spawn_wait_seconds)
+        bound = self.settings.spawn_wait_seconds if wait_seconds is None else max(0.0, wait_seconds)
+        done, _ = await asyncio.wait({starting}, timeout=bound)
         if done:
             starting.result()  # raises the activation's error, if any
 

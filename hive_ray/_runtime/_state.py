@@ -33,6 +33,7 @@ class SharedState:
     _wakeup: asyncio.Event | None
     _tracer: Any
     _task_sampling: Any
+    _streams: dict[str, Any]  # task id -> PartBuffer of a streaming task (_streams.py)
 
 
 __all__ = ["SharedState"]

@@ -45,6 +45,7 @@ class TaskStore:
     _counters: dict[str, int]
     _pools: dict[str, Any]
     _task_sampling: Any  # hive_ray._task_sampling.TaskSampling when tracing is on
+    _streams: dict[str, Any]  # task id -> PartBuffer (see _streams.py)
     settings: Settings
 
     # ------------------------------------------------------------------ endings
@@ -72,6 +73,8 @@ class TaskStore:
             self._task_sampling.end(entry, dead_letter=dead_letter)  # a task sampled here: its root span
         self._emit(entry, state.value)
         self._resolve_waiters(entry)
+        if entry.task_id in self._streams:
+            self._stream_ended(entry.task_id)
         self._retain(entry.task_id)
 
     def _retain(self, task_id: str) -> None:

@@ -279,6 +279,18 @@ def test_a_bad_payload_suggests_examples_that_work(cluster):
     assert any(record["pool"] == "compute" for record in json.loads(tasks.stdout))
 
 
+def test_submit_stream_prints_parts_as_they_come(cluster):
+    spawned = hive("spawn", "words", env=cluster.env)
+    assert spawned.returncode == 0, spawned.stderr
+    streamed = hive("submit", "words", '"streamed word by word"', "--stream", env=cluster.env)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == "streamed word by word\n"
+    failed = hive("submit", "words", "42", "--stream", env=cluster.env)
+    assert failed.returncode == 1 and "words expects a string" in failed.stderr
+    both = hive("submit", "words", '"a"', "--stream", "--no-wait", env=cluster.env)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_spawn_adds_and_scale_sets(cluster):
     added = hive("spawn", "sleep", "-n", "1", env=cluster.env)
     assert added.returncode == 0, added.stderr

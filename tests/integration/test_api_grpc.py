@@ -98,3 +98,44 @@ def test_nothing_listens_beyond_loopback(api: ApiServer) -> None:
                  if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports]
     assert {c.laddr.port for c in listening} == ports
     assert {c.laddr.ip for c in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening
+
+
+@pytest.fixture
+def words_pool(admin_client: object, unique_name: str) -> Iterator[str]:
+    admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "words", "count": 1})  # type: ignore[attr-defined]
+    yield unique_name
+    admin_client.delete(f"/v1/pools/{unique_name}")  # type: ignore[attr-defined]
+
+
+def test_submit_stream_sends_parts_as_they_come_then_the_end(stub: hive_pb2_grpc.HiveStub, api: ApiServer,
+                                                            words_pool: str) -> None:
+    parts = list(stub.SubmitStream(hive_pb2.SubmitRequest(pool=words_pool, payload_json='"to be or not"'),
+                                   metadata=auth(api.admin_key), timeout=30))
+    assert [json.loads(p.part_json) for p in parts if p.kind == "part"] == ["to ", "be ", "or ", "not"]
+    assert parts[-1].kind == "end" and parts[-1].state == "succeeded"
+    task_id = parts[-1].task_id
+    again = list(stub.StreamParts(hive_pb2.StreamPartsRequest(task_id=task_id), metadata=auth(api.read_key),
+                                  timeout=30))  # its parts are gone: the result is the one part
+    assert [(p.kind, p.part_json) for p in again] == [("part", '"to be or not"'), ("end", "")]
+
+
+def test_cancelling_a_submit_stream_cancels_its_task(stub: hive_pb2_grpc.HiveStub, api: ApiServer,
+                                                     admin_client: object, words_pool: str, wait_until) -> None:
+    payload = json.dumps({"text": "one two three four", "delay": 2})
+    call = stub.SubmitStream(hive_pb2.SubmitRequest(pool=words_pool, payload_json=payload),
+                             metadata=auth(api.admin_key), timeout=60)
+    first = next(call)
+    assert first.kind == "part" and json.loads(first.part_json) == "one "
+    call.cancel()
+    path = f"/v1/tasks/{first.task_id}"
+    assert wait_until(lambda: admin_client.get(path).json()["state"] == "cancelled", 30)  # type: ignore[attr-defined]
+
+
+def test_stream_calls_need_their_keys(stub: hive_pb2_grpc.HiveStub, api: ApiServer, words_pool: str) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.SubmitStream(hive_pb2.SubmitRequest(pool=words_pool, payload_json='"a"'),
+                               metadata=auth(api.read_key), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as unknown:
+        list(stub.StreamParts(hive_pb2.StreamPartsRequest(task_id="nope"), metadata=auth(api.read_key), timeout=30))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,164 @@
+"""Running a generator handler on a host: its parts go to the orchestrator as they come.
+
+An agent whose ``handle`` is a generator (``async def handle(...): yield ...``
+or a plain ``def`` with ``yield``) streams its result. The host drains the
+generator (:func:`drain`), keeps every part for the task's combined result
+(:func:`~hive_ray._stream_buffer.combine`), and sends them to the orchestrator
+in batches through a :class:`PartSender`: one call in flight per task, so parts
+arrive in order, and whatever the generator yields meanwhile goes in the next
+call. When :data:`HOST_PENDING_PARTS` are waiting to be sent, the generator
+waits: together with the orchestrator's bounded buffer, that is the
+back-pressure a slow consumer applies.
+
+A plain generator runs on the host's worker threads one step at a time, so a
+slow step blocks neither the event loop nor the other agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from typing import Any
+
+from hive_ray._results import resolve_async, unwrap
+from hive_ray._stream_buffer import combine
+from hive_ray._streaming import STREAM_POLL_SECONDS, StreamRestart
+
+logger = logging.getLogger("hive_ray.host")
+
+#: Parts a host holds for one task while its previous batch is on the way.
+HOST_PENDING_PARTS = 256
+
+_DONE = object()
+
+
+def is_streaming(handle: Any) -> bool:
+    """Is ``handle`` a generator function (async or plain)?"""
+    return inspect.isasyncgenfunction(handle) or inspect.isgeneratorfunction(handle)
+
+
+class PartSender:
+    """Sends one run's parts to the orchestrator, in order, one call in flight."""
+
+    def __init__(self, orchestrator: Any, task_id: str, agent_id: str, attempt: int,
+                 most_pending: int = HOST_PENDING_PARTS) -> None:
+        self._orchestrator = orchestrator
+        self._task_id = task_id
+        self._agent_id = agent_id
+        self._attempt = attempt
+        self._most_pending = most_pending
+        self._pending: list[Any] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._opening = True
+        self.live = True  # False once the orchestrator refused (the run was cancelled) or is unreachable
+        self.parts: list[Any] = []
+
+    async def open(self) -> None:
+        """Tell the orchestrator a run starts (a restart, for a consumer that saw an earlier one)."""
+        self._kick()
+        await asyncio.shield(self._sending)  # type: ignore[arg-type]
+
+    async def add(self, part: Any) -> None:
+        """Keep ``part`` and send it; waits while too many parts wait to be sent."""
+        self.parts.append(part)
+        if not self.live:
+            return
+        self._pending.append(part)
+        if self._sending is None or self._sending.done():
+            self._kick()
+        elif len(self._pending) >= self._most_pending:
+            await asyncio.shield(self._sending)
+
+    async def flush(self) -> None:
+        """Wait until every part added so far was sent (or sending stopped)."""
+        while self._sending is not None and not self._sending.done():
+            await asyncio.shield(self._sending)
+
+    def _kick(self) -> None:
+        self._sending = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        while self.live and (self._pending or self._opening):
+            parts, self._pending = self._pending, []
+            opening, self._opening = self._opening, False
+            try:
+                accepted = await self._orchestrator.report_parts.remote(
+                    self._task_id, self._agent_id, self._attempt, parts, opening)
+            except Exception as error:  # noqa: BLE001 - the orchestrator is gone or restarting
+                logger.warning("parts of task %s could not reach the orchestrator (%s: %s); the task's "
+                               "result keeps them", self._task_id, type(error).__name__, error)
+                accepted = False
+            if not accepted:
+                self.live = False
+                self._pending.clear()
+
+
+async def drain(produced: Any, sender: PartSender, executor: Executor | None) -> Any:
+    """Run a generator handler's generator to its end, streaming each part; its combined result.
+
+    The parts it yielded before raising reach the orchestrator before its error does.
+    """
+    await sender.open()
+    try:
+        if inspect.isasyncgen(produced):
+            try:
+                async for part in produced:
+                    await sender.add(part)
+            finally:
+                await produced.aclose()
+        else:
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()  # the task id and trace context of this run
+            try:
+                while True:
+                    part = await loop.run_in_executor(executor, context.run, next, produced, _DONE)
+                    if part is _DONE:
+                        break
+                    await sender.add(part)
+            finally:
+                _close_quietly(produced)
+    except Exception:
+        await sender.flush()
+        raise
+    await sender.flush()
+    return combine(sender.parts)
+
+
+async def delegated_parts(orchestrator: Any, template: dict[str, Any], payload: Any,
+                          fetch_reference: Any) -> AsyncIterator[Any]:
+    """A sub-task's parts for the agent that delegated it (``context.delegate_stream``)."""
+    [task_id] = await orchestrator.submit_many.remote({**template, "stream": True}, [payload])
+    after, got_part, finished = 0, False, False
+    try:
+        while True:
+            reply = await orchestrator.stream_parts.remote(task_id, after, STREAM_POLL_SECONDS)
+            for sequence, kind, value in reply["items"]:
+                after = sequence
+                if kind == "part":
+                    got_part = True
+                    yield value
+                else:
+                    yield StreamRestart(attempt=value)
+            if reply["ended"]:
+                finished = True
+                value = await resolve_async(task_id, unwrap(task_id, reply["answer"]), fetch_reference)
+                if not (got_part or reply["streamed"] or reply["missed"]):
+                    yield value  # not a generator: its result is its one part
+                return
+    finally:
+        if not finished:  # the delegating task stopped reading (or was cancelled)
+            orchestrator.cancel_many.remote([task_id])
+
+
+def _close_quietly(generator: Any) -> None:
+    try:
+        generator.close()
+    except ValueError:
+        pass  # still running a step on a worker thread (cancelled mid-step): that step ends by itself
+
+
+__all__ = ["HOST_PENDING_PARTS", "PartSender", "delegated_parts", "drain", "is_streaming"]
