@@ -124,7 +124,9 @@ def build_http_app(service: ApiService) -> FastAPI:
               summary="Create a pool (or add agents to it) and wait until its agents are ready",
               description="An existing pool of the same agent type gets `count` more agents (409 if "
               "that would pass max_agents_per_pool or the pool runs another agent type). An unknown "
-              "agent type is a 404.")
+              "agent type is a 404. Answers once the agents are ready, or after "
+              "`api_spawn_wait_seconds` (5 s) with those the cluster could not place yet `starting` "
+              "(they keep starting, and their demand reaches the Ray autoscaler).")
     async def create_pool(spec: PoolRequest) -> Response:  # type: ignore[valid-type]
         info = await service.create_pool(spec.model_dump())
         return _json(dumps(info), 201, {"Location": f"/v1/pools/{info['name']}"})
