@@ -20,16 +20,25 @@ key is never part of a pool's spec, its journal or its API answers::
         base_url = "http://127.0.0.1:8001/v1"    # a vLLM server
         model = "Qwen/Qwen2.5-7B-Instruct"
 
+Limits of an endpoint (requests in flight, per minute, tokens per minute) are
+shared by every agent of every pool that calls it, on every node: set
+``max_concurrent_requests``, ``requests_per_minute`` and ``tokens_per_minute``
+on the class (or ``HIVE_LLM_MAX_CONCURRENT``, ``HIVE_LLM_REQUESTS_PER_MINUTE``,
+``HIVE_LLM_TOKENS_PER_MINUTE``). Calls beyond them wait their turn, first come
+first served (:mod:`hive_ray._runtime._limiter`).
+
 Cancelling or timing out a task closes its HTTP request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from hive_ray._agent import Agent
+from hive_ray._rate_limits import Limits
 from hive_ray._task import Task
 
 #: Request fields a payload may set beside ``messages`` and ``model``.
@@ -48,6 +57,11 @@ class LLMAgent(Agent):
     api_key_env: ClassVar[str] = "OPENAI_API_KEY"
     max_retries: ClassVar[int] = 4  # on 429, 5xx and broken connections, with backoff
     request_timeout: ClassVar[float] = 600.0  # seconds per request; a task's own timeout is shorter
+    # Limits of the endpoint, shared by every agent of every pool that calls it (None: none;
+    # else HIVE_LLM_MAX_CONCURRENT, HIVE_LLM_REQUESTS_PER_MINUTE, HIVE_LLM_TOKENS_PER_MINUTE).
+    max_concurrent_requests: ClassVar[int | None] = None
+    requests_per_minute: ClassVar[int | None] = None
+    tokens_per_minute: ClassVar[int | None] = None
 
     def setup(self) -> None:
         from openai import AsyncOpenAI
@@ -60,6 +74,14 @@ class LLMAgent(Agent):
         self.client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get(self.api_key_env) or "not-needed",
                                   max_retries=self.max_retries, timeout=self.request_timeout)
         self.default_model = self.model or os.environ.get("HIVE_LLM_MODEL")
+        limits = Limits(max_concurrent=_limit(self.max_concurrent_requests, "HIVE_LLM_MAX_CONCURRENT"),
+                        requests_per_minute=_limit(self.requests_per_minute, "HIVE_LLM_REQUESTS_PER_MINUTE"),
+                        tokens_per_minute=_limit(self.tokens_per_minute, "HIVE_LLM_TOKENS_PER_MINUTE"))
+        self.limiter = None
+        if limits != Limits():
+            from hive_ray._runtime._limiter import endpoint_limiter
+
+            self.limiter = endpoint_limiter(base_url, limits, lease_seconds=self.request_timeout + 60.0)
 
     async def teardown(self) -> None:
         client = getattr(self, "client", None)
@@ -68,20 +90,42 @@ class LLMAgent(Agent):
 
     async def handle(self, task: Task) -> AsyncIterator[Any]:
         request = chat_request(task.payload, self.default_model)
-        stream = await self.client.chat.completions.create(**request, stream=True)
-        calls: dict[int, dict[str, Any]] = {}
-        finish_reason = None
-        async with stream:  # leaving early (cancelled, timed out) closes the HTTP request
-            async for chunk in stream:
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta.content:
-                        yield delta.content
-                    for call in delta.tool_calls or ():
-                        _merge_tool_call(calls, call)
-                    finish_reason = choice.finish_reason or finish_reason
-        if calls:
-            yield {"tool_calls": [calls[index] for index in sorted(calls)], "finish_reason": finish_reason}
+        lease = await self._acquire(request)
+        used = None
+        try:
+            stream = await self.client.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True})
+            calls: dict[int, dict[str, Any]] = {}
+            finish_reason = None
+            async with stream:  # leaving early (cancelled, timed out) closes the HTTP request
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        used = chunk.usage.total_tokens
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        if delta.content:
+                            yield delta.content
+                        for call in delta.tool_calls or ():
+                            _merge_tool_call(calls, call)
+                        finish_reason = choice.finish_reason or finish_reason
+            if calls:
+                yield {"tool_calls": [calls[index] for index in sorted(calls)], "finish_reason": finish_reason}
+        finally:
+            if lease is not None:
+                self.limiter.release.remote(lease, used)
+
+    async def _acquire(self, request: dict[str, Any]) -> int | None:
+        """Wait for the endpoint's shared limits (first come, first served); a lease or None."""
+        if self.limiter is None:
+            return None
+        waiting = self.limiter.acquire.remote(estimate_tokens(request))
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            import ray
+
+            ray.cancel(waiting)  # leave the queue: the task was cancelled or timed out
+            raise
 
 
 def chat_request(payload: Any, default_model: str | None) -> dict[str, Any]:
@@ -100,6 +144,26 @@ def chat_request(payload: Any, default_model: str | None) -> dict[str, Any]:
     request = {"messages": payload["messages"], "model": model}
     request.update({key: payload[key] for key in OPTIONS if key in payload})
     return request
+
+
+def estimate_tokens(request: dict[str, Any]) -> int:
+    """Tokens a request may use, before it runs: its text at about 4 characters a token,
+    plus the completion it allows (256 if it sets no maximum). Corrected when it ends."""
+    text = sum(len(str(message.get("content") or "")) for message in request["messages"])
+    completion = request.get("max_completion_tokens") or request.get("max_tokens") or 256
+    return text // 4 + 1 + int(completion)
+
+
+def _limit(value: int | None, variable: str) -> int | None:
+    if value is not None:
+        return value
+    raw = os.environ.get(variable)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be a whole number of at least 1, not {raw!r}") from None
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: Any) -> None:

@@ -33,6 +33,8 @@ class FakeState:
     fail_next: list[int] = field(default_factory=list)
     retry_after: str = "0.1"
     requests: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0  # the most requests answered at once
     refused: int = 0
     aborted: int = 0  # streams whose client went away before the last token
     completed: int = 0
@@ -67,8 +69,13 @@ def build_app(state: FakeState) -> Any:
             return {"id": "chatcmpl-fake", "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
 
+        usage = body.get("stream_options", {}).get("include_usage")
+        prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+
         async def events() -> Any:
             finished = False
+            state.in_flight += 1
+            state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 if model == "tools":
@@ -84,10 +91,17 @@ def build_app(state: FakeState) -> Any:
                             await asyncio.sleep(state.token_delay)
                         yield chunk({"content": token})
                     yield chunk({}, "stop")
+                if usage:
+                    yield "data: " + json.dumps({
+                        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                        "model": model, "choices": [],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
+                                  "total_tokens": prompt_tokens + len(tokens)}}) + "\n\n"
                 yield "data: [DONE]\n\n"
                 finished = True
                 state.completed += 1
             finally:
+                state.in_flight -= 1
                 if not finished:
                     state.aborted += 1
 

@@ -102,3 +102,25 @@ def test_a_request_needs_a_model():
         chat_request("hi", None)
     assert chat_request({"messages": [{"role": "user", "content": "x"}], "temperature": 0}, "m") == {
         "messages": [{"role": "user", "content": "x"}], "model": "m", "temperature": 0}
+
+
+def test_two_pools_share_the_endpoints_concurrency_limit(hive, fake):
+    # Two agent types (two pools) calling one endpoint, limited to 2 requests at once in all.
+    def limited(name: str) -> type:
+        return type(name, (LLMAgent,), {"agent_type": name.lower(), "base_url": fake.base_url,
+                                        "model": "fake", "max_concurrent_requests": 2})
+
+    pools = [limited("PlannerTest"), limited("ReviewerTest")]
+    for agent in pools:
+        hive.spawn(agent, 1)
+    try:
+        fake.state.token_delay = 0.05
+        fake.state.peak_in_flight = 0
+        handles = [hive.submit(agent.agent_type, f"question {index} a b c")
+                   for index in range(4) for agent in pools]
+        results = [handle.result(timeout=120) for handle in handles]
+        assert all(result.startswith("echo: question") for result in results)
+        assert fake.state.peak_in_flight == 2  # never more, across both pools; and they did overlap
+    finally:
+        for agent in pools:
+            hive.stop(agent.agent_type)
