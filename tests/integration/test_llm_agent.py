@@ -124,3 +124,23 @@ def test_two_pools_share_the_endpoints_concurrency_limit(hive, fake):
     finally:
         for agent in pools:
             hive.stop(agent.agent_type)
+
+
+def test_a_research_team_plans_delegates_reviews_and_streams_the_review(llm, fake):
+    from hive_ray.actors.team import ResearchTeam
+
+    team = type("TeamTest", (ResearchTeam,), {"agent_type": "team-test", "llm_type": "llm-test"})
+    llm.spawn(team, 1)
+    try:
+        requests = fake.state.requests
+        stream = llm.stream("team-test", "How do actor runtimes place agents?")
+        tokens = list(stream)
+        assert len(tokens) > 5 and tokens[0] == "echo:"  # the reviewer's reply, token by token
+        answer = llm.result(stream.task_id)
+        assert answer.startswith("echo: Question: How do actor runtimes place agents?")
+        assert "Notes:" in answer and "A: echo:" in answer  # the worker's answer reached the reviewer
+        roles = [t for t in llm.tasks(pool="llm-test", limit=50)
+                 if t.metadata.get("parent_task_id") == stream.task_id]
+        assert len(roles) == 3 and fake.state.requests - requests == 3  # planner, one worker, reviewer
+    finally:
+        llm.stop("team-test")
