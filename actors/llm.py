@@ -33,6 +33,7 @@ Cancelling or timing out a task closes its HTTP request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -124,7 +125,8 @@ class LLMAgent(Agent):
         except asyncio.CancelledError:
             import ray
 
-            ray.cancel(waiting)  # leave the queue: the task was cancelled or timed out
+            with contextlib.suppress(Exception):  # already granted or gone: the lease expires anyway
+                ray.cancel(waiting)  # leave the queue: the task was cancelled or timed out
             raise
 
 
