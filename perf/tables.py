@@ -217,6 +217,11 @@ TABLES: dict[str, list[Entry]] = {
         Entry("api", ("error_rate",), "HTTP errors"),
         Entry("tracing", ("traced_throughput_ratio@default",), "echo throughput, tracing at the default sampling"),
         Entry("tracing", ("traced_throughput_ratio@100pct",), "echo throughput, every task traced"),
+        Entry("llm", ("fanout_throughput@1000",), "1,000 streamed completions at once through `llm` agents"),
+        Entry("llm", ("ttft_overhead_p50_ms",), "time to first token added by hive-ray, p50"),
+        Entry("llm", ("rate_limit_violations",), "requests beyond the endpoint's shared limit"),
+        Entry("llm", ("inflight_kib",), "memory per completion in flight (orchestrator and hosts)"),
+        Entry("llm", ("stream_part_overhead_p50_ms",), "a generator agent streaming 1,000 parts, per part"),
     ],
     "architecture": [
         Entry("overhead", ("relay_call_latency_p50_ms",), "a relay actor forwarding one call to another, p50"),

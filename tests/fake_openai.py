@@ -30,6 +30,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 @dataclass
 class FakeState:
     token_delay: float = 0.0
+    first_token_delay: float = 0.0  # before the first token (time to first token)
+    token_count: int | None = None  # answer with this many tokens ("tok") instead of the echo
+    max_concurrent: int | None = None  # the limit callers should keep; requests beyond it count
+    violations: int = 0
     fail_next: list[int] = field(default_factory=list)
     retry_after: str = "0.1"
     requests: int = 0
@@ -55,6 +59,8 @@ def build_app(state: FakeState) -> Any:
         user = [m for m in body["messages"] if m.get("role") == "user"]
         words = str(user[-1]["content"] if user else "").split()
         tokens = ["echo:"] + [f" {word}" for word in words]
+        if state.token_count is not None:
+            tokens = ["tok "] * state.token_count
         model = body["model"]
         created = int(time.time())
 
@@ -76,7 +82,11 @@ def build_app(state: FakeState) -> Any:
             finished = False
             state.in_flight += 1
             state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+            if state.max_concurrent is not None and state.in_flight > state.max_concurrent:
+                state.violations += 1
             try:
+                if state.first_token_delay:
+                    await asyncio.sleep(state.first_token_delay)
                 yield chunk({"role": "assistant", "content": ""})
                 if model == "tools":
                     call = {"index": 0, "id": "call_1", "type": "function",
@@ -106,6 +116,11 @@ def build_app(state: FakeState) -> Any:
                     state.aborted += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return {"requests": state.requests, "peak_in_flight": state.peak_in_flight,
+                "violations": state.violations, "completed": state.completed, "aborted": state.aborted}
 
     return app
 
@@ -139,3 +154,26 @@ def serving() -> Iterator[FakeServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def main() -> None:
+    """``python -m tests.fake_openai --port P [...]``: the server in a process of its own (benchmarks)."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--max-concurrent", type=int, default=None)
+    args = parser.parse_args()
+    state = FakeState(token_delay=args.token_delay, first_token_delay=args.first_token_delay,
+                      token_count=args.tokens, max_concurrent=args.max_concurrent)
+    uvicorn.run(build_app(state), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off",
+                backlog=4096, timeout_keep_alive=60)
+
+
+if __name__ == "__main__":
+    main()

@@ -57,10 +57,12 @@ class PartSender:
         self.live = True  # False once the orchestrator refused (the run was cancelled) or is unreachable
         self.parts: list[Any] = []
 
-    async def open(self) -> None:
-        """Tell the orchestrator a run starts (a restart, for a consumer that saw an earlier one)."""
+    def open(self) -> None:
+        """Tell the orchestrator a run starts (a restart, for a consumer that saw an earlier one).
+
+        Does not wait: the generator starts meanwhile, and its parts follow the opening call.
+        """
         self._kick()
-        await asyncio.shield(self._sending)  # type: ignore[arg-type]
 
     async def add(self, part: Any) -> None:
         """Keep ``part`` and send it; waits while too many parts wait to be sent."""
@@ -102,7 +104,7 @@ async def drain(produced: Any, sender: PartSender, executor: Executor | None) ->
 
     The parts it yielded before raising reach the orchestrator before its error does.
     """
-    await sender.open()
+    sender.open()
     try:
         if inspect.isasyncgen(produced):
             try:

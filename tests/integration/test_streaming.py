@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,15 +44,16 @@ class Tokens(Agent):
             yield token
 
 
-class DiesOnce(Agent):
-    """Streams a part, then kills its host on the first attempt: the retry streams again."""
+class KilledOnce(Agent):
+    """Streams its host's pid on the first attempt, then waits to be killed; the retry streams on."""
 
-    agent_type = "dies-once-test"
+    agent_type = "killed-once-test"
 
     async def handle(self, task):
-        yield f"attempt {task.attempt} "
         if task.attempt == 1:
-            os._exit(1)
+            yield {"pid": os.getpid()}
+            await asyncio.sleep(120)  # the test kills this host meanwhile
+        yield f"attempt {task.attempt} "
         yield "done"
 
 
@@ -176,15 +178,16 @@ def test_a_slow_consumer_holds_the_generator_back(streaming_pools, wait_until):
     assert hive.result(stream.task_id) == "".join(tokens)
 
 
-def test_a_stream_whose_host_dies_restarts_and_tells_the_consumer(hive):
-    hive.spawn(DiesOnce, 1)
+def test_a_stream_whose_host_is_killed_restarts_and_tells_the_consumer(hive):
+    hive.spawn(KilledOnce, 1)
     try:
-        stream = hive.stream("dies-once-test", None, idle_timeout=120)
-        parts = list(stream)
+        stream = hive.stream("killed-once-test", None, idle_timeout=120)
+        parts = iter(stream)
+        first = next(parts)
+        os.kill(first["pid"], signal.SIGKILL)  # the agent's host, mid-stream
+        rest = list(parts)
     finally:
-        hive.stop("dies-once-test")
-    restarts = [part for part in parts if isinstance(part, StreamRestart)]
-    assert len(restarts) == 1 and restarts[0].attempt == 2
-    after = parts[parts.index(restarts[0]) + 1:]
-    assert after == ["attempt 2 ", "done"]
+        hive.stop("killed-once-test")
+    assert isinstance(rest[0], StreamRestart) and rest[0].attempt == 2
+    assert rest[1:] == ["attempt 2 ", "done"]
     assert hive.result(stream.task_id) == "attempt 2 done"

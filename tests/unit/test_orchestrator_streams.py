@@ -124,7 +124,8 @@ def test_the_sender_keeps_one_call_in_flight_and_holds_the_generator_when_too_mu
     async def scenario():
         orchestrator = FakeOrchestrator()
         sender = PartSender(orchestrator, "t", "agent", 1, most_pending=3)
-        await sender.open()
+        sender.open()
+        await sender.flush()
         orchestrator.release.clear()  # the orchestrator stops answering (a slow consumer)
         await sender.add("a")  # sent at once
         await settle(lambda: len(orchestrator.calls) == 2)
