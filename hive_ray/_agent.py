@@ -102,18 +102,7 @@ class AgentContext:
                 "this agent has no runtime to delegate through; it runs outside hive-ray. "
                 "Give AgentContext a submitter, or run the agent with Hive.spawn()."
             )
-        template = {
-            "agent_type": agent_type,
-            "capability": capability,
-            "pool": pool,
-            "priority": priority,
-            "timeout": timeout,
-            "affinity_key": affinity_key,
-            "metadata": dict(metadata or {}),
-        }
-        parent = current_task_id.get()
-        if parent is not None:
-            template["metadata"].setdefault("parent_task_id", parent)
+        template = _sub_task(agent_type, capability, pool, priority, timeout, affinity_key, metadata)
         return await self._submitter(template, list(payloads))
 
     def delegate_stream(
@@ -140,11 +129,7 @@ class AgentContext:
                 "this agent has no runtime to delegate through; it runs outside hive-ray. "
                 "Give AgentContext a streamer, or run the agent with Hive.spawn()."
             )
-        template = {"agent_type": agent_type, "capability": capability, "pool": pool, "priority": priority,
-                    "timeout": timeout, "affinity_key": affinity_key, "metadata": dict(metadata or {})}
-        parent = current_task_id.get()
-        if parent is not None:
-            template["metadata"].setdefault("parent_task_id", parent)
+        template = _sub_task(agent_type, capability, pool, priority, timeout, affinity_key, metadata)
         return self._streamer(template, payload)
 
     def report_progress(self, fraction: float, message: str | None = None) -> None:
@@ -158,6 +143,17 @@ class AgentContext:
         """Whether the current task was cancelled: long sync handlers should check it."""
         task_id = current_task_id.get()
         return task_id is not None and task_id in self.cancelled_tasks
+
+
+def _sub_task(agent_type: str | None, capability: str | None, pool: str | None, priority: int,
+              timeout: float | None, affinity_key: str | None, metadata: dict[str, str] | None) -> dict[str, Any]:
+    """The template of a delegated sub-task: the running task is its parent (``parent_task_id``)."""
+    template = {"agent_type": agent_type, "capability": capability, "pool": pool, "priority": priority,
+                "timeout": timeout, "affinity_key": affinity_key, "metadata": dict(metadata or {})}
+    parent = current_task_id.get()
+    if parent is not None:
+        template["metadata"].setdefault("parent_task_id", parent)
+    return template
 
 
 class Agent:

@@ -172,20 +172,24 @@ async def cancel(service: ApiService, request: Any, context: Any) -> Any:
     return await _guarded(service, context, "admin", work, hive_pb2.TaskReply(), "Cancel")
 
 
+async def _opened(service: ApiService, context: Any, needed: str, opening: Any) -> Any:
+    """What a stream does before its first message (authorize, check, submit); a refusal sets
+    the call's status and raises: a stream's status reaches the client only if the generator
+    raises after setting it (Serve then keeps the code and details that were set)."""
+    answer, code = await _answer(service, context, needed, opening, None)
+    if code:
+        raise _Refused(code, "refused before streaming")
+    return answer
+
+
 async def stream_events(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
     task_id = request.task_id or None
-    try:
-        _authorize(service, context, "read")
+
+    async def opening() -> None:
         if task_id is not None:
             await service.task_json(task_id)  # NOT_FOUND before streaming
-    except _Refused as refused:
-        # A stream's status reaches the client only if the generator raises after
-        # setting it (Serve then keeps the code and details that were set).
-        _fail(context, refused.status, refused.detail)
-        raise
-    except HiveError as error:
-        _fail(context, status_of(error), error.message)
-        raise
+
+    await _opened(service, context, "read", opening)
     async for event in task_events(service.call, after=request.after, task_id=task_id,
                                    max_seconds=service.settings.api_stream_max_seconds):
         if event is None:
@@ -198,43 +202,28 @@ async def stream_events(service: ApiService, request: Any, context: Any) -> Asyn
 
 async def submit_stream(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
     """Submit a task and stream its parts; a call cancelled before the end cancels the task."""
-    try:
-        _authorize(service, context, "admin")
+
+    async def opening() -> str:
         if request.wait:
             raise ProblemError(422, "SubmitStream answers as the task runs: leave wait at 0")
         spec, payload = _task_spec(request)
         if spec.idempotency_key:
             service.check_idempotency(spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
         template = inject_into(spec.template(), request_span.get())
-        accepted = await service.submit({**template, "stream": True}, payload)
-    except _Refused as refused:
-        _fail(context, refused.status, refused.detail)
-        raise
-    except ProblemError as error:
-        _fail(context, error.status, error.detail)
-        raise
-    except HiveError as error:
-        _fail(context, status_of(error), error.message)
-        raise
-    except ValidationError as error:
-        listed = field_errors(error.errors())
-        _fail(context, 422, "invalid " + "; ".join(f"{e['field']}: {e['message']}" for e in listed))
-        raise
-    async for part in _parts(service, accepted["task_id"], 0, cancel_on_disconnect=not request.detach):
+        return (await service.submit({**template, "stream": True}, payload))["task_id"]
+
+    task_id = await _opened(service, context, "admin", opening)
+    async for part in _parts(service, task_id, 0, cancel_on_disconnect=not request.detach):
         yield part
 
 
 async def stream_parts(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
     """A streaming task's parts after ``request.after``; a cancelled call leaves the task running."""
-    try:
-        _authorize(service, context, "read")
+
+    async def opening() -> None:
         await service.task_json(request.task_id)  # NOT_FOUND before streaming
-    except _Refused as refused:
-        _fail(context, refused.status, refused.detail)
-        raise
-    except HiveError as error:
-        _fail(context, status_of(error), error.message)
-        raise
+
+    await _opened(service, context, "read", opening)
     async for part in _parts(service, request.task_id, request.after, cancel_on_disconnect=False):
         yield part
 

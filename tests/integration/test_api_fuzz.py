@@ -50,6 +50,7 @@ def fuzzed(api: ApiServer, hive_settings: dict[str, object],
         "analyzer_name": f"analyzer-api-fuzz-{suffix}",
         "state_dir": str(root / "state"), "journal": False,
         "max_agents_per_pool": 2, "api_max_wait_seconds": 2.0, "api_stream_max_seconds": 2.0,
+        "api_spawn_wait_seconds": 1.0,  # pools the cluster cannot place answer soon (starting)
         "api_max_body_bytes": 64 * 1024, "api_keys": {READ_KEY: "read"},
     })
 
