@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._errors import TaskTimeoutError
+from hive_ray._stream_buffer import PART
 
 if TYPE_CHECKING:
     from hive_ray._client import Hive
@@ -44,6 +45,52 @@ class StreamRestart:
     attempt: int
 
 
+class StreamCursor:
+    """One consumer's place in a task's stream, and the rules every consumer follows (this
+    client, the API's SSE and gRPC streams, an agent's ``delegate_stream``).
+
+    It reads after the last sequence it saw (``after``; one resumed from a sequence above 0
+    has seen parts). When the task ended, its result is the one part for a consumer that got
+    no part of it: the handler is not a generator, or its parts were gone before this read.
+    """
+
+    __slots__ = ("after", "last_sequence", "missed", "restarts", "answer", "_got_part", "_streamed")
+
+    def __init__(self, after: int = 0) -> None:
+        self.after = after
+        self.last_sequence = after
+        self.missed = 0  # parts dropped before this consumer read them
+        self.restarts = 0
+        self.answer: tuple[str, Any, Any] | None = None  # (state, result, error) once ended
+        self._got_part = after > 0
+        self._streamed = False  # a buffer said the task's handler streams
+
+    def take(self, reply: dict[str, Any]) -> list[tuple[int, str, Any]]:
+        """The items of a ``stream_parts`` answer, in order; advances the cursor."""
+        self.missed += reply["missed"]
+        self._streamed = self._streamed or reply["streamed"]
+        self.last_sequence = reply["last_sequence"]
+        for sequence, kind, _ in reply["items"]:
+            self.after = sequence
+            if kind == PART:
+                self._got_part = True
+            else:
+                self.restarts += 1
+        if reply["ended"]:
+            self.answer = tuple(reply["answer"])  # type: ignore[assignment]
+        return list(reply["items"])
+
+    def result_is_the_part(self) -> bool:
+        """The task succeeded and nothing of it reached this consumer: yield its result."""
+        assert self.answer is not None
+        return self.answer[0] == "succeeded" and not (self._got_part or self._streamed or self.missed)
+
+    def needs_result(self) -> bool:
+        """Resolve the result: to raise the task's error, or to yield it as the one part."""
+        assert self.answer is not None
+        return self.answer[0] != "succeeded" or self.result_is_the_part()
+
+
 class TaskStream:
     """A streaming task's parts as its agent yields them: iterate with ``for`` or ``async for``.
 
@@ -62,42 +109,48 @@ class TaskStream:
         self.pool = pool
         self.detach = detach
         self.idle_timeout = idle_timeout
-        self.missed = 0
-        self.restarts = 0
-        self._after = 0
-        self._yielded = False
-        self._streamed = False  # the task's handler is a generator (its run opened a stream)
+        self._cursor = StreamCursor()
         self._last_item_at = time.monotonic()
-        self._answer: tuple[str, Any, Any] | None = None
 
     @property
     def done(self) -> bool:
         """The task ended and this stream read its end."""
-        return self._answer is not None
+        return self._cursor.answer is not None
+
+    @property
+    def missed(self) -> int:
+        return self._cursor.missed
+
+    @property
+    def restarts(self) -> int:
+        return self._cursor.restarts
 
     # ------------------------------------------------------------------ sync
     def __iter__(self) -> Iterator[Any]:
+        cursor = self._cursor
         try:
-            while self._answer is None:
-                reply = self._hive._call("stream_parts", self.task_id, self._after, self._poll_seconds(),
+            while cursor.answer is None:
+                reply = self._hive._call("stream_parts", self.task_id, cursor.after, self._poll_seconds(),
                                          timeout=self._poll_seconds())
                 yield from self._take(reply)
-            if self._needs_value():
-                yield from self._last_part(self._hive._value(self.task_id, self._answer))
+            if cursor.needs_result():
+                value = self._hive._value(self.task_id, cursor.answer)  # raises the task's error
+                if cursor.result_is_the_part():
+                    yield value
         finally:
-            if self._answer is None:
+            if cursor.answer is None:
                 self.close()
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's combined result (the parts joined when they are text): waits like
         :meth:`TaskHandle.result <hive_ray.TaskHandle.result>`."""
-        if self._answer is not None:
-            return self._hive._value(self.task_id, self._answer, timeout)
+        if self._cursor.answer is not None:
+            return self._hive._value(self.task_id, self._cursor.answer, timeout)
         return self._hive.result(self.task_id, timeout)
 
     def close(self) -> None:
         """Stop reading; cancels the task if it has not ended, unless ``detach``."""
-        if self._answer is None and not self.detach:
+        if self._cursor.answer is None and not self.detach:
             self._hive._cancel_quietly([self.task_id])
 
     def __enter__(self) -> TaskStream:
@@ -108,17 +161,19 @@ class TaskStream:
 
     # ------------------------------------------------------------------ async
     async def __aiter__(self) -> AsyncIterator[Any]:
+        cursor = self._cursor
         try:
-            while self._answer is None:
-                reply = await self._hive._call_async("stream_parts", self.task_id, self._after,
+            while cursor.answer is None:
+                reply = await self._hive._call_async("stream_parts", self.task_id, cursor.after,
                                                      self._poll_seconds(), timeout=self._poll_seconds())
                 for item in self._take(reply):
                     yield item
-            if self._needs_value():
-                for item in self._last_part(await self._hive._value_async(self.task_id, self._answer)):
-                    yield item
+            if cursor.needs_result():
+                value = await self._hive._value_async(self.task_id, cursor.answer)  # raises the task's error
+                if cursor.result_is_the_part():
+                    yield value
         finally:
-            if self._answer is None and not self.detach:
+            if cursor.answer is None and not self.detach:
                 await self._cancel_async()
 
     async def _cancel_async(self) -> None:
@@ -139,35 +194,14 @@ class TaskStream:
         return min(STREAM_POLL_SECONDS, remaining)
 
     def _take(self, reply: dict[str, Any]) -> list[Any]:
-        self.missed += reply["missed"]
-        taken = []
-        for sequence, kind, value in reply["items"]:
-            self._after = sequence
-            if kind == "part":
-                taken.append(value)
-                self._yielded = True
-            else:
-                self.restarts += 1
-                taken.append(StreamRestart(attempt=value))
-        if reply["items"]:
+        items = self._cursor.take(reply)
+        if items:
             self._last_item_at = time.monotonic()
-        self._streamed = self._streamed or reply["streamed"]
-        if reply["ended"]:
-            self._answer = tuple(reply["answer"])  # type: ignore[assignment]
-        return taken
-
-    def _needs_value(self) -> bool:
-        """Resolve the result: to raise the task's error, or to yield it as the one part."""
-        assert self._answer is not None
-        return self._answer[0] != "succeeded" or not (self._yielded or self.missed or self._streamed)
-
-    def _last_part(self, value: Any) -> list[Any]:
-        """The whole result as the one part, for a consumer that got no part of it."""
-        return [] if self._yielded or self.missed or self._streamed else [value]
+        return [value if kind == PART else StreamRestart(attempt=value) for _, kind, value in items]
 
     def __repr__(self) -> str:
-        state = "ended" if self._answer is not None else "open"
+        state = "ended" if self.done else "open"
         return f"<TaskStream {self.task_id} pool={self.pool!r} {state}>"
 
 
-__all__ = ["STREAM_POLL_SECONDS", "StreamRestart", "TaskStream"]
+__all__ = ["STREAM_POLL_SECONDS", "StreamCursor", "StreamRestart", "TaskStream"]

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from hive_ray._api._telemetry import TERMINAL
+from hive_ray._stream_buffer import PART
+from hive_ray._streaming import StreamCursor
 
 #: Longest single long-poll: also the heartbeat interval of an idle stream.
 POLL_SECONDS = 10.0
@@ -68,25 +70,20 @@ async def task_parts(call: Callable[..., Any], resolve: Callable[[str, Any], Any
     without the end: the client resumes from the last sequence.
     """
     deadline = time.monotonic() + max_seconds
-    got_part = False
+    cursor = StreamCursor(after)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        reply = await call("stream_parts", task_id, after, min(POLL_SECONDS, remaining))
+        reply = await call("stream_parts", task_id, cursor.after, min(POLL_SECONDS, remaining))
         if reply["missed"]:
             yield ("missed", None, {"count": reply["missed"]})
-        for sequence, kind, value in reply["items"]:
-            after = sequence
-            if kind == "part":
-                got_part = True
-                yield ("part", sequence, value)
-            else:
-                yield ("restart", sequence, {"attempt": value})
-        if reply["ended"]:
-            state, result, error = reply["answer"]
-            if state == "succeeded" and not (got_part or reply["streamed"] or reply["missed"] or after):
-                yield ("part", reply["last_sequence"], await resolve(task_id, result))
+        for sequence, kind, value in cursor.take(reply):
+            yield ("part", sequence, value) if kind == PART else ("restart", sequence, {"attempt": value})
+        if cursor.answer is not None:
+            state, result, error = cursor.answer
+            if cursor.result_is_the_part():
+                yield ("part", cursor.last_sequence, await resolve(task_id, result))
             yield ("end", None, {"task_id": task_id, "state": state, "error": error})
             return
         if not reply["items"] and not reply["missed"]:

@@ -25,8 +25,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from hive_ray._results import resolve_async, unwrap
-from hive_ray._stream_buffer import combine
-from hive_ray._streaming import STREAM_POLL_SECONDS, StreamRestart
+from hive_ray._stream_buffer import PART, combine
+from hive_ray._streaming import STREAM_POLL_SECONDS, StreamCursor, StreamRestart
 
 logger = logging.getLogger("hive_ray.host")
 
@@ -134,25 +134,18 @@ async def delegated_parts(orchestrator: Any, template: dict[str, Any], payload: 
                           fetch_reference: Any) -> AsyncIterator[Any]:
     """A sub-task's parts for the agent that delegated it (``context.delegate_stream``)."""
     [task_id] = await orchestrator.submit_many.remote({**template, "stream": True}, [payload])
-    after, got_part, finished = 0, False, False
+    cursor = StreamCursor()
     try:
-        while True:
-            reply = await orchestrator.stream_parts.remote(task_id, after, STREAM_POLL_SECONDS)
-            for sequence, kind, value in reply["items"]:
-                after = sequence
-                if kind == "part":
-                    got_part = True
-                    yield value
-                else:
-                    yield StreamRestart(attempt=value)
-            if reply["ended"]:
-                finished = True
-                value = await resolve_async(task_id, unwrap(task_id, reply["answer"]), fetch_reference)
-                if not (got_part or reply["streamed"] or reply["missed"]):
-                    yield value  # not a generator: its result is its one part
-                return
+        while cursor.answer is None:
+            reply = await orchestrator.stream_parts.remote(task_id, cursor.after, STREAM_POLL_SECONDS)
+            for _, kind, value in cursor.take(reply):
+                yield value if kind == PART else StreamRestart(attempt=value)
+        if cursor.needs_result():
+            value = await resolve_async(task_id, unwrap(task_id, cursor.answer), fetch_reference)  # raises
+            if cursor.result_is_the_part():
+                yield value  # not a generator: its result is its one part
     finally:
-        if not finished:  # the delegating task stopped reading (or was cancelled)
+        if cursor.answer is None:  # the delegating task stopped reading (or was cancelled)
             orchestrator.cancel_many.remote([task_id])
 
 

@@ -122,3 +122,42 @@ def test_a_reader_that_opened_the_stream_with_its_task_reads_from_the_start():
     parts.put(1, ["a", "b", "c"], opening=True)
     assert not parts.room()  # the first parts wait for the reader's first read
     assert [value for _, _, value in parts.read(0, limit=10).items] == ["a", "b", "c"]
+
+
+def reply(items=(), *, missed=0, streamed=True, ended=False, answer=None, last=0):
+    return {"items": list(items), "missed": missed, "streamed": streamed, "ended": ended,
+            "answer": answer, "last_sequence": last}
+
+
+def test_a_cursor_follows_the_sequence_and_counts_restarts():
+    from hive_ray._streaming import StreamCursor
+
+    cursor = StreamCursor()
+    assert cursor.take(reply([(1, PART, "a"), (2, RESTART, 2)], last=2)) == [(1, PART, "a"), (2, RESTART, 2)]
+    assert cursor.after == 2 and cursor.restarts == 1
+    cursor.take(reply([(3, PART, "b")], ended=True, answer=("succeeded", "b", None), last=3))
+    assert cursor.answer == ("succeeded", "b", None)
+    assert not cursor.result_is_the_part() and not cursor.needs_result()
+
+
+@pytest.mark.parametrize(("after", "replies", "is_the_part"), [
+    (0, [reply(streamed=False, ended=True, answer=("succeeded", 5, None))], True),  # not a generator
+    (0, [reply(streamed=True), reply(streamed=False, ended=True, answer=("succeeded", "ab", None))], False),
+    (0, [reply(missed=3, streamed=False, ended=True, answer=("succeeded", "ab", None))], False),
+    (7, [reply(streamed=False, ended=True, answer=("succeeded", "ab", None))], False),  # resumed: saw parts
+])
+def test_the_result_is_the_one_part_only_for_a_consumer_that_got_nothing_of_it(after, replies, is_the_part):
+    from hive_ray._streaming import StreamCursor
+
+    cursor = StreamCursor(after)
+    for answer in replies:
+        cursor.take(answer)
+    assert cursor.result_is_the_part() is is_the_part
+
+
+def test_a_failed_task_needs_its_result_resolved_to_raise_its_error():
+    from hive_ray._streaming import StreamCursor
+
+    cursor = StreamCursor()
+    cursor.take(reply([(1, PART, "a")], ended=True, answer=("failed", None, {"type": "X"}), last=1))
+    assert cursor.needs_result() and not cursor.result_is_the_part()
