@@ -55,6 +55,10 @@ class _Refused(Exception):
         self.status, self.detail = status, detail
 
 
+class _StreamRefused(Exception):
+    """Ends a stream refused before its first message (its gRPC code is the argument)."""
+
+
 def _authorize(service: ApiService, context: Any, needed: str) -> None:
     metadata = {key.lower(): value for key, value in context.invocation_metadata()}
     scope = service.keys.scope_of(bearer_token(metadata.get("authorization")))
@@ -178,7 +182,7 @@ async def _opened(service: ApiService, context: Any, needed: str, opening: Any) 
     raises after setting it (Serve then keeps the code and details that were set)."""
     answer, code = await _answer(service, context, needed, opening, None)
     if code:
-        raise _Refused(code, "refused before streaming")
+        raise _StreamRefused(code)  # the status and details are set on the context already
     return answer
 
 
