@@ -99,7 +99,10 @@ class Placement(Protocol):
         frame), once the value is in the object store; raises :class:`AgentLost`."""
         ...
 
-    async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]: ...
+    async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
+        """The host's health answer; raises :class:`AgentLost` if it failed, ``LookupError``
+        if no such host exists any more (its loss was handled already)."""
+        ...
 
     def health_targets(self) -> list[tuple[str, str, list[str]]]:
         """``(pool, host key, agent ids)`` for every host."""

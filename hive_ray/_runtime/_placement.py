@@ -316,7 +316,9 @@ class RayPlacement:
     async def host_health(self, host_key: str, timeout: float) -> dict[str, Any]:
         host = self._hosts.get(host_key)
         if host is None:
-            raise AgentLost(host_key, "process_killed", "no such host")
+            # Gone from the placement: its loss was handled already (and its agents may run on a
+            # new host by now, which this stale check must not fail).
+            raise LookupError(f"no host {host_key!r} any more")
         try:
             return await asyncio.wait_for(host.handle.health.remote(), timeout)
         except asyncio.TimeoutError:
