@@ -9,7 +9,9 @@ task's result is the whole reply; a reply that calls tools ends with one part
 ``{"tool_calls": [...], "finish_reason": "tool_calls"}`` (the result is then
 the list of parts) for the caller to run them.
 
-Where the endpoint is, in order: the class attributes of a subclass (one
+Where the endpoint is, in order: the pool's config (``hive.spawn("llm",
+config={"base_url": ..., "model": ...})``, or ``"config"`` in ``POST
+/v1/pools``; see ``CONFIG_KEYS``), the class attributes of a subclass (one
 agent type per endpoint or model), else the environment of the agent's host:
 ``HIVE_LLM_BASE_URL`` (or ``OPENAI_BASE_URL``), ``HIVE_LLM_MODEL``, and the
 API key from the variable named by ``api_key_env`` (``OPENAI_API_KEY``). The
@@ -28,6 +30,10 @@ on the class (or ``HIVE_LLM_MAX_CONCURRENT``, ``HIVE_LLM_REQUESTS_PER_MINUTE``,
 first served (:mod:`hive_ray._runtime._limiter`).
 
 Cancelling or timing out a task closes its HTTP request.
+
+Every completion's tokens are counted in its task's ``usage`` (with a cost when
+the ``llm_prices`` setting prices the model) and in the totals per pool,
+endpoint and model (``/metrics``, the performance report, the dashboard).
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ from hive_ray._task import Task
 #: Request fields a payload may set beside ``messages`` and ``model``.
 OPTIONS = ("tools", "tool_choice", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop",
            "seed", "response_format", "parallel_tool_calls", "presence_penalty", "frequency_penalty")
+
+
+#: What a pool's config may set (``hive.spawn("llm", config={...})``, or ``"config"`` in
+#: ``POST /v1/pools``), and the type each takes. The key itself never: name its variable.
+CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
+    "base_url": str, "model": str, "api_key_env": str, "max_retries": int, "request_timeout": (int, float),
+    "max_concurrent_requests": int, "requests_per_minute": int, "tokens_per_minute": int}
 
 
 class LLMAgent(Agent):
@@ -67,11 +80,13 @@ class LLMAgent(Agent):
     def setup(self) -> None:
         from openai import AsyncOpenAI
 
+        self._apply_pool_config()
         base_url = self.base_url or os.environ.get("HIVE_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise RuntimeError(
-                f"{type(self).__name__} has no endpoint: set base_url on the class, or HIVE_LLM_BASE_URL "
-                "in the environment of the cluster (e.g. http://127.0.0.1:8000/v1 for a vLLM server)")
+                f"{type(self).__name__} has no endpoint: give the pool a config with base_url, set "
+                "base_url on the class, or HIVE_LLM_BASE_URL in the environment of the cluster "
+                "(e.g. http://127.0.0.1:8000/v1 for a vLLM server)")
         self.client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get(self.api_key_env) or "not-needed",
                                   max_retries=self.max_retries, timeout=self.request_timeout)
         self.default_model = self.model or os.environ.get("HIVE_LLM_MODEL")
@@ -84,6 +99,26 @@ class LLMAgent(Agent):
 
             self.limiter = endpoint_limiter(base_url, limits, lease_seconds=self.request_timeout + 60.0)
 
+    def _apply_pool_config(self) -> None:
+        """The pool's config (``"config": {"base_url": ..., "model": ...}``) over the class's attributes."""
+        config = dict(self.context.config)
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"the llm agent's pool config has unknown key(s) {', '.join(unknown)}; "
+                             f"it takes {', '.join(CONFIG_KEYS)}")
+        for key, value in config.items():
+            expected, least = CONFIG_KEYS[key], 0 if key == "max_retries" else 1e-9
+            if expected is str:
+                wrong = not isinstance(value, str) or not value
+            else:
+                wrong = value is not None and (not isinstance(value, expected) or isinstance(value, bool)
+                                               or value < least)
+            if wrong:
+                kind = ("a non-empty string" if expected is str else
+                        "a whole number of at least 0" if key == "max_retries" else "a number above 0")
+                raise ValueError(f"the llm agent's pool config: {key} must be {kind}, not {value!r}")
+            setattr(self, key, value)
+
     async def teardown(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
@@ -92,7 +127,7 @@ class LLMAgent(Agent):
     async def handle(self, task: Task) -> AsyncIterator[Any]:
         request = chat_request(task.payload, self.default_model)
         lease = await self._acquire(request)
-        used = None
+        usage = None
         try:
             stream = await self.client.chat.completions.create(
                 **request, stream=True, stream_options={"include_usage": True})
@@ -101,7 +136,7 @@ class LLMAgent(Agent):
             async with stream:  # leaving early (cancelled, timed out) closes the HTTP request
                 async for chunk in stream:
                     if chunk.usage is not None:
-                        used = chunk.usage.total_tokens
+                        usage = chunk.usage
                     for choice in chunk.choices:
                         delta = choice.delta
                         if delta.content:
@@ -112,8 +147,15 @@ class LLMAgent(Agent):
             if calls:
                 yield {"tool_calls": [calls[index] for index in sorted(calls)], "finish_reason": finish_reason}
         finally:
+            # Counted even when it failed or was cut short: the endpoint may bill it (tokens
+            # are then unknown, 0, unless the endpoint sent its usage before the end).
+            with contextlib.suppress(RuntimeError):  # closed outside its task (by the garbage collector)
+                self.context.record_usage(
+                    model=request["model"], endpoint=str(self.client.base_url),
+                    prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
             if lease is not None:
-                self.limiter.release.remote(lease, used)
+                self.limiter.release.remote(lease, None if usage is None else usage.total_tokens)
 
     async def _acquire(self, request: dict[str, Any]) -> int | None:
         """Wait for the endpoint's shared limits (first come, first served); a lease or None."""

@@ -20,10 +20,12 @@ other agents and reports progress::
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from hive_ray._task import Task
+from hive_ray._usage import UsageLine, merge_lines, usage_line
 
 #: The task whose handler is running in this asyncio task or thread.
 current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -47,14 +49,18 @@ class AgentContext:
         submitter: Any = None,
         progress_reporter: Any = None,
         streamer: Any = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.agent_id = agent_id
+        #: The pool's ``config`` (PoolSpec.config), read-only: settings its agents share.
+        self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
         self.pool = pool
         self.agent_type = agent_type
         self._submitter = submitter
         self._streamer = streamer
         self._progress_reporter = progress_reporter
         self.cancelled_tasks: set[str] = set()
+        self._usage: dict[str, list[UsageLine]] = {}  # task id -> model calls it reported
 
     async def delegate(
         self,
@@ -138,6 +144,31 @@ class AgentContext:
         if task_id is None or self._progress_reporter is None:
             return
         self._progress_reporter(task_id, max(0.0, min(1.0, float(fraction))), message)
+
+    def record_usage(self, *, model: str, prompt_tokens: int = 0, completion_tokens: int = 0,
+                     endpoint: str | None = None, requests: int = 1) -> None:
+        """Count a model call in the current task's ``usage`` (and in the totals per pool,
+        endpoint and model that ``/metrics`` shows). ``endpoint`` is the base URL called
+        (credentials and query are dropped). The ``llm`` agent calls this for you.
+
+        Raises:
+            ValueError: a count that is not a whole number of at least 0, or no model.
+            RuntimeError: called outside a task's handler.
+        """
+        line = usage_line(endpoint=endpoint, model=model, prompt_tokens=prompt_tokens,
+                          completion_tokens=completion_tokens, requests=requests)
+        task_id = current_task_id.get()
+        if task_id is None:
+            raise RuntimeError("record_usage counts a model call of the task being handled; call it "
+                               "from handle() (or code it calls), not from setup() or a background task")
+        self._usage.setdefault(task_id, []).append(line)
+
+    def take_usage(self, task_id: str) -> list[UsageLine] | None:
+        """The usage reported for ``task_id`` so far, removed (the host sends it with the outcome)."""
+        if not self._usage:
+            return None
+        lines = self._usage.pop(task_id, None)
+        return merge_lines(lines) if lines else None
 
     def cancel_requested(self) -> bool:
         """Whether the current task was cancelled: long sync handlers should check it."""

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     spawn.add_argument("--placement", choices=["dedicated", "packed"],
                        help="one agent per Ray actor, or several per host")
     spawn.add_argument("--agents-per-host", type=int, help="agents per host with --placement packed")
+    spawn.add_argument("--config", type=_json_object, metavar="JSON",
+                       help='settings for the pool\'s agents as a JSON object, e.g. for llm: '
+                       '\'{"base_url": "http://127.0.0.1:8000/v1", "model": "qwen"}\' (no secrets)')
 
     scale = command("scale", _scale, "set a pool's size: start or stop agents until it has N")
     scale.add_argument("pool", help="pool name (see `hive status`)")
@@ -302,12 +305,22 @@ def _types(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}); quote it, e.g. '{{\"model\": \"qwen\"}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object ({{...}}) is needed, not {type(value).__name__}")
+    return value
+
+
 def _spawn(args: argparse.Namespace) -> int:
     hive = _attach()
     options = {key: value for key, value in {
         "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "memory": args.memory,
         "resources": args.resources, "policy": args.policy, "placement": args.placement,
-        "agents_per_host": args.agents_per_host}.items() if value is not None}
+        "agents_per_host": args.agents_per_host, "config": args.config}.items() if value is not None}
     before = {pool.name: pool.size for pool in hive.pools()}
     pool = hive.spawn(args.agent_type, count=args.count, pool=args.pool, **options)
     print(_pool_line(pool, added=args.count if pool.name in before else None))

@@ -7,9 +7,12 @@ uses the slotted dataclasses of :mod:`hive_ray._task` instead.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -59,6 +62,30 @@ MAX_RESOURCE = 1e9
 ResourceQuantity = Annotated[StrictFloat, Field(ge=0, le=MAX_RESOURCE), WithJsonSchema({
     "anyOf": [{"type": "number", "const": 0},
               {"type": "number", "minimum": RESOURCE_UNIT, "maximum": MAX_RESOURCE}]})]
+
+
+ConfigKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+#: Largest pool config, as JSON: it travels to every agent host and into the journal.
+MAX_CONFIG_BYTES = 16 * 1024
+_SECRET_NAME = re.compile(r"(^|_)(api_?key|password|passwd|secret|token|credentials?)$", re.IGNORECASE)
+
+
+def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    for key in config:
+        if _SECRET_NAME.search(key):
+            raise ValueError(
+                f"config.{key}: a pool's config is journaled and shown by the API, so secrets do not "
+                f"belong in it; put the secret in an environment variable of the cluster and give its "
+                f"name instead (for the llm agent: api_key_env)")
+    try:
+        size = len(json.dumps(config, allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config must be plain JSON (strings, numbers, booleans, null, lists, objects): "
+                         f"{error}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config is {size} bytes as JSON; at most {MAX_CONFIG_BYTES} (pass large data "
+                         "in tasks, or let agents load it)")
+    return config
 
 
 def _names_in_property_names(schema: dict[str, Any]) -> None:
@@ -131,6 +158,28 @@ def _one_target_schema(schema: dict[str, Any]) -> None:
                               "capability or pool.").strip()
 
 
+class ModelUsage(_Model):
+    """What a task spent at one model of one endpoint."""
+
+    endpoint: str = Field(..., description="The base URL called, without credentials or query.")
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = Field(None, description="From the llm_prices setting; None: unpriced.")
+
+
+class TaskUsage(_Model):
+    """Tokens a task spent at model endpoints, over all its attempts (see ``record_usage``)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float | None = Field(None, description="Sum over priced models; None when none is priced.")
+    models: list[ModelUsage] = Field(default_factory=list)
+
+
 class TaskRecord(_Model):
     """A task's whole story: what it was, where it ran, how it ended."""
 
@@ -148,6 +197,7 @@ class TaskRecord(_Model):
     error: dict[str, Any] | None = None
     progress: float | None = None
     progress_message: str | None = None
+    usage: TaskUsage | None = Field(None, description="Tokens spent at model endpoints; None if none.")
     timeout: float | None = None
     affinity_key: str | None = None
     idempotency_key: str | None = None
@@ -278,6 +328,11 @@ class PoolSpec(_Model):
     passivate_after_seconds: Number | None = Field(
         None, gt=0, description="Deactivate agents idle this long (on_passivate saves their state); "
         "the next task activates them again. None: never.")
+    config: Annotated[dict[ConfigKey, Any], AfterValidator(_checked_config)] = Field(
+        default_factory=dict, max_length=64, json_schema_extra=_names_in_property_names,
+        description="Settings for the pool's agents, read as self.context.config (plain JSON, at most "
+        "16 KiB; e.g. the llm agent's base_url and model). No secrets: it is journaled and shown by "
+        "the API; name an environment variable instead (api_key_env).")
 
     @model_validator(mode="after")
     def _resources_ray_accepts(self) -> PoolSpec:

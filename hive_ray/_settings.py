@@ -12,8 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """What one model's tokens cost (see the ``llm_prices`` setting)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_per_million_usd: float = Field(..., ge=0, le=1e6, description="US dollars per million prompt tokens.")
+    completion_per_million_usd: float = Field(
+        ..., ge=0, le=1e6, description="US dollars per million completion tokens.")
 
 
 def _default_state_dir() -> Path:
@@ -93,6 +103,13 @@ class Settings(BaseSettings):
         30.0, gt=0,
         description="A stream consumer that has not read for this long no longer holds its agent "
         "back: unread parts beyond stream_buffer_parts are dropped (the task's result keeps them all).",
+    )
+    llm_prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, max_length=10_000,
+        description="Prices of models by name, to give each task's token usage a cost_usd: "
+        '{"gpt-4o-mini": {"prompt_per_million_usd": 0.15, "completion_per_million_usd": 0.6}}; '
+        'the name "*" prices every other model. Unpriced models have no cost (never a guessed one). '
+        "As an environment variable: HIVE_LLM_PRICES='{...}' (JSON).",
     )
     max_batch: int = Field(64, ge=1, le=4096, description="Most tasks sent to one agent per Ray call.")
     target_batch_seconds: float = Field(

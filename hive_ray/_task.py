@@ -138,7 +138,8 @@ class Outcome:
     """What an agent reports back for one envelope.
 
     ``status`` is ``"ok"`` (``value`` holds the result), ``"error"`` (``error``
-    holds a structured description) or ``"cancelled"``.
+    holds a structured description) or ``"cancelled"``. ``usage`` holds the
+    model calls the handler reported (:mod:`hive_ray._usage` lines), if any.
     """
 
     task_id: str
@@ -147,15 +148,17 @@ class Outcome:
     error: dict[str, Any] | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    usage: list[tuple[str, str, int, int, int]] | None = None
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _outcome, (self.task_id, self.status, self.value, self.error, self.started_at, self.finished_at)
+        return _outcome, (self.task_id, self.status, self.value, self.error, self.started_at, self.finished_at,
+                          self.usage)
 
 
 def _outcome(task_id: str, status: str, value: Any, error: dict[str, Any] | None, started_at: float,
-             finished_at: float) -> Outcome:
+             finished_at: float, usage: list[tuple[str, str, int, int, int]] | None = None) -> Outcome:
     return Outcome(task_id=task_id, status=status, value=value, error=error, started_at=started_at,
-                   finished_at=finished_at)
+                   finished_at=finished_at, usage=usage)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,6 +200,7 @@ class TaskEntry:
     error: dict[str, Any] | None = None
     progress: float | None = None
     progress_message: str | None = None
+    usage: dict[str, Any] | None = None  # tokens spent at model endpoints (hive_ray._usage.task_usage)
     # Scheduling bookkeeping.
     queued: bool = False
     sequence: int | None = None

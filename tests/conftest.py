@@ -61,7 +61,9 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def hive_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     state = tmp_path_factory.mktemp("hive-state")
-    return {"state_dir": str(state), "journal_dir": str(state / "journal")}
+    # Prices of the fake model endpoint's "fake" model (tests/fake_openai.py): token costs.
+    return {"state_dir": str(state), "journal_dir": str(state / "journal"),
+            "llm_prices": {"fake": {"prompt_per_million_usd": 1.0, "completion_per_million_usd": 2.0}}}
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ class PerformanceReport:
     import_seconds: float | None = None
     queue_depths: Mapping[str, int] = field(default_factory=dict)
     slice_seconds: float = 5.0
+    usage: tuple[Mapping[str, Any], ...] = ()  # tokens per pool, endpoint and model (hive_ray._usage)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description that :meth:`from_dict` restores."""
@@ -59,6 +60,7 @@ class PerformanceReport:
             "import_seconds": self.import_seconds,
             "queue_depths": dict(self.queue_depths),
             "slice_seconds": self.slice_seconds,
+            "usage": [dict(row) for row in self.usage],
         }
 
     @classmethod
@@ -89,12 +91,30 @@ class PerformanceReport:
                     str(pool): int(depth) for pool, depth in data["queue_depths"].items()
                 },
                 slice_seconds=float(data.get("slice_seconds", 5.0)),
+                usage=tuple(_usage_row(row) for row in data.get("usage", ())),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(
                 f"not a performance report ({error!r}); pass the output of "
                 f"PerformanceReport.to_dict()"
             ) from error
+
+
+_USAGE_FIELDS = ("pool", "endpoint", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
+_USAGE_HEADERS = ["pool", "endpoint", "model", "requests", "prompt tokens", "completion tokens", "cost USD"]
+
+
+def _usage_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    cost = row["cost_usd"]
+    return {"pool": str(row["pool"]), "endpoint": str(row["endpoint"]), "model": str(row["model"]),
+            "requests": int(row["requests"]), "prompt_tokens": int(row["prompt_tokens"]),
+            "completion_tokens": int(row["completion_tokens"]), "cost_usd": None if cost is None else float(cost)}
+
+
+def _usage_cells(report: PerformanceReport) -> list[list[str]]:
+    return [[str(row["pool"]), str(row["endpoint"]), str(row["model"]), str(row["requests"]),
+             str(row["prompt_tokens"]), str(row["completion_tokens"]),
+             "-" if row["cost_usd"] is None else f"{row['cost_usd']:.4f}"] for row in report.usage]
 
 
 def _milliseconds(seconds: float) -> str:
@@ -217,6 +237,10 @@ def render_text(report: PerformanceReport) -> str:
             ["pool", "queued"],
             [[_printable(pool), str(depth)] for pool, depth in sorted(report.queue_depths.items())],
         )
+    if report.usage:
+        lines.append("")
+        lines.append("model usage since the orchestrator started:")
+        lines += _table(_USAGE_HEADERS, [[_printable(cell) for cell in row] for row in _usage_cells(report)])
     lines.append("")
     if report.recommendations:
         lines.append("recommendations:")
@@ -366,6 +390,13 @@ def render_html(report: PerformanceReport) -> str:
                 ["pool", "queued"],
                 [[pool, str(depth)] for pool, depth in sorted(report.queue_depths.items())],
             ),
+            "</section>",
+        ]
+    if report.usage:
+        sections += [
+            "<section><h2>Model usage</h2><p>Tokens and cost per pool, endpoint and model since the "
+            "orchestrator started (cost from the <code>llm_prices</code> setting).</p>",
+            _html_table(_USAGE_HEADERS, _usage_cells(report)),
             "</section>",
         ]
     body = "\n".join(sections)

@@ -11,6 +11,9 @@ Two sources meet in one scrape:
   process never collide;
 - the orchestrator's state, read at scrape time (``pools()`` and
   ``statistics()``), so queue depths and outcome counters are the real ones;
+- tokens, requests and cost per pool, endpoint and model (``hive_model_*``, from
+  the orchestrator's usage totals) and each model endpoint's shared limits
+  (``hive_endpoint_*``, from its limiter actor);
 - with tracing on and a saved performance baseline, ``hive_perf_regressions``
   from the analyzer (see :class:`hive_ray._api._perf.PerfReader`).
 """
@@ -39,6 +42,7 @@ class _OrchestratorCollector:
         self.pools: list[dict[str, Any]] = []
         self.statistics: dict[str, Any] | None = None
         self.regressions: int | None = None
+        self.endpoints: list[dict[str, Any]] = []
 
     def describe(self) -> list[Any]:
         return []  # the families depend on the snapshot; do not probe at registration
@@ -78,12 +82,58 @@ class _OrchestratorCollector:
         in_memory = GaugeMetricFamily("hive_tasks_in_memory", "Task records the orchestrator holds.")
         in_memory.add_metric([], float((self.statistics or {}).get("tasks_in_memory", 0)))
         yield in_memory
+        yield from _usage_families((self.statistics or {}).get("usage", []))
+        yield from _endpoint_families(self.endpoints)
         if self.regressions is not None:  # only with a saved baseline to compare against
             regressions = GaugeMetricFamily(
                 "hive_perf_regressions", "Operations whose latency regressed against the saved "
                 "performance baseline (significant and material).")
             regressions.add_metric([], float(self.regressions))
             yield regressions
+
+
+def _usage_families(rows: list[dict[str, Any]]) -> Any:
+    """Tokens, requests and cost per pool, endpoint and model (see hive_ray._usage)."""
+    labels = ["pool", "endpoint", "model"]
+    requests = CounterMetricFamily("hive_model_requests", "Requests to model endpoints, per pool, "
+                                   "endpoint and model, since the orchestrator started.", labels=labels)
+    tokens = CounterMetricFamily("hive_model_tokens", "Tokens spent at model endpoints (kind: prompt or "
+                                 "completion).", labels=[*labels, "kind"])
+    cost = CounterMetricFamily("hive_model_cost_usd", "US dollars spent at model endpoints, for models "
+                               "the llm_prices setting prices.", labels=labels)
+    for row in rows:
+        key = [row["pool"], row["endpoint"], row["model"]]
+        requests.add_metric(key, float(row["requests"]))
+        tokens.add_metric([*key, "prompt"], float(row["prompt_tokens"]))
+        tokens.add_metric([*key, "completion"], float(row["completion_tokens"]))
+        if row.get("cost_usd") is not None:
+            cost.add_metric(key, float(row["cost_usd"]))
+    yield from (requests, tokens, cost)
+
+
+def _endpoint_families(endpoints: list[dict[str, Any]]) -> Any:
+    """Each endpoint's shared limits and who waits for them (its limiter actor)."""
+    in_flight = GaugeMetricFamily("hive_endpoint_requests_in_flight",
+                                  "Requests holding one of an endpoint's shared slots.", labels=["endpoint"])
+    waiting = GaugeMetricFamily("hive_endpoint_requests_waiting",
+                                "Requests queued for an endpoint's shared limits.", labels=["endpoint"])
+    window = GaugeMetricFamily("hive_endpoint_window_usage", "Requests and tokens an endpoint's limiter "
+                               "counts in the last minute.", labels=["endpoint", "kind"])
+    granted = CounterMetricFamily("hive_endpoint_requests_granted", "Requests let through an endpoint's "
+                                  "limits since its limiter started.", labels=["endpoint"])
+    limits = GaugeMetricFamily("hive_endpoint_limit", "An endpoint's configured limits (absent: none).",
+                               labels=["endpoint", "limit"])
+    for each in endpoints:
+        name = each["endpoint"]
+        in_flight.add_metric([name], float(each["in_flight"]))
+        waiting.add_metric([name], float(each["waiting"]))
+        window.add_metric([name, "requests"], float(each["requests_last_minute"]))
+        window.add_metric([name, "tokens"], float(each["tokens_last_minute"]))
+        granted.add_metric([name], float(each["granted"]))
+        for limit, value in sorted(each.get("limits", {}).items()):
+            if value is not None:
+                limits.add_metric([name, limit], float(value))
+    yield from (in_flight, waiting, window, granted, limits)
 
 
 class ApiMetrics:
@@ -119,10 +169,12 @@ class ApiMetrics:
         self.task_duration.labels(pool, outcome).observe(seconds)
 
     def render(self, pools: list[dict[str, Any]], statistics: dict[str, Any] | None,
-               regressions: int | None = None) -> bytes:
+               regressions: int | None = None, endpoints: list[dict[str, Any]] | None = None) -> bytes:
         collector = self._orchestrator
         collector.pools, collector.statistics, collector.regressions = pools, statistics, regressions
+        collector.endpoints = endpoints or []
         try:
             return generate_latest(self.registry)
         finally:
             collector.pools, collector.statistics, collector.regressions = [], None, None
+            collector.endpoints = []

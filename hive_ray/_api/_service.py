@@ -99,7 +99,7 @@ class ApiService:
     async def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         agent_type, count, name = spec.pop("agent_type"), spec.pop("count"), spec.pop("name")
-        await self._check_added_size(name, agent_type, count)
+        await self._check_added_size(name, agent_type, count, spec.get("config") or {})
         try:
             info = await self.blocking("spawn", agent_type, count, pool=name,
                                        wait_seconds=self.settings.api_spawn_wait_seconds, **spec)
@@ -107,9 +107,9 @@ class ApiService:
             self._pools_cache.clear()
         return info.model_dump(mode="json")
 
-    async def _check_added_size(self, name: str, agent_type: str, count: int) -> None:
-        """Creating an existing pool adds agents of its type: refuse (409) another type, or a sum
-        above max_agents_per_pool, before any agent starts."""
+    async def _check_added_size(self, name: str, agent_type: str, count: int, config: dict[str, Any]) -> None:
+        """Creating an existing pool adds agents of its type: refuse (409) another type, another
+        config, or a sum above max_agents_per_pool, before any agent starts."""
         from hive_ray._api._problems import ProblemError
         from hive_ray._errors import UnknownPoolError
 
@@ -122,6 +122,10 @@ class ApiService:
             raise ProblemError(
                 409, f"pool {name!r} already runs agent type {pool['agent_type']!r}, not "
                 f"{agent_type!r}; choose another pool name", slug="pool-type-conflict", pool=name)
+        if config and config != (pool.get("spec", {}).get("config") or {}):
+            raise ProblemError(
+                409, f"pool {name!r} already runs with another config; adding agents keeps its own. "
+                "Stop the pool first, or choose another pool name", slug="pool-config-conflict", pool=name)
         if pool["desired"] + count > limit:
             raise ProblemError(
                 409, f"pool {name!r} has {pool['desired']} agents; adding {count} would make "
@@ -211,22 +215,37 @@ class ApiService:
     async def metrics_text(self) -> bytes:
         self.ensure_following()
         regressions = asyncio.ensure_future(self.perf.regression_count())
+        endpoints = asyncio.ensure_future(self.endpoints())
         try:
             pools, statistics = await asyncio.wait_for(
                 asyncio.gather(self.call("pools"), self.call("statistics")), READINESS_TIMEOUT_SECONDS)
         except Exception as error:  # noqa: BLE001 - a scrape still reports the replica's own metrics
             logger.warning("metrics: orchestrator unavailable (%s)", type(error).__name__)
             pools, statistics = [], None
-        return self.metrics.render(pools, statistics, await regressions)
+        return self.metrics.render(pools, statistics, await regressions, await endpoints)
+
+    async def endpoints(self) -> list[dict[str, Any]]:
+        """The shared limits of model endpoints (their limiter actors), for metrics and the dashboard."""
+        from hive_ray._runtime._limiter import limiter_statistics
+
+        try:
+            return await asyncio.wait_for(limiter_statistics(self.settings.namespace),
+                                          READINESS_TIMEOUT_SECONDS)
+        except Exception as error:  # noqa: BLE001 - a scrape still answers without them
+            logger.warning("metrics: endpoint limiters unavailable (%s)", type(error).__name__)
+            return []
 
     async def overview(self) -> dict[str, Any]:
         """What the dashboard shows: pools, counters, recent failures and the task window."""
         self.ensure_following()
-        pools, statistics, failures = await asyncio.gather(
-            self.call("pools"), self.call("statistics"), self.call("tasks", "failed", None, 10, None))
+        pools, statistics, failures, endpoints = await asyncio.gather(
+            self.call("pools"), self.call("statistics"), self.call("tasks", "failed", None, 10, None),
+            self.endpoints())
         return {
             "pools": pools,
             "counters": statistics["counters"],
+            "usage": statistics.get("usage", []),
+            "endpoints": endpoints,
             "series": self.window.series(),
             "bucket_seconds": 5.0,
             "recent_failures": [

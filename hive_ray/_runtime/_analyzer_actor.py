@@ -94,6 +94,7 @@ class Analyzer:
         self._dropped_by_process: dict[str, int] = {}
         self._processes: dict[int, _Process] = {}
         self._queue_depths: dict[str, int] = {}
+        self._usage: tuple[Mapping[str, Any], ...] = ()  # the orchestrator's token totals
         self._pool_agents: dict[str, int] = {}
         self._restarts_first: dict[str, int] = {}
         self._restarts_latest: dict[str, int] = {}
@@ -143,6 +144,7 @@ class Analyzer:
             self._restarts_latest[name] = total
         for pool in pools:
             self._pool_agents[pool["name"]] = int(pool.get("size", 0))
+        self._usage = tuple(statistics.get("usage", ()))
         submitted = statistics.get("counters", {}).get("submitted")
         if submitted is not None:
             self._tasks_submitted = int(submitted)
@@ -186,6 +188,7 @@ class Analyzer:
             import_seconds=self._import_seconds,
             queue_depths=dict(self._queue_depths),
             slice_seconds=self.settings.analyzer_slice_seconds,
+            usage=self._usage,
         )
         return {**report.to_dict(), "analyzer": self.statistics()}
 

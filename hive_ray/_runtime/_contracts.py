@@ -42,6 +42,7 @@ class PoolPlacementSpec:
     resources: dict[str, float] = field(default_factory=dict)
     agents_per_host: int = 1
     passivate_after_seconds: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the pool's config, for its agents
 
 
 class HostBook(Protocol):

@@ -29,6 +29,7 @@ from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition, new_task_ids
+from hive_ray._usage import UsageLine, task_usage
 
 if TYPE_CHECKING:
     from hive_ray._runtime._pools import Pool
@@ -364,6 +365,8 @@ class Dispatch(SharedState):
                 isolation.cleared(entry.task_id)  # it ran without crashing its host
             if outcome.finished_at:
                 pool.scheduler.observe_handle_seconds(max(0.0, outcome.finished_at - outcome.started_at))
+            if outcome.usage:
+                self._account_usage(entry, outcome.usage)
             if entry.state != TaskState.RUNNING or entry.agent_id != agent_id:
                 # It already ended (cancelled, timed out) or was delivered again elsewhere.
                 self._counters["late_results"] += 1
@@ -400,6 +403,19 @@ class Dispatch(SharedState):
             else:
                 self._end(entry, TaskState.FAILED, error=error,
                           dead_letter=retry_exceptions and entry.attempts >= (entry.max_attempts or 1))
+
+    def _account_usage(self, entry: TaskEntry, lines: list[UsageLine]) -> None:
+        """Add a run's model calls to the task's record and the totals. Every attempt's count
+        (a retried call was paid for too), even one that ends after its task was cancelled."""
+        try:
+            entry.usage = task_usage(entry.usage, lines, self._usage.prices)
+        except (TypeError, ValueError):  # not lines a host of this hive-ray sends
+            logger.warning("task %s: usage %r is not (endpoint, model, prompt, completion, requests) "
+                           "lines; not counted", entry.task_id, lines[:3])
+            return
+        self._usage.add(entry.pool, lines)
+        if entry.state.terminal and self._journal is not None:  # its ending is journaled already
+            self._journal.record(entry, dead_letter=entry.metadata.get("dead_letter") == "true")
 
     def _release_batch(self, pool: Pool, agent_id: str, entries: list[TaskEntry]) -> None:
         record = pool.agents.get(agent_id)

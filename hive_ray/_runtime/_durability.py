@@ -43,8 +43,10 @@ logger = logging.getLogger("hive_ray.journal")
 _SAVED = (
     "task_id", "pool", "agent_type", "payload", "priority", "timeout", "affinity_key",
     "idempotency_key", "metadata", "max_attempts", "trace_context", "state", "created_at",
-    "started_at", "finished_at", "attempts", "agent_id", "result", "error",
+    "started_at", "finished_at", "attempts", "agent_id", "result", "error", "usage",
 )
+#: Format 1 had every field before "usage"; format 2 added it.
+_SAVED_V1 = _SAVED[:_SAVED.index("usage")]
 _STATE_INDEX = _SAVED.index("state")
 #: Undecodable rows named one by one in the log at recovery; the rest are counted.
 _NAMED_IN_LOG = 10
@@ -63,14 +65,14 @@ def encode_entry(entry: TaskEntry) -> bytes:
     # A tuple in _SAVED's order: about twice as fast to pickle as a dict.
     values = [getattr(entry, name) for name in _SAVED]
     values[_STATE_INDEX] = entry.state.value
-    return _dumps((1, tuple(values)))
+    return _dumps((2, tuple(values)))
 
 
 def decode_entry(body: bytes) -> TaskEntry:
     version, values = pickle.loads(body)
-    if version != 1:
+    if version not in (1, 2):
         raise ValueError(f"journal record format {version} is newer than this hive-ray reads")
-    fields = dict(zip(_SAVED, values, strict=True))
+    fields = dict(zip(_SAVED if version == 2 else _SAVED_V1, values, strict=True))
     fields["state"] = TaskState(fields["state"])
     return TaskEntry(**fields)
 

@@ -112,8 +112,10 @@ class AgentHost(HostAdoption):
         namespace: str | None = None,
         orphan_exit_seconds: float | None = None,
         max_result_bytes: int = 64 * 1024,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self._pool = pool
+        self._config = dict(config or {})
         self._agent_type = agent_type
         self._reference = reference
         self._orchestrator = orchestrator
@@ -191,6 +193,7 @@ class AgentHost(HostAdoption):
             submitter=self._delegate,
             streamer=self._delegate_stream,
             progress_reporter=self._report_progress,
+            config=self._config,
         )
         agent = self._cls(context)
         with self._hook_running():
@@ -355,12 +358,14 @@ class AgentHost(HostAdoption):
         if span is not None:
             end_handle_span(span, status, error)
         return Outcome(task_id=envelope.task_id, status=status, value=value, error=error,
-                       started_at=started, finished_at=time.time())
+                       started_at=started, finished_at=time.time(),
+                       usage=resident.agent.context.take_usage(envelope.task_id))
 
     def _run_sync_batch(self, resident: _Resident, envelopes: list[Envelope]) -> list[Outcome]:
         outcomes = []
         handle = resident.agent.handle
-        cancelled = resident.agent.context.cancelled_tasks
+        context = resident.agent.context
+        cancelled = context.cancelled_tasks
         tracer = self._tracer
         for envelope in envelopes:
             started = time.time()
@@ -374,10 +379,12 @@ class AgentHost(HostAdoption):
             try:
                 value = handle(_task_of(envelope))
                 outcome = Outcome(task_id=envelope.task_id, status="ok", value=value,
-                                  started_at=started, finished_at=time.time())
+                                  started_at=started, finished_at=time.time(),
+                                  usage=context.take_usage(envelope.task_id))
             except Exception as raised:  # noqa: BLE001 - every handler error becomes an outcome
                 outcome = Outcome(task_id=envelope.task_id, status="error", error=describe_error(raised),
-                                  started_at=started, finished_at=time.time())
+                                  started_at=started, finished_at=time.time(),
+                                  usage=context.take_usage(envelope.task_id))
             finally:
                 current_task_id.reset(token)
                 cancelled.discard(envelope.task_id)

@@ -20,12 +20,14 @@ from typing import Any
 import ray
 
 from hive_ray._rate_limits import EndpointLimits, Limits
+from hive_ray._usage import endpoint_name
 
 
 @ray.remote(num_cpus=0, max_concurrency=100_000)
 class EndpointLimiter:
-    def __init__(self, limits: dict[str, Any], lease_seconds: float) -> None:
+    def __init__(self, limits: dict[str, Any], lease_seconds: float, endpoint: str = "") -> None:
         self._core = EndpointLimits(Limits(**limits), lease_seconds=lease_seconds)
+        self._endpoint = endpoint  # its name in metrics (hive_ray._usage.endpoint_name)
         self._changed: asyncio.Event | None = None
 
     def configure(self, limits: dict[str, Any]) -> None:
@@ -54,7 +56,7 @@ class EndpointLimiter:
 
     def statistics(self) -> dict[str, Any]:
         requests, tokens = self._core.window(time.monotonic())
-        return {"in_flight": self._core.in_flight(), "waiting": self._core.waiting(),
+        return {"endpoint": self._endpoint, "in_flight": self._core.in_flight(), "waiting": self._core.waiting(),
                 "requests_last_minute": requests, "tokens_last_minute": tokens,
                 "granted": self._core.granted, "reclaimed": self._core.reclaimed,
                 "limits": {"max_concurrent": self._core.limits.max_concurrent,
@@ -78,8 +80,11 @@ class EndpointLimiter:
             pass
 
 
+_PREFIX = "hive-endpoint-"
+
+
 def limiter_name(base_url: str) -> str:
-    return "hive-endpoint-" + hashlib.sha256(base_url.rstrip("/").encode()).hexdigest()[:16]
+    return _PREFIX + hashlib.sha256(base_url.rstrip("/").encode()).hexdigest()[:16]
 
 
 def endpoint_limiter(base_url: str, limits: Limits, *, lease_seconds: float, namespace: str = "hive") -> Any:
@@ -87,9 +92,28 @@ def endpoint_limiter(base_url: str, limits: Limits, *, lease_seconds: float, nam
     values = {"max_concurrent": limits.max_concurrent, "requests_per_minute": limits.requests_per_minute,
               "tokens_per_minute": limits.tokens_per_minute}
     limiter = EndpointLimiter.options(name=limiter_name(base_url), namespace=namespace, lifetime="detached",
-                                      get_if_exists=True).remote(values, lease_seconds)
+                                      get_if_exists=True).remote(values, lease_seconds, endpoint_name(base_url))
     limiter.configure.remote(values)
     return limiter
 
 
-__all__ = ["EndpointLimiter", "endpoint_limiter", "limiter_name"]
+async def limiter_statistics(namespace: str = "hive", *, timeout_seconds: float = 2.0) -> list[dict[str, Any]]:
+    """``statistics()`` of every endpoint limiter in ``namespace`` (for ``/metrics`` and the
+    dashboard); one that does not answer within ``timeout_seconds`` is left out."""
+    named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+    handles = []
+    for actor in named:
+        if actor.get("namespace") == namespace and actor.get("name", "").startswith(_PREFIX):
+            try:
+                handles.append(ray.get_actor(actor["name"], namespace=namespace))
+            except ValueError:  # gone since it was listed
+                continue
+    if not handles:
+        return []
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(handle.statistics.remote(), timeout_seconds) for handle in handles),
+        return_exceptions=True)
+    return sorted((answer for answer in answers if isinstance(answer, dict)), key=lambda a: a["endpoint"])
+
+
+__all__ = ["EndpointLimiter", "endpoint_limiter", "limiter_name", "limiter_statistics"]

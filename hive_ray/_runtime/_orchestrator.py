@@ -55,6 +55,7 @@ from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
 from hive_ray._runtime._transport import Transport
 from hive_ray._settings import Settings
 from hive_ray._task import TaskEntry
+from hive_ray._usage import Price, UsageTotals
 
 
 class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, Streams,
@@ -86,6 +87,9 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
                           "adopted_agents": 0, "reclaimed": 0}
+        # tokens spent at model endpoints, per pool, endpoint and model (hive_ray._usage)
+        self._usage = UsageTotals({model: Price(price.prompt_per_million_usd, price.completion_per_million_usd)
+                                   for model, price in self.settings.llm_prices.items()})
         # large results: task id -> size of each result kept in the object store, oldest first
         self._stored_results: OrderedDict[str, int] = OrderedDict()
         self._stored_bytes = 0
@@ -164,6 +168,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, 
             "recovery_seconds": self._recovery_seconds,
             "data_plane": self._data_plane.statistics() if self._data_plane is not None else None,
             "gc": self._gc_pauses.statistics(),
+            "usage": self._usage.rows(),
             "pid": os.getpid(),
         }
 

@@ -166,6 +166,7 @@ class RayPlacement:
                 handle = self._actor_class.options(**options, name=name, lifetime="detached").remote(
                     pool=spec.pool, agent_type=spec.agent_type, reference=spec.reference,
                     orchestrator=self._orchestrator, passivate_after_seconds=spec.passivate_after_seconds,
+                    config=spec.config,
                     orchestrator_name=self._orchestrator_name, namespace=self._namespace,
                     orphan_exit_seconds=self._orphan_exit_seconds, max_result_bytes=self._max_result_bytes,
                 )

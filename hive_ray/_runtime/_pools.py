@@ -106,6 +106,10 @@ class PoolManager(SharedState):
                     f"pool {name!r} already runs agent type {pool.spec['agent_type']!r}, not "
                     f"{validated['agent_type']!r}; choose another pool name"
                 )
+            if validated["config"] and validated["config"] != (pool.spec.get("config") or {}):
+                raise ConfigurationError(
+                    f"pool {name!r} already runs with another config; spawning into it adds agents "
+                    f"with its own config. Stop the pool first, or choose another pool name")
             await self._adopted(pool)
             return await self.scale(name, self._live_count(pool) + validated["count"], wait_seconds)
         pool = self._new_pool(validated, reference, capabilities, concurrency)
@@ -400,6 +404,7 @@ class PoolManager(SharedState):
             resources=spec["resources"],
             agents_per_host=_agents_per_host(spec),
             passivate_after_seconds=spec["passivate_after_seconds"],
+            config=spec.get("config") or {},
         )
 
     def _pool_info(self, pool: Pool) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class SharedState:
     _tasks: dict[str, TaskEntry]
     _rng: random.Random
     _counters: dict[str, int]
+    _usage: Any  # hive_ray._usage.UsageTotals: tokens per pool, endpoint and model
     _wakeup: asyncio.Event | None
     _tracer: Any
     _task_sampling: Any

@@ -265,6 +265,7 @@ class TaskStore:
             "started_at": entry.started_at, "finished_at": entry.finished_at,
             "attempts": entry.attempts, "agent_id": entry.agent_id, "result": entry.result,
             "error": entry.error, "progress": entry.progress, "progress_message": entry.progress_message,
+            "usage": entry.usage,
             "timeout": entry.timeout, "affinity_key": entry.affinity_key,
             "idempotency_key": entry.idempotency_key, "metadata": entry.metadata,
         }

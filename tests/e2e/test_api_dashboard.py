@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hive_ray import Agent
 from tests.integration.test_api_support import ApiServer, admin_client, api  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -63,6 +64,41 @@ def test_dashboard_shows_agents_and_charts_in_a_browser(
         finally:
             browser.close()
     admin_client.delete(f"/v1/pools/{unique_name}")  # type: ignore[attr-defined]
+
+
+class Metered(Agent):
+    """Reports a model call per task, as an agent calling a model endpoint itself would."""
+
+    agent_type = "metered-dashboard"
+
+    def handle(self, task):  # type: ignore[no-untyped-def]
+        self.context.record_usage(model="fake", endpoint="https://key:secret@models.example/v1",
+                                  prompt_tokens=10, completion_tokens=20)
+        return task.payload
+
+
+def test_the_dashboard_shows_tokens_and_cost_per_pool_and_model(api: ApiServer, hive: object) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    hive.spawn(Metered, 1)  # type: ignore[attr-defined]
+    try:
+        assert [hive.run("metered-dashboard", n) for n in range(3)] == [0, 1, 2]  # type: ignore[attr-defined]
+        with sync_api.sync_playwright() as playwright:
+            browser = _browser(playwright)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+                page.goto(api.base_url + "/dashboard")
+                page.fill("#key", api.read_key)
+                page.click("#login-form button")
+                row = page.locator('tr[data-usage="metered-dashboard fake"]')
+                row.wait_for(timeout=15_000)
+                cells = row.locator("td").all_inner_texts()
+                # pool, endpoint (credentials dropped), model, requests, prompt, completion, cost
+                assert cells == ["metered-dashboard", "https://models.example/v1", "fake", "3", "30", "60",
+                                 "0.0002"]  # 3 x (10 x $1 + 20 x $2) per million: the session's llm_prices
+            finally:
+                browser.close()  # type: ignore[attr-defined]
+    finally:
+        hive.stop("metered-dashboard")  # type: ignore[attr-defined]
 
 
 def _browser(playwright: object) -> object:

@@ -10,6 +10,7 @@ from hive_ray.actors.llm import LLMAgent, chat_request
 
 from hive_ray import TaskFailedError, TaskTimeoutError
 from tests.fake_openai import FakeServer, serving
+from tests.integration.test_api_support import api  # noqa: F401 - the session's API app
 
 pytestmark = pytest.mark.ray
 
@@ -144,3 +145,98 @@ def test_a_research_team_plans_delegates_reviews_and_streams_the_review(llm, fak
         assert len(roles) == 3 and fake.state.requests - requests == 3  # planner, one worker, reviewer
     finally:
         llm.stop("team-test")
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """A Prometheus scrape as {(sample name, its labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_each_task_counts_its_tokens_and_cost_and_the_totals_show_them(llm, fake, api):  # noqa: F811
+    import httpx
+
+    task = llm.submit("llm-test", "count these four words")
+    assert task.result(timeout=60) == "echo: count these four words"
+    usage = llm.task(task.task_id).usage
+    # The fake server counts a word as a token: 4 prompt words; "echo:" and 4 words back.
+    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (1, 4, 5, 9)
+    [model] = usage.models
+    assert (model.endpoint, model.model) == (fake.base_url.rstrip("/"), "fake")
+    assert usage.cost_usd == pytest.approx((4 * 1.0 + 5 * 2.0) / 1e6)  # the session's llm_prices
+    with httpx.Client(base_url=api.base_url, headers=api.headers("read"), timeout=30) as client:
+        record = client.get(f"/v1/tasks/{task.task_id}").json()
+        assert record["usage"]["total_tokens"] == 9 and record["usage"]["models"][0]["model"] == "fake"
+        metrics = client.get("/metrics").text
+        overview = client.get("/v1/overview").json()
+    labels = {"pool": "llm-test", "endpoint": fake.base_url.rstrip("/"), "model": "fake"}
+    scraped = samples(metrics)
+    assert scraped["hive_model_tokens_total", frozenset({**labels, "kind": "completion"}.items())] >= 5
+    assert scraped["hive_model_requests_total", frozenset(labels.items())] >= 1
+    assert scraped["hive_model_cost_usd_total", frozenset(labels.items())] > 0
+    [row] = [row for row in overview["usage"] if (row["pool"], row["model"]) == ("llm-test", "fake")]
+    assert row["completion_tokens"] >= 5 and row["cost_usd"] > 0
+
+
+def test_a_failed_call_still_counts_its_request(llm, fake):
+    fake.state.fail_next[:] = [500] * 10
+    task = llm.submit("llm-test", "doomed again")
+    with pytest.raises(TaskFailedError):
+        task.result(timeout=60)
+    usage = llm.task(task.task_id).usage
+    assert (usage.requests, usage.total_tokens, usage.cost_usd) == (1, 0, 0.0)  # the request, no tokens
+
+
+def test_an_endpoints_shared_limits_show_in_metrics(hive, fake, api):  # noqa: F811
+    import httpx
+
+    agent = type("MeteredTest", (LLMAgent,), {"agent_type": "metered-test", "base_url": fake.base_url,
+                                              "model": "fake", "max_concurrent_requests": 3})
+    hive.spawn(agent, 1)
+    try:
+        assert hive.run("metered-test", "hello") == "echo: hello"
+        with httpx.Client(base_url=api.base_url, headers=api.headers("read"), timeout=30) as client:
+            metrics = client.get("/metrics").text
+            overview = client.get("/v1/overview").json()
+        endpoint = fake.base_url.rstrip("/")
+        scraped = samples(metrics)
+        assert scraped["hive_endpoint_limit", frozenset({"endpoint": endpoint, "limit": "max_concurrent"}.items())] == 3
+        assert scraped["hive_endpoint_requests_waiting", frozenset({"endpoint": endpoint}.items())] == 0
+        assert scraped["hive_endpoint_requests_granted_total", frozenset({"endpoint": endpoint}.items())] >= 1
+        [limiter] = [each for each in overview["endpoints"] if each["endpoint"] == endpoint]
+        assert limiter["granted"] >= 1 and limiter["in_flight"] == 0
+    finally:
+        hive.stop("metered-test")
+
+
+def test_a_pool_config_names_the_endpoint_and_model_over_http(fake, api):  # noqa: F811
+    import httpx
+
+    with httpx.Client(base_url=api.base_url, headers=api.headers("admin"), timeout=60) as client:
+        created = client.post("/v1/pools", json={
+            "name": "llm-configured", "agent_type": "llm", "count": 1,
+            "config": {"base_url": fake.base_url, "model": "fake", "max_retries": 0}})
+        assert created.status_code == 201, created.text
+        try:
+            done = client.post("/v1/tasks", params={"wait": 10},
+                               json={"pool": "llm-configured", "payload": "configured by the pool"})
+            assert done.status_code == 200, done.text
+            assert done.json()["result"] == "echo: configured by the pool"
+            assert client.get("/v1/pools/llm-configured").json()["spec"]["config"]["model"] == "fake"
+            # A secret is refused before anything starts, with what to do instead.
+            refused = client.post("/v1/pools", json={"name": "llm-secret", "agent_type": "llm",
+                                                     "config": {"base_url": fake.base_url, "api_key": "sk-1"}})
+            assert refused.status_code == 422 and "api_key_env" in refused.text
+        finally:
+            client.delete("/v1/pools/llm-configured")
+
+
+def test_an_unknown_config_key_fails_the_agents_setup_with_the_keys_it_takes(hive, fake):
+    from hive_ray import HiveError
+
+    with pytest.raises(HiveError, match="unknown key.*modle.*base_url"):
+        hive.spawn("llm", 1, pool="llm-typo", config={"base_url": fake.base_url, "modle": "fake"},
+                   wait_seconds=60)
+    assert "llm-typo" not in [pool.name for pool in hive.pools()]  # nothing was left running

@@ -122,3 +122,23 @@ def test_comparison_exit_codes_and_table() -> None:
     table = format_comparison([ok, bad])
     assert "REGRESSED" in table and "1 regression(s): POST /v1/tasks" in table
     assert "nothing compared" in format_comparison([])
+
+
+def test_the_report_carries_the_orchestrators_token_totals() -> None:
+    from hive_ray._analyzer import render_html, render_text
+
+    subject = analyzer(Clock())
+    row = {"pool": "writers", "endpoint": "http://vllm:8000/v1", "model": "<qwen>", "requests": 3,
+           "prompt_tokens": 120, "completion_tokens": 300, "cost_usd": 0.0125}
+    subject.record_pools({"pools": {}, "usage": [row]}, [])
+    report = PerformanceReport.from_dict(subject.report())
+    assert [dict(each) for each in report.usage] == [row]
+    text = render_text(report)
+    assert "model usage since the orchestrator started:" in text
+    assert "writers" in text and "0.0125" in text and "300" in text
+    page = render_html(report)
+    assert "<h2>Model usage</h2>" in page and "&lt;qwen&gt;" in page and "<qwen>" not in page
+    # A report saved before usage existed still reads.
+    older = subject.report()
+    del older["usage"]
+    assert PerformanceReport.from_dict(older).usage == ()
