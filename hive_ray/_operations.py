@@ -46,6 +46,7 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("resubmit", True, False, "submit an ended task again, as a new task"),
     Operation("report_progress", False, False, "an agent reports its task's progress"),
     Operation("report_parts", False, False, "a host sends parts a streaming task's generator yielded"),
+    Operation("report_parts_many", False, False, "a host sends the parts of several streaming tasks at once"),
     Operation("stream_parts", True, True, "a streaming task's parts after a sequence number (long-poll)"),
     # reads
     Operation("task", True, True, "one task's record"),

@@ -70,6 +70,8 @@ from hive_ray._runtime._tls import ServerTls, client_context, verify_server
 logger = logging.getLogger("hive_ray.channel")
 
 CallHandler = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+#: Answers a host's PARTS frame at once: ``Orchestrator.report_parts_many``.
+PartsHandler = Callable[[list[Any]], list[Any]]
 
 
 @dataclass(slots=True)
@@ -90,8 +92,10 @@ class HostChannel:
     """The orchestrator's end of one host's stream: send batches, await outcomes."""
 
     def __init__(self, host_key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_closed: Callable[[str], None], *, limits: ChannelLimits, listener: Listener) -> None:
+                 on_closed: Callable[[str], None], *, limits: ChannelLimits, listener: Listener,
+                 parts_handler: PartsHandler | None = None) -> None:
         self.host_key = host_key
+        self._parts_handler = parts_handler
         self.listener = listener
         self._reader = reader
         self._limits = limits
@@ -132,6 +136,9 @@ class HostChannel:
         try:
             while True:
                 kind, number, message = await read_frame(self._reader, self._limits.max_frame_bytes)
+                if kind == Kind.PARTS and self._parts_handler is not None:
+                    self._answer_parts(number, message)
+                    continue
                 if kind not in (Kind.OUTCOMES, Kind.BATCH_ERROR):
                     raise FrameError(f"a {kind.name} frame from a host", number=number)
                 future = self._pending.pop(number, None)
@@ -149,6 +156,18 @@ class HostChannel:
             logger.warning("data-plane stream of host %s failed: %s: %s", self.host_key,
                            type(error).__name__, error)
             self._fail(f"{type(error).__name__}: {error}")
+
+    def _answer_parts(self, number: int, batches: Any) -> None:
+        """A host's streaming parts: the handler never waits (a full buffer answers None)."""
+        assert self._parts_handler is not None
+        try:
+            frame = encode(Kind.REPLY, number, self._parts_handler(batches))
+        except Exception as error:  # noqa: BLE001 - a malformed batch fails its call, not the stream
+            frame = encode(Kind.REPLY_ERROR, number, f"{type(error).__name__}: {error}")
+        try:
+            self._frames.send_nowait(frame)
+        except ChannelClosed as closed:
+            self._fail(str(closed))
 
     def _fail(self, reason: str) -> None:
         if self.closed:
@@ -175,9 +194,10 @@ class ChannelServer:
     """
 
     def __init__(self, token: bytes, call_handler: CallHandler | None = None,
-                 limits: ChannelLimits | None = None) -> None:
+                 limits: ChannelLimits | None = None, parts_handler: PartsHandler | None = None) -> None:
         self._token = token
         self._call_handler = call_handler
+        self._parts_handler = parts_handler
         self._limits = limits or ChannelLimits()
         self.listeners: list[Listener] = []
         self.channels: dict[str, HostChannel] = {}
@@ -233,7 +253,8 @@ class ChannelServer:
         if old is not None:
             old.close()
         self.channels[peer.name] = HostChannel(peer.name, reader, writer, self._forget,
-                                               limits=self._limits, listener=listener)
+                                               limits=self._limits, listener=listener,
+                                               parts_handler=self._parts_handler)
         self._arrivals.setdefault(peer.name, asyncio.Event()).set()
 
     async def _handshake(self, listener: Listener, reader: asyncio.StreamReader,
@@ -366,6 +387,8 @@ class HostLink:
         self._run_batch = run_batch
         self._cancel = cancel
         self.close_reason = ""
+        self._calls: dict[int, asyncio.Future[Any]] = {}  # report_parts_many calls awaiting replies
+        self._numbers = itertools.count()
         self.task = asyncio.ensure_future(self._loop())
 
     @property
@@ -376,6 +399,33 @@ class HostLink:
         if self.open:
             return {"transport": "stream", **self.endpoint.describe()}
         return {"transport": "ray", "reason": f"the stream closed: {self.close_reason}"}
+
+    async def report_parts_many(self, batches: list[Any]) -> list[bool | None]:
+        """Streaming runs' parts to the orchestrator over this stream (see ``PartMux``).
+
+        Raises:
+            ChannelClosed: the stream closed before the answer came (the parts may or may
+                not have arrived: the caller must not send them again).
+        """
+        if not self.open:
+            raise ChannelClosed(f"stream to the orchestrator is closed ({self.close_reason})")
+        number = next(self._numbers)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[number] = answer
+        try:
+            await self._frames.send(encode(Kind.PARTS, number, batches))
+            return await answer
+        finally:
+            self._calls.pop(number, None)
+
+    def _answered(self, kind: Kind, number: int, message: Any) -> None:
+        answer = self._calls.pop(number, None)
+        if answer is None or answer.done():
+            return
+        if kind == Kind.REPLY:
+            answer.set_result(message)
+        else:
+            answer.set_exception(RuntimeError(str(message)))
 
     async def _run_one(self, number: int, agent_id: str, envelopes: list[Any]) -> None:
         try:
@@ -400,6 +450,8 @@ class HostLink:
                     task.add_done_callback(running.discard)
                 elif kind == Kind.CANCEL:
                     await self._cancel(*message)
+                elif kind in (Kind.REPLY, Kind.REPLY_ERROR):
+                    self._answered(kind, number, message)
                 else:
                     raise FrameError(f"a {kind.name} frame from the orchestrator", number=number)
         except asyncio.CancelledError:
@@ -413,6 +465,10 @@ class HostLink:
             logger.warning("data-plane stream to the orchestrator failed: %s", self.close_reason)
         finally:
             self._frames.close()
+            calls, self._calls = self._calls, {}
+            for answer in calls.values():
+                if not answer.done():
+                    answer.set_exception(ChannelClosed(f"stream to the orchestrator closed ({self.close_reason})"))
 
     def close(self) -> None:
         self.task.cancel()

@@ -26,7 +26,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from hive_ray._errors import ConfigurationError
-from hive_ray._runtime._channel import CallHandler, ChannelServer, HostChannel, Listener
+from hive_ray._runtime._channel import (
+    CallHandler,
+    ChannelServer,
+    HostChannel,
+    Listener,
+    PartsHandler,
+)
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import ChannelLimits
 from hive_ray._runtime._tls import RayTlsFiles, ServerTls
@@ -41,10 +47,11 @@ class DataPlane:
     """Owns the :class:`ChannelServer` and decides, per peer, which listener it dials."""
 
     def __init__(self, settings: Any, *, node_id: str, node_address: str,
-                 call_handler: CallHandler | None, ray_tls: RayTlsFiles | None) -> None:
+                 call_handler: CallHandler | None, ray_tls: RayTlsFiles | None,
+                 parts_handler: PartsHandler | None = None) -> None:
         self._settings = settings
         self._token = secrets.token_bytes(32)
-        self.server = ChannelServer(self._token, call_handler, ChannelLimits.from_settings(settings))
+        self.server = ChannelServer(self._token, call_handler, ChannelLimits.from_settings(settings), parts_handler)
         self.node_id = node_id
         self._node_address = node_address
         self._ray_tls = ray_tls
@@ -56,14 +63,14 @@ class DataPlane:
 
     @classmethod
     async def start(cls, settings: Any, *, node_id: str, node_address: str,
-                    call_handler: CallHandler | None,
+                    call_handler: CallHandler | None, parts_handler: PartsHandler | None = None,
                     environ: Mapping[str, str] | None = None) -> DataPlane | None:
         """The data plane listening on loopback, or None if it is off or cannot listen."""
         if not settings.data_plane:
             return None
         try:
             plane = cls(settings, node_id=node_id, node_address=node_address, call_handler=call_handler,
-                        ray_tls=RayTlsFiles.from_environment(environ))
+                        ray_tls=RayTlsFiles.from_environment(environ), parts_handler=parts_handler)
             plane._loopback = await plane._listen(LOOPBACK, remote=False)
         except (OSError, ssl.SSLError, ConfigurationError) as error:
             logger.warning("the data plane could not listen on %s (%s); tasks travel as Ray calls",

@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     CALL = 5  # client -> orchestrator: (method, args)
     REPLY = 6  # orchestrator -> client: the call's return value
     REPLY_ERROR = 7  # orchestrator -> client: the exception the call raised
+    PARTS = 8  # host -> orchestrator: streaming runs' parts (report_parts_many); answered by REPLY
 
 
 class ChannelClosed(ConnectionError):

@@ -47,7 +47,13 @@ from hive_ray._runtime._channel import HostLink, connect_host
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import MAX_FRAME_BYTES
 from hive_ray._runtime._host_adoption import HostAdoption
-from hive_ray._runtime._host_streams import PartSender, delegated_parts, drain, is_streaming
+from hive_ray._runtime._host_streams import (
+    PartMux,
+    PartSender,
+    delegated_parts,
+    drain,
+    is_streaming,
+)
 from hive_ray._runtime._large_results import ResultStash
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
@@ -116,6 +122,7 @@ class AgentHost(HostAdoption):
     ) -> None:
         self._pool = pool
         self._config = dict(config or {})
+        self._part_mux: PartMux | None = None  # streaming runs' parts, one call in flight
         self._agent_type = agent_type
         self._reference = reference
         self._orchestrator = orchestrator
@@ -327,7 +334,10 @@ class AgentHost(HostAdoption):
         try:
             produced = resident.agent.handle(_task_of(envelope))
             if resident.streams:
-                sender = PartSender(self._orchestrator, envelope.task_id, envelope.agent_id, envelope.attempt)
+                if self._part_mux is None:
+                    self._part_mux = PartMux(self._orchestrator, lambda: self._link)
+                sender = PartSender(self._orchestrator, envelope.task_id, envelope.agent_id, envelope.attempt,
+                                    mux=self._part_mux)
                 produced = drain(produced, sender, self._executor)
             running = asyncio.ensure_future(produced)
         finally:

@@ -6,7 +6,8 @@ generator (:func:`drain`), keeps every part for the task's combined result
 (:func:`~hive_ray._stream_buffer.combine`), and sends them to the orchestrator
 in batches through a :class:`PartSender`: one call in flight per task, so parts
 arrive in order, and whatever the generator yields meanwhile goes in the next
-call. When :data:`HOST_PENDING_PARTS` are waiting to be sent, the generator
+call. The senders of all runs on a host share one call in flight
+(:class:`PartMux`); only a run whose buffer is full waits in a call of its own. When :data:`HOST_PENDING_PARTS` are waiting to be sent, the generator
 waits: together with the orchestrator's bounded buffer, that is the
 back-pressure a slow consumer applies.
 
@@ -20,7 +21,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -41,12 +42,56 @@ def is_streaming(handle: Any) -> bool:
     return inspect.isasyncgenfunction(handle) or inspect.isgeneratorfunction(handle)
 
 
+class PartMux:
+    """Every streaming run of a host sends its parts through this: one call in flight for
+    the whole host (``report_parts_many``), carrying the batches of every run that had parts
+    meanwhile. Streaming 250 completions at once, that is one Ray call per few dozen parts
+    instead of one per part; a run's own order is kept by its :class:`PartSender`.
+    """
+
+    def __init__(self, orchestrator: Any, link: Callable[[], Any] = lambda: None) -> None:
+        self._orchestrator = orchestrator
+        self._link = link  # the host's data-plane stream when it is open (else a Ray call)
+        self._queue: list[tuple[tuple[str, str, int, list[Any], bool], asyncio.Future[bool | None]]] = []
+        self._sending: asyncio.Task[None] | None = None
+
+    async def send(self, task_id: str, agent_id: str, attempt: int, parts: list[Any],
+                   opening: bool) -> bool | None:
+        """True: buffered; False: the run no longer streams; None: its buffer is full (the
+        caller waits with ``report_parts``). Raises what the call raised."""
+        answer: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(((task_id, agent_id, attempt, parts, opening), answer))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._run())
+        return await answer
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            items = [item for item, _ in batch]
+            try:
+                link = self._link()
+                if link is not None and link.open:
+                    answers = await link.report_parts_many(items)
+                else:
+                    answers = await self._orchestrator.report_parts_many.remote(items)
+            except Exception as error:  # noqa: BLE001 - each sender decides what it means
+                for _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(error)
+                continue
+            for (_, answer), accepted in zip(batch, answers, strict=True):
+                if not answer.done():  # its sender may have been cancelled meanwhile
+                    answer.set_result(accepted)
+
+
 class PartSender:
     """Sends one run's parts to the orchestrator, in order, one call in flight."""
 
     def __init__(self, orchestrator: Any, task_id: str, agent_id: str, attempt: int,
-                 most_pending: int = HOST_PENDING_PARTS) -> None:
+                 most_pending: int = HOST_PENDING_PARTS, mux: PartMux | None = None) -> None:
         self._orchestrator = orchestrator
+        self._mux = mux
         self._task_id = task_id
         self._agent_id = agent_id
         self._attempt = attempt
@@ -88,8 +133,12 @@ class PartSender:
             parts, self._pending = self._pending, []
             opening, self._opening = self._opening, False
             try:
-                accepted = await self._orchestrator.report_parts.remote(
-                    self._task_id, self._agent_id, self._attempt, parts, opening)
+                accepted = None
+                if self._mux is not None:  # with the host's other runs; None: the buffer is full
+                    accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts, opening)
+                if accepted is None:  # wait for the consumer to make room (back-pressure)
+                    accepted = await self._orchestrator.report_parts.remote(
+                        self._task_id, self._agent_id, self._attempt, parts, opening)
             except Exception as error:  # noqa: BLE001 - the orchestrator is gone or restarting
                 logger.warning("parts of task %s could not reach the orchestrator (%s: %s); the task's "
                                "result keeps them", self._task_id, type(error).__name__, error)
@@ -156,4 +205,4 @@ def _close_quietly(generator: Any) -> None:
         pass  # still running a step on a worker thread (cancelled mid-step): that step ends by itself
 
 
-__all__ = ["HOST_PENDING_PARTS", "PartSender", "delegated_parts", "drain", "is_streaming"]
+__all__ = ["HOST_PENDING_PARTS", "PartMux", "PartSender", "delegated_parts", "drain", "is_streaming"]

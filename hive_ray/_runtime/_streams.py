@@ -68,6 +68,30 @@ class Streams(SharedState):
         self._notify_stream(task_id)
         return accepted
 
+    async def report_parts_many(self, batches: list[tuple[str, str, int, list[Any], bool]]) -> list[bool | None]:
+        """Several runs' batches (``(task_id, agent_id, attempt, parts, opening)``) in one call,
+        from a host's :class:`~hive_ray._runtime._host_streams.PartMux` (as a Ray call; over
+        the host's data-plane stream, :meth:`_take_parts` answers its PARTS frames). Never
+        waits: each answer is True (buffered), False (the attempt no longer runs) or None (its
+        buffer is full: that host sends the batch again with :meth:`report_parts`, which waits)."""
+        return self._take_parts(batches)
+
+    def _take_parts(self, batches: list[tuple[str, str, int, list[Any], bool]]) -> list[bool | None]:
+        answers: list[bool | None] = []
+        for task_id, agent_id, attempt, parts, opening in batches:
+            entry = self._tasks.get(task_id)
+            if entry is None or entry.state != TaskState.RUNNING or entry.attempts != attempt \
+                    or entry.agent_id != agent_id:
+                answers.append(False)
+                continue
+            buffer = self._stream_buffer(task_id)
+            if parts and not buffer.room():
+                answers.append(None)
+                continue
+            answers.append(buffer.put(attempt, parts, opening=opening))
+            self._notify_stream(task_id)
+        return answers
+
     async def stream_parts(self, task_id: str, after: int = 0, timeout: float = 0.0,
                            limit: int = STREAM_READ_LIMIT) -> dict[str, Any]:
         """Items of ``task_id``'s stream after sequence ``after``; long-polls up to ``timeout`` s.

@@ -37,7 +37,7 @@ class Transport(SharedState):
         # Listens on loopback; a listener for other nodes opens when a peer there needs it.
         self._data_plane = await DataPlane.start(
             self.settings, node_id=context.get_node_id(), node_address=ray.util.get_node_ip_address(),
-            call_handler=self._answer_client_call)
+            call_handler=self._answer_client_call, parts_handler=self._take_parts)
         return RayPlacement(context.current_actor, namespace=self.settings.namespace,
                             data_plane=self._data_plane, orchestrator_name=self.settings.orchestrator_name,
                             orphan_exit_seconds=self.settings.orphaned_host_exit_seconds,

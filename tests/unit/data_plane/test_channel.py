@@ -219,3 +219,38 @@ def test_a_call_is_answered_with_the_error_the_orchestrator_raised(loop):
     with pytest.raises(KeyError, match="no task"):
         client.call("task", timeout=10)
     client.close()
+
+
+def test_a_hosts_streaming_parts_are_answered_over_its_stream(loop):
+    received = []
+
+    def parts_handler(batches):
+        received.extend(batches)
+        return [None if parts == ["full"] else True for _, _, _, parts, _ in batches]
+
+    async def start():
+        from hive_ray._runtime._channel import ChannelServer
+
+        server = ChannelServer(TOKEN, None, None, parts_handler)
+        return server, await server.listen("127.0.0.1")
+
+    server, listener = loop.run(start())
+    link = loop.run(connect_host(endpoint_of(listener), "pool/host-0", run_batch=_run_batch, cancel=_cancel))
+    channel = loop.run(server.wait_for("pool/host-0", 5))
+    batches = [("t1", "a1", 1, ["x", "y"], True), ("t2", "a1", 1, ["full"], False)]
+    assert loop.run(link.report_parts_many(batches)) == [True, None]
+    assert received == batches
+    # A batch the handler cannot take fails its call, not the stream.
+    assert loop.run(channel.run_batch("a1", [1])) == [("done", "a1", 1)]
+    with pytest.raises(RuntimeError, match="ValueError: not enough values"):
+        loop.run(link.report_parts_many([("t3",)]))
+    assert link.open and not channel.closed
+    # A call in flight when the stream closes fails with ChannelClosed: never a hang.
+    loop.call(channel.close)
+    assert wait_until(lambda: not link.open)
+    with pytest.raises(ChannelClosed):
+        loop.run(link.report_parts_many(batches))
+
+
+async def _cancel(agent_id, task_id):
+    return None
