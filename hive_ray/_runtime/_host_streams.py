@@ -7,7 +7,8 @@ generator (:func:`drain`), keeps every part for the task's combined result
 in batches through a :class:`PartSender`: one call in flight per task, so parts
 arrive in order, and whatever the generator yields meanwhile goes in the next
 call. The senders of all runs on a host share one call in flight
-(:class:`PartMux`); only a run whose buffer is full waits in a call of its own. When :data:`HOST_PENDING_PARTS` are waiting to be sent, the generator
+(:class:`PartMux`), which never waits: a run whose buffer is full asks again
+after a pause (2 ms, doubling up to 100 ms) until its consumer has read. When :data:`HOST_PENDING_PARTS` are waiting to be sent, the generator
 waits: together with the orchestrator's bounded buffer, that is the
 back-pressure a slow consumer applies.
 
@@ -33,6 +34,9 @@ logger = logging.getLogger("hive_ray.host")
 
 #: Parts a host holds for one task while its previous batch is on the way.
 HOST_PENDING_PARTS = 256
+
+#: A run whose buffer is full asks again after this, doubling up to the maximum.
+FULL_RETRY_FIRST_SECONDS, FULL_RETRY_MAX_SECONDS = 0.002, 0.1
 
 _DONE = object()
 
@@ -133,10 +137,17 @@ class PartSender:
             parts, self._pending = self._pending, []
             opening, self._opening = self._opening, False
             try:
-                accepted = None
-                if self._mux is not None:  # with the host's other runs; None: the buffer is full
+                if self._mux is not None:  # with the host's other runs
                     accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts, opening)
-                if accepted is None:  # wait for the consumer to make room (back-pressure)
+                    pause = FULL_RETRY_FIRST_SECONDS
+                    while accepted is None:  # the buffer is full: the consumer has yet to read
+                        # Asked again rather than waiting in a call: a call that waits holds
+                        # one of the orchestrator's call slots per slow consumer.
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, FULL_RETRY_MAX_SECONDS)
+                        accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts,
+                                                        opening)
+                else:  # answers once the parts are buffered (back-pressure)
                     accepted = await self._orchestrator.report_parts.remote(
                         self._task_id, self._agent_id, self._attempt, parts, opening)
             except Exception as error:  # noqa: BLE001 - the orchestrator is gone or restarting
