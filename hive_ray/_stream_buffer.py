@@ -44,17 +44,21 @@ class PartBuffer:
     """The unread parts of one streaming task (see the module's docstring)."""
 
     __slots__ = ("capacity", "reader_idle_seconds", "_clock", "_items", "_next", "attempt",
-                 "ended", "_read_at", "_dropped_through")
+                 "ended", "_read_at", "_dropped_through", "base")
 
     def __init__(self, capacity: int, reader_idle_seconds: float, clock: Callable[[], float], *,
-                 expect_reader: bool = False) -> None:
+                 expect_reader: bool = False, first_sequence: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"a stream buffer needs room for at least one part, not {capacity}")
         self.capacity = capacity
         self.reader_idle_seconds = reader_idle_seconds
         self._clock = clock
         self._items: deque[tuple[int, str, Any]] = deque()
-        self._next = 1  # sequence of the next item
+        # Sequence of the next item. The orchestrator starts each buffer at the time in
+        # microseconds, so a buffer made after a restart numbers above every earlier one's:
+        # a consumer's cursor from before (below ``base``) is recognised, never misread.
+        self._next = first_sequence
+        self.base = first_sequence - 1
         self.attempt = 0  # the attempt whose parts are coming in (0: none opened yet)
         self.ended = False
         # When a consumer last read. One that opened the stream with its task counts as
@@ -108,7 +112,7 @@ class PartBuffer:
         items = self._items
         while items and items[0][0] <= after:
             items.popleft()
-        missed = max(0, self._dropped_through - after)
+        missed = max(0, self._dropped_through - max(after, self.base))
         taken = [items[index] for index in range(min(limit, len(items)))]
         return Read(items=taken, missed=missed, ended=self.ended and len(taken) == len(items))
 

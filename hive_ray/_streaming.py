@@ -74,8 +74,9 @@ class StreamCursor:
             self.after = sequence
             if kind == PART:
                 self._got_part = True
-            else:
+            else:  # what came before is void: what follows starts over (or the result does)
                 self.restarts += 1
+                self._got_part, self._streamed = False, reply["streamed"]
         if reply["ended"]:
             self.answer = tuple(reply["answer"])  # type: ignore[assignment]
         return list(reply["items"])

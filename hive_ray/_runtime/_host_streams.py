@@ -22,6 +22,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -37,6 +38,9 @@ HOST_PENDING_PARTS = 256
 
 #: A run whose buffer is full asks again after this, doubling up to the maximum.
 FULL_RETRY_FIRST_SECONDS, FULL_RETRY_MAX_SECONDS = 0.002, 0.1
+#: How long a run asks an unreachable orchestrator again (it restarts in seconds), and the
+#: longest pause between two tries; parts per call when it replays a run.
+OUTAGE_SECONDS, OUTAGE_RETRY_MAX_SECONDS, REPLAY_BATCH_PARTS = 60.0, 1.0, 1000
 
 _DONE = object()
 
@@ -90,7 +94,14 @@ class PartMux:
 
 
 class PartSender:
-    """Sends one run's parts to the orchestrator, in order, one call in flight."""
+    """Sends one run's parts to the orchestrator, in order, one call in flight.
+
+    If the orchestrator cannot be reached (it is restarting), the run keeps going and its
+    parts are kept; the sender asks again with backoff for :data:`OUTAGE_SECONDS`, and
+    the first call that gets through replays the run from its start (an opening and every
+    part so far): the restarted orchestrator's consumers are told to start over
+    (a ``restart`` item, see ``Streams.stream_parts``), so no part is lost to them.
+    """
 
     def __init__(self, orchestrator: Any, task_id: str, agent_id: str, attempt: int,
                  most_pending: int = HOST_PENDING_PARTS, mux: PartMux | None = None) -> None:
@@ -103,7 +114,9 @@ class PartSender:
         self._pending: list[Any] = []
         self._sending: asyncio.Task[None] | None = None
         self._opening = True
-        self.live = True  # False once the orchestrator refused (the run was cancelled) or is unreachable
+        self._outage_since: float | None = None  # the orchestrator is unreachable since then
+        self._finishing = False
+        self.live = True  # False once the orchestrator refused (the run was cancelled) or stayed away
         self.parts: list[Any] = []
 
     def open(self) -> None:
@@ -116,8 +129,8 @@ class PartSender:
     async def add(self, part: Any) -> None:
         """Keep ``part`` and send it; waits while too many parts wait to be sent."""
         self.parts.append(part)
-        if not self.live:
-            return
+        if not self.live or self._outage_since is not None:
+            return  # during an outage, the replay sends every part
         self._pending.append(part)
         if self._sending is None or self._sending.done():
             self._kick()
@@ -125,7 +138,9 @@ class PartSender:
             await asyncio.shield(self._sending)
 
     async def flush(self) -> None:
-        """Wait until every part added so far was sent (or sending stopped)."""
+        """Wait until every part added so far was sent (or sending stopped). A run that ends
+        while the orchestrator is away is not replayed: its outcome carries the result."""
+        self._finishing = True
         while self._sending is not None and not self._sending.done():
             await asyncio.shield(self._sending)
 
@@ -134,29 +149,51 @@ class PartSender:
 
     async def _send(self) -> None:
         while self.live and (self._pending or self._opening):
-            parts, self._pending = self._pending, []
+            parts, self._pending = self._pending[:REPLAY_BATCH_PARTS], self._pending[REPLAY_BATCH_PARTS:]
             opening, self._opening = self._opening, False
             try:
-                if self._mux is not None:  # with the host's other runs
-                    accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts, opening)
-                    pause = FULL_RETRY_FIRST_SECONDS
-                    while accepted is None:  # the buffer is full: the consumer has yet to read
-                        # Asked again rather than waiting in a call: a call that waits holds
-                        # one of the orchestrator's call slots per slow consumer.
-                        await asyncio.sleep(pause)
-                        pause = min(pause * 2, FULL_RETRY_MAX_SECONDS)
-                        accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts,
-                                                        opening)
-                else:  # answers once the parts are buffered (back-pressure)
-                    accepted = await self._orchestrator.report_parts.remote(
-                        self._task_id, self._agent_id, self._attempt, parts, opening)
+                accepted = await self._deliver(parts, opening)
             except Exception as error:  # noqa: BLE001 - the orchestrator is gone or restarting
-                logger.warning("parts of task %s could not reach the orchestrator (%s: %s); the task's "
-                               "result keeps them", self._task_id, type(error).__name__, error)
-                accepted = False
+                if not await self._outage(error):
+                    return
+                continue
+            if self._outage_since is not None:
+                logger.info("task %s streams again (its parts from the start)", self._task_id)
+                self._outage_since = None
             if not accepted:
                 self.live = False
                 self._pending.clear()
+
+    async def _deliver(self, parts: list[Any], opening: bool) -> bool:
+        if self._mux is None:  # answers once the parts are buffered (back-pressure)
+            return bool(await self._orchestrator.report_parts.remote(
+                self._task_id, self._agent_id, self._attempt, parts, opening))
+        accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts, opening)
+        pause = FULL_RETRY_FIRST_SECONDS
+        while accepted is None:  # the buffer is full: the consumer has yet to read
+            # Asked again rather than waiting in a call: a call that waits holds one of the
+            # orchestrator's call slots per slow consumer.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, FULL_RETRY_MAX_SECONDS)
+            accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts, opening)
+        return bool(accepted)
+
+    async def _outage(self, error: Exception) -> bool:
+        """The orchestrator did not answer: wait and set up a replay; False to give up."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            logger.warning("parts of task %s could not reach the orchestrator (%s: %s); asking again "
+                           "for %g s, then the stream starts over", self._task_id, type(error).__name__,
+                           error, OUTAGE_SECONDS)
+        if self._finishing or now - self._outage_since > OUTAGE_SECONDS:
+            # Its consumers get the whole result when the task's end reaches them.
+            self.live = False
+            self._pending.clear()
+            return False
+        await asyncio.sleep(min(OUTAGE_RETRY_MAX_SECONDS, 0.05 * 2 ** min(10, int(now - self._outage_since))))
+        self._pending, self._opening = list(self.parts), True  # replay the run from its start
+        return True
 
 
 async def drain(produced: Any, sender: PartSender, executor: Executor | None) -> Any:

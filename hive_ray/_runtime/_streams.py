@@ -24,7 +24,7 @@ from typing import Any
 
 from hive_ray._errors import TaskNotFoundError
 from hive_ray._runtime._state import SharedState
-from hive_ray._stream_buffer import PartBuffer
+from hive_ray._stream_buffer import RESTART, PartBuffer
 from hive_ray._task import TaskState
 
 #: How long an ended task's unread parts wait for their consumer.
@@ -122,11 +122,20 @@ class Streams(SharedState):
                 buffer = None
         if buffer is None:
             ended = entry.state.terminal
-            return {"items": [], "missed": 0, "ended": ended, "streamed": False, "last_sequence": after,
+            # A consumer that saw parts of a buffer gone since (an orchestrator restart, or it
+            # came back after the buffer was dropped) starts over: the result is what follows.
+            items = [(after + 1, RESTART, entry.attempts)] if ended and after > 0 else []
+            return {"items": items, "missed": 0, "ended": ended, "streamed": False,
+                    "last_sequence": after + len(items),
                     "answer": (entry.state.value, entry.result, entry.error) if ended else None}
+        items = read.items
+        if 0 < after < buffer.base:
+            # Its cursor is from a buffer before this one (the orchestrator restarted): what it
+            # saw may have gaps after it, so it starts over with what this buffer has.
+            items = [(buffer.base, RESTART, entry.attempts), *items]
         if read.ended:
             self._drop_stream(task_id)  # read to the end
-        return {"items": read.items, "missed": read.missed, "ended": read.ended,
+        return {"items": items, "missed": read.missed, "ended": read.ended,
                 "streamed": buffer.attempt > 0, "last_sequence": buffer.last_sequence,
                 "answer": (entry.state.value, entry.result, entry.error) if read.ended else None}
 
@@ -136,7 +145,7 @@ class Streams(SharedState):
         if buffer is None:
             buffer = self._streams[task_id] = PartBuffer(
                 self.settings.stream_buffer_parts, self.settings.stream_reader_idle_seconds, time.monotonic,
-                expect_reader=expect_reader)
+                expect_reader=expect_reader, first_sequence=time.time_ns() // 1000)
         return buffer
 
     def _expect_stream_readers(self, task_ids: list[str]) -> None:

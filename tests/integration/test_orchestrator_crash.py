@@ -162,3 +162,38 @@ def test_hosts_exit_by_themselves_once_their_orchestrator_is_gone_for_good(ray_s
         assert wait_until(lambda: not _host_actors(prefix), 60)
     finally:
         hive.close()
+
+
+class Typist(Agent):
+    """Streams two parts, waits for the test's release file, then streams two more."""
+
+    agent_type = "typist-crash-test"
+
+    async def handle(self, task):
+        yield "a"
+        yield "b"
+        while not os.path.exists(task.payload):
+            await asyncio.sleep(0.05)
+        yield "c"
+        yield "d"
+
+
+def test_a_stream_read_across_an_orchestrator_kill_starts_over_and_misses_nothing(
+        no_stray_hosts, isolated_hive, tmp_path: Path, wait_until):
+    from hive_ray import StreamRestart
+
+    hive = isolated_hive
+    hive.spawn(Typist, count=1)
+    release = tmp_path / "release"
+    stream = hive.stream("typist-crash-test", str(release))
+    parts = iter(stream)
+    assert [next(parts), next(parts)] == ["a", "b"]
+    _kill_orchestrator(hive, wait_until)
+    release.touch()
+    rest = list(parts)
+    # The stream starts over (its old buffer died with the orchestrator) and nothing is missing:
+    # the host replays the run's parts, or, when the run ended before it could, the whole result
+    # follows as one part.
+    assert rest[0] == StreamRestart(attempt=1) and "".join(rest[1:]) == "abcd", rest
+    assert stream.result(timeout=60) == "abcd"
+    assert hive.task(stream.task_id).attempts == 1  # the same run, never run again

@@ -9,6 +9,7 @@ from typing import Any
 from hive_ray._runtime._host_streams import PartSender, drain
 from hive_ray._runtime._streams import Streams
 from hive_ray._stream_buffer import PART, RESTART
+from hive_ray._streaming import StreamCursor
 from tests.unit.test_orchestrator_logic import make, pool, run, settle
 
 
@@ -32,9 +33,11 @@ def test_parts_reach_a_reader_that_came_first_in_order_and_the_end_carries_the_a
         assert await orchestrator.report_parts(task_id, agent, 1, [], True)
         assert await orchestrator.report_parts(task_id, agent, 1, ["a", "b"])
         first = await reading
-        assert first["items"] == [(1, PART, "a"), (2, PART, "b")] and not first["ended"] and first["streamed"]
+        base = orchestrator._streams[task_id].base  # sequences count on from the buffer's start
+        assert first["items"] == [(base + 1, PART, "a"), (base + 2, PART, "b")]
+        assert not first["ended"] and first["streamed"]
         placement.gate.set()  # the fake agent answers: the task ends
-        last = await orchestrator.stream_parts(task_id, 2, 30.0)
+        last = await orchestrator.stream_parts(task_id, base + 2, 30.0)
         assert last["ended"] and last["answer"] == ("succeeded", "x", None)
         assert task_id not in orchestrator._streams  # read to the end: gone
     run(scenario())
@@ -48,14 +51,16 @@ def test_a_full_buffer_holds_the_host_until_its_reader_reads():
         await orchestrator.report_parts(task_id, agent, 1, [], True)
         await orchestrator.report_parts(task_id, agent, 1, ["a", "b"])
         await orchestrator.stream_parts(task_id, 0, 0.0, 1)  # a reader: it read "a", not yet "b"
+        base = orchestrator._streams[task_id].base
         held = asyncio.ensure_future(orchestrator.report_parts(task_id, agent, 1, ["c"]))
         for _ in range(50):
             await asyncio.sleep(0)
         assert not held.done()  # the buffer holds "a" and "b" unacknowledged
-        read = await orchestrator.stream_parts(task_id, 1, 0.0)  # acknowledges "a"
-        assert read["items"] == [(2, PART, "b")]
+        assert await orchestrator.report_parts_many([(task_id, agent, 1, ["c"], False)]) == [None]  # full
+        read = await orchestrator.stream_parts(task_id, base + 1, 0.0)  # acknowledges "a"
+        assert read["items"] == [(base + 2, PART, "b")]
         assert await asyncio.wait_for(held, 5)
-        assert (await orchestrator.stream_parts(task_id, 2, 0.0))["items"] == [(3, PART, "c")]
+        assert (await orchestrator.stream_parts(task_id, base + 2, 0.0))["items"] == [(base + 3, PART, "c")]
     run(scenario())
 
 
@@ -97,7 +102,46 @@ def test_a_run_after_a_lost_host_starts_with_a_restart_item():
         await orchestrator.report_parts(task_id, agent, 2, [], True)
         await orchestrator.report_parts(task_id, agent, 2, ["a2"])
         items = (await orchestrator.stream_parts(task_id, 0, 0.0))["items"]
-        assert items == [(1, PART, "a"), (2, RESTART, 2), (3, PART, "a2")]
+        base = orchestrator._streams[task_id].base
+        assert items == [(base + 1, PART, "a"), (base + 2, RESTART, 2), (base + 3, PART, "a2")]
+    run(scenario())
+
+
+def test_a_cursor_from_before_an_orchestrator_restart_starts_over_with_nothing_lost():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1)
+        task_id, agent = await running_task(orchestrator, placement)
+        await orchestrator.report_parts(task_id, agent, 1, [], True)
+        await orchestrator.report_parts(task_id, agent, 1, ["a", "b"])
+        cursor = StreamCursor()
+        assert [value for _, _, value in cursor.take(await orchestrator.stream_parts(task_id, 0, 0.0))] == ["a", "b"]
+        # The orchestrator restarts: its buffers are gone; the host replays its run from the start.
+        orchestrator._streams.clear()
+        await orchestrator.report_parts(task_id, agent, 1, ["a", "b", "c"], True)
+        reply = await orchestrator.stream_parts(task_id, cursor.after, 0.0)
+        assert [(kind, value) for _, kind, value in cursor.take(reply)] == [
+            (RESTART, 1), (PART, "a"), (PART, "b"), (PART, "c")]  # told to start over; nothing missing
+        assert cursor.restarts == 1 and reply["missed"] == 0
+    run(scenario())
+
+
+def test_a_consumer_whose_buffer_is_gone_gets_a_restart_and_the_whole_result():
+    async def scenario():
+        orchestrator, placement = make()
+        await pool(orchestrator, count=1)
+        task_id, agent = await running_task(orchestrator, placement)
+        await orchestrator.report_parts(task_id, agent, 1, [], True)
+        await orchestrator.report_parts(task_id, agent, 1, ["a"])
+        cursor = StreamCursor()
+        cursor.take(await orchestrator.stream_parts(task_id, 0, 0.0))
+        orchestrator._streams.clear()  # gone with a restart, and the run ended meanwhile
+        placement.gate.set()
+        await settle(lambda: orchestrator._tasks[task_id].state.terminal)
+        orchestrator._streams.clear()
+        items = cursor.take(await orchestrator.stream_parts(task_id, cursor.after, 0.0))
+        assert [kind for _, kind, _ in items] == [RESTART]
+        assert cursor.answer == ("succeeded", "x", None) and cursor.result_is_the_part()  # the whole result follows
     run(scenario())
 
 
@@ -142,6 +186,55 @@ def test_the_sender_keeps_one_call_in_flight_and_holds_the_generator_when_too_mu
         assert sent == [[], ["a"], ["b", "c", "d"]]  # in order, in batches, one call at a time
         assert orchestrator.calls[0][4] is True and not any(call[4] for call in orchestrator.calls[1:])
         assert sender.parts == ["a", "b", "c", "d"]
+    run(scenario())
+
+
+class FlakyMux:
+    """A host's PartMux whose orchestrator is away for the first ``failures`` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def send(self, *batch: Any) -> bool:
+        self.calls.append(batch)
+        if len(self.calls) <= self.failures:
+            raise ConnectionError("the orchestrator is restarting")
+        return True
+
+
+def test_a_run_that_outlives_an_orchestrator_outage_replays_its_parts_from_the_start(monkeypatch):
+    import hive_ray._runtime._host_streams as host_streams
+
+    monkeypatch.setattr(host_streams, "OUTAGE_RETRY_MAX_SECONDS", 0.0)
+
+    async def scenario():
+        mux = FlakyMux(failures=2)
+        sender = PartSender(FakeOrchestrator(), "t", "agent", 1, mux=mux)
+        sender.open()
+        await settle(lambda: len(mux.calls) >= 1)
+        await sender.add("a")
+        await sender.add("b")
+        await settle(lambda: len(mux.calls) >= 3 and sender._outage_since is None)
+        await sender.add("c")
+        await sender.flush()
+        delivered = [call[3] for call in mux.calls[2:]]
+        assert mux.calls[2][4] is True  # the replay opens the run again...
+        assert [part for parts in delivered for part in parts] == ["a", "b", "c"]  # ...and sends all of it
+        assert sender.live
+    run(scenario())
+
+
+def test_a_run_that_ends_while_the_orchestrator_is_away_gives_up_streaming_not_its_result():
+    async def scenario():
+        mux = FlakyMux(failures=100)
+
+        async def tokens():
+            for token in ("x", "y"):
+                yield token
+
+        result = await drain(tokens(), PartSender(FakeOrchestrator(), "t", "agent", 1, mux=mux), executor=None)
+        assert result == "xy" and len(mux.calls) == 1  # its outcome carries the result
     run(scenario())
 
 
