@@ -20,12 +20,22 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._calls import _RETRYABLE_METHODS, OrchestratorCalls, _NoAnswer  # noqa: F401 - _api/_gateway.py imports it from here
+from hive_ray._connect import _ensure_token_auth, get_or_create_orchestrator, local_cluster_address
 from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError, ResultLostError
+from hive_ray._handle import TaskHandle
+from hive_ray._map_window import (
+    MAP_ADMISSION_SECONDS,
+    MAP_CANCEL_SECONDS,
+    MAP_MAX_BACKOFF_SECONDS,
+    _chunks,
+    _MapWindow,
+    _progress_bar,
+    _remaining,
+)
 from hive_ray._results import StoredResult, resolve, resolve_async, unwrap
 from hive_ray._task import new_task_ids
 from hive_ray._tracing import inject_client_context, traced_call
@@ -38,68 +48,6 @@ if TYPE_CHECKING:
     from hive_ray._tables import RecordList
 
 logger = logging.getLogger("hive_ray.client")
-
-#: The longest ``map`` waits before offering a chunk to a full pool again.
-MAP_MAX_BACKOFF_SECONDS = 5.0
-#: How long ``map`` waits to learn the pool's queue bound when it has no timeout of its own.
-MAP_ADMISSION_SECONDS = 30.0
-#: How long an interrupted ``map`` spends cancelling the tasks it leaves behind.
-MAP_CANCEL_SECONDS = 10.0
-
-
-class TaskHandle:
-    """A submitted task. ``result()`` blocks; ``await handle`` does not."""
-
-    __slots__ = ("task_id", "pool", "_hive")
-
-    def __init__(self, hive: Hive, task_id: str, pool: str) -> None:
-        self._hive = hive
-        self.task_id = task_id
-        self.pool = pool
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The task's result, waiting up to ``timeout`` seconds (None: as long as it takes).
-
-        Raises:
-            TaskFailedError, TaskCancelledError, TaskTimeoutError: the task did not succeed,
-                or (TaskTimeoutError) it was still running when ``timeout`` ran out.
-        """
-        # The orchestrator answers at ``timeout``; the client gives up shortly after even if
-        # no answer comes (settings.client_timeout_margin_seconds).
-        deadline = None if timeout is None else time.monotonic() + timeout
-        answer = self._hive._call("wait", self.task_id, timeout, timeout=timeout)
-        return self._hive._value(self.task_id, answer, _remaining(deadline))
-
-    def __await__(self) -> Any:
-        return self._await_result().__await__()
-
-    async def _await_result(self) -> Any:
-        answer = await self._hive._call_async("wait", self.task_id, None)
-        return await self._hive._value_async(self.task_id, answer)
-
-    def stream(self, *, detach: bool = False, idle_timeout: float | None = None) -> TaskStream:
-        """The task's parts as its agent yields them (see :meth:`Hive.stream`)."""
-        from hive_ray._streaming import TaskStream
-
-        return TaskStream(self._hive, self.task_id, self.pool, detach=detach, idle_timeout=idle_timeout)
-
-    def __aiter__(self) -> Any:
-        return self.stream().__aiter__()
-
-    def status(self) -> TaskRecord:
-        return self._hive.task(self.task_id)
-
-    def cancel(self) -> TaskRecord:
-        return self._hive.cancel(self.task_id)
-
-    def done(self) -> bool:
-        return self.status().done
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.task_id} pool={self.pool!r}>"
-
-    def _repr_html_(self) -> str:
-        return self.status()._repr_html_()
 
 
 class Hive(OrchestratorCalls):
@@ -509,107 +457,3 @@ class Hive(OrchestratorCalls):
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("embedded" if self._owns_ray else "attached")
         return f"<Hive {state} namespace={self.settings.namespace!r}>"
-
-
-def _ensure_token_auth() -> None:
-    """Secure by default: Ray's token authentication, for embedded clusters and the ones
-    `hive up` starts. ``RAY_AUTH_MODE=disabled`` opts out.
-
-    Ray reads the mode when it is imported; if it already was (a notebook that ran
-    ``import ray`` first), its configuration is refreshed the way Ray itself does.
-    """
-    import sys
-
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if "ray" in sys.modules:
-        try:
-            from ray._raylet import Config
-
-            Config.initialize("")
-        except (ImportError, AttributeError):  # another Ray version: the variable still reaches new processes
-            pass
-
-
-def get_or_create_orchestrator(settings: Settings, *, detached: bool) -> Any:
-    """The orchestrator actor by name, created on first use."""
-    import ray
-
-    from hive_ray._runtime._orchestrator import Orchestrator
-
-    try:
-        return ray.get_actor(settings.orchestrator_name, namespace=settings.namespace)
-    except ValueError:
-        pass
-    options: dict[str, Any] = {
-        "name": settings.orchestrator_name,
-        "namespace": settings.namespace,
-        "get_if_exists": True,
-        "num_cpus": 0,
-        "max_concurrency": settings.max_concurrent_calls,
-        "max_restarts": -1,
-        # On the head node, beside its journal, and never on a worker that may go away.
-        "resources": {"node:__internal_head__": 0.001},
-    }
-    if detached:
-        options["lifetime"] = "detached"
-    actor_class = ray.remote(Orchestrator)
-    return actor_class.options(**options).remote(settings.model_dump(mode="json"))
-
-
-def local_cluster_address(settings: Settings) -> str | None:
-    """The address of the head ``hive up`` started, if that very process still runs (its
-    pid, start time and command line are compared: a pid alone may name another process)."""
-    from hive_ray._local_head import running_head
-
-    record = running_head(Path(settings.state_dir))
-    return record.address if record is not None else None
-
-
-class _MapWindow:
-    """How much of a ``map`` is in flight: never more than the pool's queue bound admits.
-
-    Chunks in flight grow by one after each accepted chunk and halve when the
-    pool is full (other clients share it), between one and what the bound allows.
-    """
-
-    __slots__ = ("chunk_size", "chunks", "most")
-
-    def __init__(self, chunk_size: int, most: int) -> None:
-        self.chunk_size = chunk_size
-        self.most = max(1, most)
-        self.chunks = min(self.most, 4)
-
-    @classmethod
-    def for_pool(cls, admission: dict[str, Any] | None, chunk_size: int, total: int) -> _MapWindow:
-        chunk_size = max(1, chunk_size)
-        if admission is None:
-            return cls(chunk_size, 1)
-        bound = max(1, int(admission["max_queue"]))
-        chunk_size = min(chunk_size, bound)
-        return cls(chunk_size, bound // chunk_size)
-
-    def on_accepted(self) -> None:
-        self.chunks = min(self.most, self.chunks + 1)
-
-    def on_overloaded(self) -> None:
-        self.chunks = max(1, self.chunks // 2)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (monotonic), never below a second: a fetch needs one."""
-    return None if deadline is None else max(1.0, deadline - time.monotonic())
-
-
-def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
-    size = max(1, size)
-    return [list(items[i : i + size]) for i in range(0, len(items), size)] or []
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="task", desc="hive map")

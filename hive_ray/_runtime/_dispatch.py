@@ -1,4 +1,4 @@
-"""Accepting tasks and dispatching them to agents; timeouts and cancellation.
+"""Accepting tasks and dispatching them to agents (cancellation and timeouts: _endings.py).
 
 A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. A task is
 routed to a pool (:meth:`Dispatch._route`), checked against the pool's queue
@@ -453,41 +453,6 @@ class Dispatch(SharedState):
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def cancel(self, task_id: str) -> dict[str, Any]:
-        """Cancel a queued or running task; a task that already ended is left as it is."""
-        await self._ensure_started()
-        entry = self._entry(task_id)
-        self._cancel_entry(entry)
-        self._signal_events()
-        return self._record(entry)
-
-    async def cancel_many(self, task_ids: list[str]) -> int:
-        """Cancel every task of ``task_ids`` that has not ended (unknown ids are skipped).
-
-        What a client sends when it gives up on a ``map`` half-way (an error, Ctrl-C),
-        so that no task it no longer waits for keeps running. Returns how many it cancelled.
-        """
-        await self._ensure_started()
-        cancelled = 0
-        for task_id in task_ids:
-            entry = self._tasks.get(task_id)
-            if entry is not None and not entry.state.terminal:
-                self._cancel_entry(entry)
-                cancelled += 1
-        self._signal_events()
-        return cancelled
-
-    def _cancel_entry(self, entry: TaskEntry) -> None:
-        if entry.state == TaskState.QUEUED:
-            pool = self._pools.get(entry.pool)
-            if pool is not None:
-                pool.scheduler.discard(entry)
-            self._end(entry, TaskState.CANCELLED)
-        elif entry.state == TaskState.RUNNING:
-            if entry.agent_id is not None:
-                self._placement.cancel(entry.agent_id, entry.task_id)
-            self._end(entry, TaskState.CANCELLED)
-
     async def admission(self, template: dict[str, Any]) -> dict[str, Any]:
         """Where ``template``'s tasks would go and how much that pool admits: for ``map``'s window."""
         await self._ensure_started()
@@ -495,48 +460,6 @@ class Dispatch(SharedState):
         stats = pool.scheduler.statistics()
         return {"pool": pool.name, "max_queue": pool.scheduler.max_queue, "backlog": pool.scheduler.backlog(),
                 "concurrency": pool.info.concurrency * max(1, stats.agents)}
-
-    async def _timer_loop(self) -> None:
-        """Ends tasks past their timeout and wakes pools whose retries are due."""
-        assert self._wakeup is not None
-        while True:
-            now = time.time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, _, task_id = heapq.heappop(self._deadlines)
-                entry = self._tasks.get(task_id)
-                if entry is not None and not entry.state.terminal:
-                    self._time_out(entry)
-            retry_times = []
-            for pool in self._pools.values():
-                due = pool.scheduler.next_retry_at()
-                if due is not None:
-                    if due <= time.monotonic():
-                        self._pump(pool)
-                    else:
-                        retry_times.append(due - time.monotonic())
-            delay = min([self._deadlines[0][0] - time.time()] if self._deadlines else [3600.0])
-            delay = min([delay, *retry_times])
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), max(0.001, delay))
-            except asyncio.TimeoutError:
-                pass
-
-    def _time_out(self, entry: TaskEntry) -> None:
-        pool = self._pools.get(entry.pool)
-        agent_id = entry.agent_id if entry.state == TaskState.RUNNING else None
-        if entry.state == TaskState.QUEUED and pool is not None:
-            pool.scheduler.discard(entry)
-        elif agent_id is not None:
-            self._placement.cancel(agent_id, entry.task_id)
-        self._end(entry, TaskState.TIMED_OUT, error={
-            "type": "TaskTimeoutError",
-            "message": f"the task did not finish within its timeout of {entry.timeout} s"})
-        self._signal_events()
-        if agent_id is not None and pool is not None:
-            self._spawn_background(self._check_unresponsive(pool, agent_id, entry.task_id))
-
-
 
 def _failure_of(commit: asyncio.Future[Any]) -> BaseException | None:
     """Why a journal commit did not make its tasks durable, or None if it did."""

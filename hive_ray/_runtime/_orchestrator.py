@@ -12,7 +12,8 @@ part (module)               responsibility
 ==========================  ==============================================================
 ``_transport.py``           the data plane's start-up; calls arriving over it
 ``_pools.py``               pools: create, scale, stop, autoscale, describe
-``_dispatch.py``            accept (route, queue bound, journal), dispatch, settle, timeouts
+``_dispatch.py``            accept (route, queue bound, journal), dispatch, settle, usage
+``_endings.py``             cancellation, timeouts, and waking pools whose retries are due
 ``_host_supervision.py``    health checks, failed hosts, who pays for a crash, restarts
 ``_large_results.py``       results too large for the stream: kept in the object store
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
@@ -46,6 +47,7 @@ from typing import Any
 
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._runtime._dispatch import Dispatch
+from hive_ray._runtime._endings import Endings
 from hive_ray._runtime._host_supervision import HostSupervision
 from hive_ray._runtime._large_results import LargeResults
 from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
@@ -58,7 +60,7 @@ from hive_ray._task import TaskEntry
 from hive_ray._usage import Price, UsageTotals
 
 
-class Orchestrator(Transport, Recovery, PoolManager, Dispatch, HostSupervision, LargeResults, Streams,
+class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupervision, LargeResults, Streams,
                    TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
