@@ -33,6 +33,10 @@ current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+#: Tasks whose usage an agent keeps until their outcome takes it (see ``record_usage``).
+MAX_UNCLAIMED_USAGE = 10_000
+
+
 class AgentContext:
     """What an agent can do beyond its own state: delegate, report progress, know itself.
 
@@ -161,7 +165,14 @@ class AgentContext:
         if task_id is None:
             raise RuntimeError("record_usage counts a model call of the task being handled; call it "
                                "from handle() (or code it calls), not from setup() or a background task")
-        self._usage.setdefault(task_id, []).append(line)
+        lines = self._usage.get(task_id)
+        if lines is None:
+            if len(self._usage) >= MAX_UNCLAIMED_USAGE:
+                # Lines of tasks that ended long ago (a background task of a handler kept
+                # counting): never claimed by an outcome, so they go, oldest first.
+                del self._usage[next(iter(self._usage))]
+            lines = self._usage[task_id] = []
+        lines.append(line)
 
     def take_usage(self, task_id: str) -> list[UsageLine] | None:
         """The usage reported for ``task_id`` so far, removed (the host sends it with the outcome)."""

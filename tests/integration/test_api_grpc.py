@@ -121,14 +121,16 @@ def test_submit_stream_sends_parts_as_they_come_then_the_end(stub: hive_pb2_grpc
 
 def test_cancelling_a_submit_stream_cancels_its_task(stub: hive_pb2_grpc.HiveStub, api: ApiServer,
                                                      admin_client: object, words_pool: str, wait_until) -> None:
-    payload = json.dumps({"text": "one two three four", "delay": 2})
+    # 2 s a word, 20 words: the task cannot end by itself while the cancellation travels
+    # (through Serve's gRPC proxy, slow on a loaded machine).
+    payload = json.dumps({"text": " ".join(["one"] * 20), "delay": 2})
     call = stub.SubmitStream(hive_pb2.SubmitRequest(pool=words_pool, payload_json=payload),
-                             metadata=auth(api.admin_key), timeout=60)
+                             metadata=auth(api.admin_key), timeout=120)
     first = next(call)
     assert first.kind == "part" and json.loads(first.part_json) == "one "
     call.cancel()
     path = f"/v1/tasks/{first.task_id}"
-    assert wait_until(lambda: admin_client.get(path).json()["state"] == "cancelled", 30)  # type: ignore[attr-defined]
+    assert wait_until(lambda: admin_client.get(path).json()["state"] == "cancelled", 60)  # type: ignore[attr-defined]
 
 
 def test_stream_calls_need_their_keys(stub: hive_pb2_grpc.HiveStub, api: ApiServer, words_pool: str) -> None:

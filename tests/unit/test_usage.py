@@ -99,3 +99,17 @@ def test_a_journal_row_written_before_usage_existed_still_reads() -> None:
                                  for name in _SAVED_V1)))
     assert decode_entry(old).usage is None
     assert decode_entry(old).payload == "hi"
+
+
+def test_usage_nobody_claims_is_bounded(monkeypatch) -> None:
+    import hive_ray._agent as agent_module
+
+    monkeypatch.setattr(agent_module, "MAX_UNCLAIMED_USAGE", 3)
+    context = AgentContext(agent_id="a-1", pool="p", agent_type="t")
+    for number in range(5):  # e.g. a background task that outlives its handler keeps counting
+        token = current_task_id.set(f"t{number}")
+        try:
+            context.record_usage(model="m", prompt_tokens=1)
+        finally:
+            current_task_id.reset(token)
+    assert context.take_usage("t0") is None and context.take_usage("t4") == [("", "m", 1, 0, 1)]
