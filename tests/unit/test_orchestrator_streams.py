@@ -90,13 +90,19 @@ def test_a_task_without_parts_answers_its_result_alone():
     run(scenario())
 
 
+async def streaming(parts: list[Any]) -> tuple[Any, Any, str, str]:
+    """An orchestrator with one running task whose run opened and streamed ``parts``."""
+    orchestrator, placement = make()
+    await pool(orchestrator, count=1)
+    task_id, agent = await running_task(orchestrator, placement)
+    await orchestrator.report_parts(task_id, agent, 1, [], True)
+    await orchestrator.report_parts(task_id, agent, 1, parts)
+    return orchestrator, placement, task_id, agent
+
+
 def test_a_run_after_a_lost_host_starts_with_a_restart_item():
     async def scenario():
-        orchestrator, placement = make()
-        await pool(orchestrator, count=1)
-        task_id, agent = await running_task(orchestrator, placement)
-        await orchestrator.report_parts(task_id, agent, 1, [], True)
-        await orchestrator.report_parts(task_id, agent, 1, ["a"])
+        orchestrator, _, task_id, agent = await streaming(["a"])
         entry = orchestrator._tasks[task_id]
         entry.attempts = 2  # what a redelivery after the lost host leaves (see _dispatch.py)
         await orchestrator.report_parts(task_id, agent, 2, [], True)
@@ -109,11 +115,7 @@ def test_a_run_after_a_lost_host_starts_with_a_restart_item():
 
 def test_a_cursor_from_before_an_orchestrator_restart_starts_over_with_nothing_lost():
     async def scenario():
-        orchestrator, placement = make()
-        await pool(orchestrator, count=1)
-        task_id, agent = await running_task(orchestrator, placement)
-        await orchestrator.report_parts(task_id, agent, 1, [], True)
-        await orchestrator.report_parts(task_id, agent, 1, ["a", "b"])
+        orchestrator, _, task_id, agent = await streaming(["a", "b"])
         cursor = StreamCursor()
         assert [value for _, _, value in cursor.take(await orchestrator.stream_parts(task_id, 0, 0.0))] == ["a", "b"]
         # The orchestrator restarts: its buffers are gone; the host replays its run from the start.
@@ -128,11 +130,7 @@ def test_a_cursor_from_before_an_orchestrator_restart_starts_over_with_nothing_l
 
 def test_a_consumer_whose_buffer_is_gone_gets_a_restart_and_the_whole_result():
     async def scenario():
-        orchestrator, placement = make()
-        await pool(orchestrator, count=1)
-        task_id, agent = await running_task(orchestrator, placement)
-        await orchestrator.report_parts(task_id, agent, 1, [], True)
-        await orchestrator.report_parts(task_id, agent, 1, ["a"])
+        orchestrator, placement, task_id, _ = await streaming(["a"])
         cursor = StreamCursor()
         cursor.take(await orchestrator.stream_parts(task_id, 0, 0.0))
         orchestrator._streams.clear()  # gone with a restart, and the run ended meanwhile
