@@ -234,6 +234,10 @@ class TaskRecord(_Model):
             "result": repr(self.result)[:200] if self.state == TaskState.SUCCEEDED else "",
             "error": (self.error or {}).get("message", ""),
         }
+        if self.usage is not None:  # a task that called models: what it spent
+            cost = "" if self.usage.cost_usd is None else f", ${self.usage.cost_usd:.4f}"
+            rows["tokens"] = (f"{self.usage.prompt_tokens} prompt + {self.usage.completion_tokens} completion "
+                              f"in {self.usage.requests} request(s){cost}")
         return html_fields(f"Task {self.task_id}", rows)
 
 

@@ -113,3 +113,14 @@ def test_usage_nobody_claims_is_bounded(monkeypatch) -> None:
         finally:
             current_task_id.reset(token)
     assert context.take_usage("t0") is None and context.take_usage("t4") == [("", "m", 1, 0, 1)]
+
+
+def test_a_records_notebook_view_shows_what_it_spent() -> None:
+    from hive_ray._models import TaskRecord
+
+    record = TaskRecord(task_id="t", pool="p", agent_type="llm", state="succeeded", created_at=1.0,
+                        usage={"requests": 2, "prompt_tokens": 40, "completion_tokens": 50, "total_tokens": 90,
+                               "cost_usd": 0.25, "models": []})
+    assert "40 prompt + 50 completion in 2 request(s), $0.2500" in record._repr_html_()
+    assert "tokens" not in TaskRecord(task_id="t", pool="p", agent_type="echo", state="succeeded",
+                                      created_at=1.0)._repr_html_()
