@@ -21,6 +21,22 @@ ARTIFACTS = Path(os.environ.get("HIVE_TEST_ARTIFACTS", Path(__file__).resolve().
 _names = itertools.count()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules that never use the session-wide Ray run before those that do.
+
+    The session's Ray, once started, stays up until the run ends, with the API, the
+    orchestrators and every agent the integration tests left running; on CI's 2 cores it
+    takes CPU from the end-to-end tests that start clusters of their own (`hive up`, an
+    embedded Ray in a kernel, a three-node cluster). Those run first, on an idle machine.
+    Each module stays in one piece and keeps its order; so does each group.
+    """
+    uses_ray: dict[str, bool] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        uses_ray[module] = uses_ray.get(module, False) or "ray_session" in item.fixturenames
+    items.sort(key=lambda item: uses_ray[item.nodeid.split("::", 1)[0]])  # stable
+
+
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> str:
     """A pool name no other test uses."""
