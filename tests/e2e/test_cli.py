@@ -420,21 +420,6 @@ def test_down_after_up_no_block_stops_everything_itself(tmp_path):
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
-def test_an_embedded_connect_works_on_a_fresh_home(tmp_path):
-    env = fresh_env(tmp_path)
-    code = ("from hive_ray import Hive\n"
-            "with Hive.connect() as hive:\n"
-            "    hive.spawn('echo')\n"
-            "    print(hive.run('echo', {'fresh': True}))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=START_SECONDS,
-                          cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("{'fresh': True}")
-    token = Path(env["HOME"]) / ".ray" / "auth_token"
-    assert oct(token.stat().st_mode & 0o777) == "0o600"
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-
-
 def test_down_never_signals_a_process_it_cannot_prove_and_its_advice_works(tmp_path):
     """No Ray here: records that name a live process which is not the head."""
     env = fresh_env(tmp_path)

@@ -1,7 +1,8 @@
 """docs/quickstart.ipynb, executed by nbclient in a real Jupyter kernel, as a reader would.
 
 The kernel runs on a fresh HOME with nothing started beforehand, so
-``Hive.connect()`` starts an embedded local Ray, exactly as on a new machine.
+``Hive.connect()`` starts an embedded local Ray, exactly as on a new machine (and creates
+``~/.ray/auth_token``, readable by its owner only).
 Every cell must run without an error, and the cells tagged for the record
 lists must each render as ONE HTML table (the check a reader makes by eye).
 The executed notebook is kept in the test artifacts.
@@ -48,6 +49,9 @@ def test_quickstart_notebook_runs_and_its_lists_render_as_tables(artifacts_dir: 
             client.execute(env=fresh_environment(home))
         finally:
             nbformat.write(notebook, artifacts_dir / "quickstart-executed.ipynb")
+        # The embedded Hive.connect() on a fresh HOME created Ray's token, readable by its owner only.
+        token = home / ".ray" / "auth_token"
+        assert oct(token.stat().st_mode & 0o777) == "0o600"
     finally:
         shutil.rmtree(home, ignore_errors=True)
     by_tag = {tag: cell for cell in notebook.cells for tag in cell.get("metadata", {}).get("tags", [])}
