@@ -106,6 +106,7 @@ class Cluster:
             self._reader = threading.Thread(target=self._drain, args=(read,), daemon=True)
         self._reader.start()
         self.wait_for(READY, START_SECONDS)
+        self.ready_at = time.monotonic()
         self.record = json.loads((self.state / "cluster.json").read_text())
         self.processes = self._snapshot()
 
@@ -207,18 +208,6 @@ def test_up_works_on_a_fresh_home_and_says_where_things_are(cluster):
     assert output.count(f"Logs: {cluster.state / 'logs'}") == 1
 
 
-def test_up_is_quiet_and_writes_no_live_line_into_a_file(cluster):
-    time.sleep(2.5)  # a few status refreshes
-    output = cluster.output
-    for noise in ("INFO", "WARNING", "Started Serve", "Connecting to existing Serve app", "GCS"):
-        assert noise not in output, f"{noise!r} in hive up's output:\n{output}"
-    assert "\r" not in output
-    status_lines = [line for line in output.splitlines() if " | " in line]
-    assert len(status_lines) == 1  # the pools did not change: one line, not one a second
-    log = (cluster.state / "logs" / "hive.log").read_text()
-    assert "Started Serve" in log  # Ray's lines are kept, in the log
-
-
 def test_status_shows_the_head_where_up_announced_it_and_nothing_listens_beyond_loopback(cluster):
     address = cluster.record["address"]
     assert address.startswith("127.0.0.1:") and f"Ray head {address}" in cluster.output
@@ -261,6 +250,20 @@ def test_every_command_up_suggests_works_when_pasted(cluster):
             assert "<Pool 'echo'" in done.stdout  # attached to this cluster, not an embedded one
         else:
             assert "4 pools:" in done.stdout
+
+
+def test_up_is_quiet_and_writes_no_live_line_into_a_file(cluster):
+    # A few status refreshes since `hive up` became ready: the tests before this one (which
+    # change no pool) usually took longer than that already.
+    time.sleep(max(0.0, cluster.ready_at + 2.5 - time.monotonic()))
+    output = cluster.output
+    for noise in ("INFO", "WARNING", "Started Serve", "Connecting to existing Serve app", "GCS"):
+        assert noise not in output, f"{noise!r} in hive up's output:\n{output}"
+    assert "\r" not in output
+    status_lines = [line for line in output.splitlines() if " | " in line]
+    assert len(status_lines) == 1  # the pools did not change: one line, not one a second
+    log = (cluster.state / "logs" / "hive.log").read_text()
+    assert "Started Serve" in log  # Ray's lines are kept, in the log
 
 
 def test_a_bad_payload_suggests_examples_that_work(cluster):
@@ -351,8 +354,7 @@ def test_ctrl_c_on_a_terminal_stops_everything(tmp_path):
     (tmp_path / "small.yaml").write_text(SMALL_CONFIG)
     running = Cluster(fresh_env(tmp_path), args=("--config", str(tmp_path / "small.yaml")), terminal=True)
     try:
-        time.sleep(2.5)
-        assert "\r" in running.output  # the live status line, on a terminal only
+        running.wait_for("\r", 30)  # the live status line, on a terminal only
         running.process.send_signal(signal.SIGINT)
         code, seconds = running.wait_exit(timeout=STOP_SECONDS)
         print(f"Ctrl-C: hive up exited with {code} after {seconds:.1f} s")
@@ -406,7 +408,9 @@ def test_down_after_up_no_block_stops_everything_itself(tmp_path):
         assert "orchestrator, its agents and the analyzer stopped" in down.stdout
         assert f"local Ray head (pid {record['pid']})" in down.stdout and "pointer removed" in down.stdout
         assert "API" not in down.stdout and "Nothing to shut down" not in down.stdout + down.stderr
-        time.sleep(0.5)  # init reaps the orphans' zombies
+        deadline = time.monotonic() + 2  # init reaps the orphans' zombies on its own schedule
+        while [p for p in processes if still_there(p)] and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not [p.pid for p in processes if still_there(p)]
         listening = {c.laddr.port for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN}
         assert not set(record["ports"].values()) & listening
