@@ -13,7 +13,8 @@ authentication enforced, deleted resources gone.
 The fuzzed app is a second deployment of the API, at ``/fuzz``, with an
 orchestrator of its own: the fuzzer may create, scale and delete any pool it
 finds without touching the session's, and ``max_agents_per_pool`` is 2 there,
-so no generated request can start more than a handful of agents.
+so no generated request can start more than a handful of agents. Its event streams end
+after half a second, so that the fuzzer's many stream requests each answer soon.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def fuzzed(api: ApiServer, hive_settings: dict[str, object],
         "orchestrator_name": f"orchestrator-api-fuzz-{suffix}",
         "analyzer_name": f"analyzer-api-fuzz-{suffix}",
         "state_dir": str(root / "state"), "journal": False,
-        "max_agents_per_pool": 2, "api_max_wait_seconds": 2.0, "api_stream_max_seconds": 2.0,
+        "max_agents_per_pool": 2, "api_max_wait_seconds": 2.0,
+        # Every generated request to an event stream holds it open this long: short, so that
+        # the dozens of them schemathesis sends do not dominate the run (their answers are the same).
+        "api_stream_max_seconds": 0.5,
         "api_spawn_wait_seconds": 1.0,  # pools the cluster cannot place answer soon (starting)
         "api_max_body_bytes": 64 * 1024, "api_keys": {READ_KEY: "read"},
     })
