@@ -94,6 +94,27 @@ def hive(ray_session: None, hive_settings: dict[str, object]) -> Iterator[object
         client.close()
 
 
+@pytest.fixture(autouse=True)
+def _stop_the_pools_a_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Pools a test started on the session's orchestrator (through ``hive`` or the API) are
+    stopped after it. Nothing else would stop them: their idle agents, one process each,
+    would stay until the run ends and take CPU (health checks) from every later test."""
+    if "hive" not in request.fixturenames or "ray_session" not in request.fixturenames:
+        yield
+        return
+    client = request.getfixturevalue("hive")  # the session's, or a module's override of it
+    before = {pool.name for pool in client.pools()}
+    yield
+    from hive_ray import UnknownPoolError
+
+    for pool in client.pools():
+        if pool.name not in before:
+            try:
+                client.stop(pool.name)
+            except UnknownPoolError:  # stopped meanwhile by the test's own clean-up
+                pass
+
+
 def _wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
