@@ -35,6 +35,7 @@ current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 #: Tasks whose usage an agent keeps until their outcome takes it (see ``record_usage``).
 MAX_UNCLAIMED_USAGE = 10_000
+_NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
 
 
 class AgentContext:
@@ -56,15 +57,17 @@ class AgentContext:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.agent_id = agent_id
-        #: The pool's ``config`` (PoolSpec.config), read-only: settings its agents share.
-        self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
+        #: The pool's ``config`` (PoolSpec.config), read-only: settings its agents share (one
+        #: mapping for all the agents of a host: a packed host holds thousands).
+        self.config: Mapping[str, Any] = (config if isinstance(config, MappingProxyType)
+                                          else MappingProxyType(dict(config)) if config else _NO_CONFIG)
         self.pool = pool
         self.agent_type = agent_type
         self._submitter = submitter
         self._streamer = streamer
         self._progress_reporter = progress_reporter
         self.cancelled_tasks: set[str] = set()
-        self._usage: dict[str, list[UsageLine]] = {}  # task id -> model calls it reported
+        self._usage: dict[str, list[UsageLine]] | None = None  # task id -> model calls it reported
 
     async def delegate(
         self,
@@ -165,6 +168,8 @@ class AgentContext:
         if task_id is None:
             raise RuntimeError("record_usage counts a model call of the task being handled; call it "
                                "from handle() (or code it calls), not from setup() or a background task")
+        if self._usage is None:
+            self._usage = {}
         lines = self._usage.get(task_id)
         if lines is None:
             if len(self._usage) >= MAX_UNCLAIMED_USAGE:

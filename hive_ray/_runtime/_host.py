@@ -35,6 +35,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import Any
 
 import ray
@@ -121,7 +122,7 @@ class AgentHost(HostAdoption):
         config: dict[str, Any] | None = None,
     ) -> None:
         self._pool = pool
-        self._config = dict(config or {})
+        self._config = MappingProxyType(dict(config or {}))  # one for all its agents
         self._part_mux: PartMux | None = None  # streaming runs' parts, one call in flight
         self._agent_type = agent_type
         self._reference = reference
