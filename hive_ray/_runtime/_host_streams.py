@@ -8,9 +8,10 @@ in batches through a :class:`PartSender`: one call in flight per task, so parts
 arrive in order, and whatever the generator yields meanwhile goes in the next
 call. The senders of all runs on a host share one call in flight
 (:class:`PartMux`), which never waits: a run whose buffer is full asks again
-after a pause (2 ms, doubling up to 100 ms) until its consumer has read. When :data:`HOST_PENDING_PARTS` are waiting to be sent, the generator
-waits: together with the orchestrator's bounded buffer, that is the
-back-pressure a slow consumer applies.
+after a pause (2 ms, doubling up to 100 ms) until its consumer has read. When
+:data:`HOST_PENDING_PARTS` are waiting to be sent, the generator waits:
+together with the orchestrator's bounded buffer, that is the back-pressure a
+slow consumer applies.
 
 A plain generator runs on the host's worker threads one step at a time, so a
 slow step blocks neither the event loop nor the other agents.
@@ -66,7 +67,7 @@ class PartMux:
     async def send(self, task_id: str, agent_id: str, attempt: int, parts: list[Any],
                    opening: bool) -> bool | None:
         """True: buffered; False: the run no longer streams; None: its buffer is full (the
-        caller waits with ``report_parts``). Raises what the call raised."""
+        caller offers the batch again after a pause). Raises what the call raised."""
         answer: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         self._queue.append(((task_id, agent_id, attempt, parts, opening), answer))
         if self._sending is None or self._sending.done():

@@ -2,18 +2,21 @@
 
 A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. An agent
 whose ``handle`` is a generator yields parts; its host sends them here in
-batches (:meth:`Streams.report_parts`, one call in flight per task, see
+batches, those of all its streaming tasks together (:meth:`Streams.report_parts_many`,
+one call or data-plane frame in flight per host, see
 :mod:`hive_ray._runtime._host_streams`), and consumers long-poll for them by
 sequence number (:meth:`Streams.stream_parts`: the Python client's
-``hive.stream``, the API's Server-Sent Events). Each task's unread parts wait
-in a bounded :class:`~hive_ray._stream_buffer.PartBuffer`: a full buffer holds
-the host's call, and so the generator, until the consumer reads
-(back-pressure). The task's record keeps the combined result, whatever the
-consumers did.
+``hive.stream``, the API's Server-Sent Events and gRPC streams). Each task's
+unread parts wait in a bounded :class:`~hive_ray._stream_buffer.PartBuffer`: a
+full buffer refuses the host's next batch, which it offers again after a
+pause, and so the generator waits until the consumer reads (back-pressure).
+The task's record keeps the combined result, whatever the consumers did.
 
 Buffers live while their task runs and go when it ended and its consumer read
 the end, or :data:`STREAM_KEEP_SECONDS` after it ended: a consumer that comes
-later gets the task's result as one part.
+later gets the task's result as one part (after a ``restart`` item if it had
+seen parts of it). Buffers number their items from the time in microseconds,
+so a consumer's cursor from before an orchestrator restart is recognised.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class Streams(SharedState):
         from a host's :class:`~hive_ray._runtime._host_streams.PartMux` (as a Ray call; over
         the host's data-plane stream, :meth:`_take_parts` answers its PARTS frames). Never
         waits: each answer is True (buffered), False (the attempt no longer runs) or None (its
-        buffer is full: that host sends the batch again with :meth:`report_parts`, which waits)."""
+        buffer is full: that host offers the batch again after a pause, so no call waits here
+        for a slow consumer; :meth:`report_parts`, which waits, serves hosts without a mux)."""
         return self._take_parts(batches)
 
     def _take_parts(self, batches: list[tuple[str, str, int, list[Any], bool]]) -> list[bool | None]:
