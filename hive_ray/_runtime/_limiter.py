@@ -100,20 +100,24 @@ def endpoint_limiter(base_url: str, limits: Limits, *, lease_seconds: float, nam
 async def limiter_statistics(namespace: str = "hive", *, timeout_seconds: float = 2.0) -> list[dict[str, Any]]:
     """``statistics()`` of every endpoint limiter in ``namespace`` (for ``/metrics`` and the
     dashboard); one that does not answer within ``timeout_seconds`` is left out."""
-    named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
-    handles = []
-    for actor in named:
-        if actor.get("namespace") == namespace and actor.get("name", "").startswith(_PREFIX):
-            try:
-                handles.append(ray.get_actor(actor["name"], namespace=namespace))
-            except ValueError:  # gone since it was listed
-                continue
+    handles = await asyncio.to_thread(_limiters, namespace)  # GCS lookups: off the event loop
     if not handles:
         return []
     answers = await asyncio.gather(
         *(asyncio.wait_for(handle.statistics.remote(), timeout_seconds) for handle in handles),
         return_exceptions=True)
     return sorted((answer for answer in answers if isinstance(answer, dict)), key=lambda a: a["endpoint"])
+
+
+def _limiters(namespace: str) -> list[Any]:
+    handles = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor.get("namespace") == namespace and actor.get("name", "").startswith(_PREFIX):
+            try:
+                handles.append(ray.get_actor(actor["name"], namespace=namespace))
+            except ValueError:  # gone since it was listed
+                continue
+    return handles
 
 
 __all__ = ["EndpointLimiter", "endpoint_limiter", "limiter_name", "limiter_statistics"]
