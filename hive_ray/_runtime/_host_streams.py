@@ -42,6 +42,8 @@ FULL_RETRY_FIRST_SECONDS, FULL_RETRY_MAX_SECONDS = 0.002, 0.1
 #: How long a run asks an unreachable orchestrator again (it restarts in seconds), and the
 #: longest pause between two tries; parts per call when it replays a run.
 OUTAGE_SECONDS, OUTAGE_RETRY_MAX_SECONDS, REPLAY_BATCH_PARTS = 60.0, 1.0, 1000
+#: The longest wait for the orchestrator to answer a batch of parts (it never waits itself).
+PARTS_ANSWER_SECONDS = 30.0
 
 _DONE = object()
 
@@ -80,10 +82,10 @@ class PartMux:
             items = [item for item, _ in batch]
             try:
                 link = self._link()
-                if link is not None and link.open:
-                    answers = await link.report_parts_many(items)
-                else:
-                    answers = await self._orchestrator.report_parts_many.remote(items)
+                sent = link.report_parts_many(items) if link is not None and link.open \
+                    else self._orchestrator.report_parts_many.remote(items)
+                # It answers at once; one that does not (wedged) counts as away, like one that died.
+                answers = await asyncio.wait_for(sent, PARTS_ANSWER_SECONDS)
             except Exception as error:  # noqa: BLE001 - each sender decides what it means
                 for _, answer in batch:
                     if not answer.done():

@@ -236,6 +236,36 @@ def test_a_run_that_ends_while_the_orchestrator_is_away_gives_up_streaming_not_i
     run(scenario())
 
 
+def test_an_orchestrator_that_never_answers_does_not_hold_a_run_forever(monkeypatch):
+    import hive_ray._runtime._host_streams as host_streams
+    from hive_ray._runtime._host_streams import PartMux
+
+    monkeypatch.setattr(host_streams, "PARTS_ANSWER_SECONDS", 0.05)
+
+    class Wedged:
+        """Takes every batch and never answers."""
+
+        def __init__(self) -> None:
+            self.report_parts_many = self
+            self.batches = 0
+
+        def remote(self, items):
+            self.batches += 1
+            return asyncio.get_running_loop().create_future()
+
+    async def scenario():
+        orchestrator = Wedged()
+
+        async def tokens():
+            yield "x"
+            yield "y"
+
+        sender = PartSender(orchestrator, "t", "agent", 1, mux=PartMux(orchestrator))
+        assert await asyncio.wait_for(drain(tokens(), sender, executor=None), 10) == "xy"
+        assert orchestrator.batches >= 1 and not sender.live  # it gave up streaming, not its result
+    run(scenario())
+
+
 def test_a_refused_run_stops_sending_but_keeps_every_part_for_the_result():
     async def scenario():
         orchestrator = FakeOrchestrator(accept=False)
