@@ -53,11 +53,32 @@ OPTIONS = ("tools", "tool_choice", "temperature", "top_p", "max_tokens", "max_co
            "seed", "response_format", "parallel_tool_calls", "presence_penalty", "frequency_penalty")
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _whole(least: int) -> Any:
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _limit_value(value: Any) -> bool:
+    return value is None or _whole(1)(value)
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 #: What a pool's config may set (``hive.spawn("llm", config={...})``, or ``"config"`` in
-#: ``POST /v1/pools``), and the type each takes. The key itself never: name its variable.
-CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
-    "base_url": str, "model": str, "api_key_env": str, "max_retries": int, "request_timeout": (int, float),
-    "max_concurrent_requests": int, "requests_per_minute": int, "tokens_per_minute": int}
+#: ``POST /v1/pools``): the check of each value and what it must be. The key itself never:
+#: name its variable (``api_key_env``).
+CONFIG_KEYS: dict[str, tuple[Any, str]] = {
+    "base_url": (_text, "a non-empty string"), "model": (_text, "a non-empty string"),
+    "api_key_env": (_text, "a non-empty string"), "max_retries": (_whole(0), "a whole number of at least 0"),
+    "request_timeout": (_seconds, "a number of seconds above 0"),
+    "max_concurrent_requests": (_limit_value, "a whole number of at least 1, or null"),
+    "requests_per_minute": (_limit_value, "a whole number of at least 1, or null"),
+    "tokens_per_minute": (_limit_value, "a whole number of at least 1, or null")}
 
 
 class LLMAgent(Agent):
@@ -107,15 +128,8 @@ class LLMAgent(Agent):
             raise ValueError(f"the llm agent's pool config has unknown key(s) {', '.join(unknown)}; "
                              f"it takes {', '.join(CONFIG_KEYS)}")
         for key, value in config.items():
-            expected, least = CONFIG_KEYS[key], 0 if key == "max_retries" else 1e-9
-            if expected is str:
-                wrong = not isinstance(value, str) or not value
-            else:
-                wrong = value is not None and (not isinstance(value, expected) or isinstance(value, bool)
-                                               or value < least)
-            if wrong:
-                kind = ("a non-empty string" if expected is str else
-                        "a whole number of at least 0" if key == "max_retries" else "a number above 0")
+            valid, kind = CONFIG_KEYS[key]
+            if not valid(value):
                 raise ValueError(f"the llm agent's pool config: {key} must be {kind}, not {value!r}")
             setattr(self, key, value)
 

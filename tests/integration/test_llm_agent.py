@@ -240,3 +240,28 @@ def test_an_unknown_config_key_fails_the_agents_setup_with_the_keys_it_takes(hiv
         hive.spawn("llm", 1, pool="llm-typo", config={"base_url": fake.base_url, "modle": "fake"},
                    wait_seconds=60)
     assert "llm-typo" not in [pool.name for pool in hive.pools()]  # nothing was left running
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model": ""}, "model must be a non-empty string"),
+    ({"max_retries": -1}, "max_retries must be a whole number of at least 0"),
+    ({"request_timeout": None}, "request_timeout must be a number of seconds above 0"),
+    ({"max_concurrent_requests": 2.5}, "max_concurrent_requests must be a whole number of at least 1"),
+    ({"tokens_per_minute": True}, "tokens_per_minute must be a whole number of at least 1"),
+])
+def test_a_bad_pool_config_value_says_what_it_must_be(config, message):
+    from hive_ray._agent import AgentContext
+
+    agent = LLMAgent(AgentContext(agent_id="a", pool="p", agent_type="llm", config=config))
+    with pytest.raises(ValueError, match=message):
+        agent._apply_pool_config()
+
+
+def test_a_good_pool_config_sets_the_agents_endpoint():
+    from hive_ray._agent import AgentContext
+
+    agent = LLMAgent(AgentContext(agent_id="a", pool="p", agent_type="llm", config={
+        "base_url": "http://e/v1", "model": "m", "max_retries": 0, "request_timeout": 2.5,
+        "requests_per_minute": None}))
+    agent._apply_pool_config()
+    assert (agent.base_url, agent.model, agent.max_retries, agent.request_timeout) == ("http://e/v1", "m", 0, 2.5)
