@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import (
     STREAM_LIMIT,
     ChannelClosed,
@@ -58,14 +57,12 @@ from hive_ray._runtime._frames import (
     read_frame,
 )
 from hive_ray._runtime._handshake import (
-    ROLE_HOST,
     TLS_PREAMBLE,
     HandshakeError,
     Peer,
     accept_peer,
-    prove_to_server,
 )
-from hive_ray._runtime._tls import ServerTls, client_context, verify_server
+from hive_ray._runtime._tls import ServerTls
 
 logger = logging.getLogger("hive_ray.channel")
 
@@ -88,6 +85,45 @@ class Listener:
         return f"{self.host}:{self.port}"
 
 
+class Answers:
+    """Calls sent on one stream that wait for their answer frame, by call number: the
+    orchestrator's batches to a host, and a host's batches of parts to the orchestrator."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._numbers = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self) -> tuple[int, asyncio.Future[Any]]:
+        """A new call's number and the future its answer settles."""
+        number = next(self._numbers)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = answer
+        return number, answer
+
+    def settle(self, number: int, value: Any = None, *, error: BaseException | None = None) -> None:
+        """The answer to call ``number`` came (unknown or abandoned numbers are ignored)."""
+        answer = self._waiting.pop(number, None)
+        if answer is None or answer.done():
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(value)
+
+    def forget(self, number: int) -> None:
+        self._waiting.pop(number, None)
+
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        """The stream closed: every call still waiting fails with ``error()``."""
+        waiting, self._waiting = self._waiting, {}
+        for answer in waiting.values():
+            if not answer.done():
+                answer.set_exception(error())
+
+
 class HostChannel:
     """The orchestrator's end of one host's stream: send batches, await outcomes."""
 
@@ -100,8 +136,7 @@ class HostChannel:
         self._reader = reader
         self._limits = limits
         self._frames = FrameWriter(writer, peer=f"host {host_key}", limits=limits, on_stalled=self._fail)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._numbers = itertools.count()
+        self._pending = Answers()  # batches sent, awaiting their outcomes
         self._on_closed = on_closed
         self.closed = False
         self.close_reason = ""
@@ -115,9 +150,7 @@ class HostChannel:
     async def run_batch(self, agent_id: str, envelopes: list[Any]) -> list[Any]:
         if self.closed:
             raise ChannelClosed(f"stream to host {self.host_key} is closed ({self.close_reason})")
-        number = next(self._numbers)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[number] = future
+        number, future = self._pending.expect()
         try:
             await self._frames.send(encode(Kind.RUN, number, (agent_id, envelopes)))
         except ChannelClosed as closed:
@@ -141,12 +174,10 @@ class HostChannel:
                     continue
                 if kind not in (Kind.OUTCOMES, Kind.BATCH_ERROR):
                     raise FrameError(f"a {kind.name} frame from a host", number=number)
-                future = self._pending.pop(number, None)
-                if future is not None and not future.done():
-                    if kind == Kind.OUTCOMES:
-                        future.set_result(message)
-                    else:
-                        future.set_exception(RuntimeError(str(message)))
+                if kind == Kind.OUTCOMES:
+                    self._pending.settle(number, message)
+                else:
+                    self._pending.settle(number, error=RuntimeError(str(message)))
         except asyncio.CancelledError:
             self._fail("stream closed by the orchestrator")
             raise
@@ -174,10 +205,7 @@ class HostChannel:
             return
         self.closed = True
         self.close_reason = reason
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(ChannelClosed(f"host {self.host_key}: {reason}"))
+        self._pending.fail_all(lambda: ChannelClosed(f"host {self.host_key}: {reason}"))
         self._frames.close()
         self._on_closed(self.host_key)
 
@@ -372,146 +400,4 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "an unknown peer"
 
 
-# -- the host's end -----------------------------------------------------------------------
-class HostLink:
-    """A host's end of its stream: runs every batch that arrives, until the stream closes."""
-
-    def __init__(self, endpoint: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 *, limits: ChannelLimits, run_batch: Callable[[str, list[Any]], Awaitable[list[Any]]],
-                 cancel: Callable[[str, str], Awaitable[Any]]) -> None:
-        self.endpoint = endpoint
-        self._reader = reader
-        self._limits = limits
-        self._frames = FrameWriter(writer, peer=f"the orchestrator at {endpoint.address}", limits=limits,
-                                   on_stalled=lambda reason: None)
-        self._run_batch = run_batch
-        self._cancel = cancel
-        self.close_reason = ""
-        self._calls: dict[int, asyncio.Future[Any]] = {}  # report_parts_many calls awaiting replies
-        self._numbers = itertools.count()
-        self.task = asyncio.ensure_future(self._loop())
-
-    @property
-    def open(self) -> bool:
-        return not self.task.done()
-
-    def status(self) -> dict[str, Any]:
-        if self.open:
-            return {"transport": "stream", **self.endpoint.describe()}
-        return {"transport": "ray", "reason": f"the stream closed: {self.close_reason}"}
-
-    async def report_parts_many(self, batches: list[Any]) -> list[bool | None]:
-        """Streaming runs' parts to the orchestrator over this stream (see ``PartMux``).
-
-        Raises:
-            ChannelClosed: the stream closed before the answer came (the parts may or may
-                not have arrived: the caller must not send them again).
-        """
-        if not self.open:
-            raise ChannelClosed(f"stream to the orchestrator is closed ({self.close_reason})")
-        number = next(self._numbers)
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[number] = answer
-        try:
-            await self._frames.send(encode(Kind.PARTS, number, batches))
-            return await answer
-        finally:
-            self._calls.pop(number, None)
-
-    def _answered(self, kind: Kind, number: int, message: Any) -> None:
-        answer = self._calls.pop(number, None)
-        if answer is None or answer.done():
-            return
-        if kind == Kind.REPLY:
-            answer.set_result(message)
-        else:
-            answer.set_exception(RuntimeError(str(message)))
-
-    async def _run_one(self, number: int, agent_id: str, envelopes: list[Any]) -> None:
-        try:
-            outcomes = await self._run_batch(agent_id, envelopes)
-            frame = encode(Kind.OUTCOMES, number, outcomes)
-        except Exception as error:  # noqa: BLE001 - report, do not kill the stream
-            frame = encode(Kind.BATCH_ERROR, number, f"{type(error).__name__}: {error}")
-        try:
-            await self._frames.send(frame)
-        except ChannelClosed:
-            self.task.cancel()
-
-    async def _loop(self) -> None:
-        running: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                kind, number, message = await read_frame(self._reader, self._limits.max_frame_bytes)
-                if kind == Kind.RUN:
-                    agent_id, envelopes = message
-                    task = asyncio.ensure_future(self._run_one(number, agent_id, envelopes))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                elif kind == Kind.CANCEL:
-                    await self._cancel(*message)
-                elif kind in (Kind.REPLY, Kind.REPLY_ERROR):
-                    self._answered(kind, number, message)
-                else:
-                    raise FrameError(f"a {kind.name} frame from the orchestrator", number=number)
-        except asyncio.CancelledError:
-            self.close_reason = self.close_reason or "closed by the host"
-            raise
-        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
-            self.close_reason = "the orchestrator closed it"
-            logger.info("data-plane stream to the orchestrator closed")
-        except Exception as error:  # noqa: BLE001 - a broken stream ends; Ray calls still work
-            self.close_reason = f"{type(error).__name__}: {error}"
-            logger.warning("data-plane stream to the orchestrator failed: %s", self.close_reason)
-        finally:
-            self._frames.close()
-            calls, self._calls = self._calls, {}
-            for answer in calls.values():
-                if not answer.done():
-                    answer.set_exception(ChannelClosed(f"stream to the orchestrator closed ({self.close_reason})"))
-
-    def close(self) -> None:
-        self.task.cancel()
-
-
-async def connect_host(endpoint: Endpoint, host_key: str, *,
-                       run_batch: Callable[[str, list[Any]], Awaitable[list[Any]]],
-                       cancel: Callable[[str, str], Awaitable[Any]],
-                       limits: ChannelLimits | None = None) -> HostLink:
-    """Dial the orchestrator, prove ourselves and check its proof, then serve batches.
-
-    Raises:
-        ChannelClosed (HandshakeError among them), OSError, asyncio.TimeoutError:
-            the stream cannot be used; the caller falls back to Ray calls.
-    """
-    limits = limits or ChannelLimits()
-    reader, writer = await open_stream(endpoint, ROLE_HOST, host_key, limits)
-    return HostLink(endpoint, reader, writer, limits=limits, run_batch=run_batch, cancel=cancel)
-
-
-async def open_stream(endpoint: Endpoint, role: bytes, name: str,
-                      limits: ChannelLimits) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """The dialling side of every stream: connect, start TLS if the orchestrator said so
-    (and check its certificate), then pass the challenge-response, each step bounded."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(endpoint.host, endpoint.port, limit=STREAM_LIMIT), limits.connect_timeout)
-    try:
-        await asyncio.wait_for(_dial_handshake(endpoint, role, name, reader, writer), limits.handshake_timeout)
-    except BaseException:
-        writer.transport.abort()
-        raise
-    return reader, writer
-
-
-async def _dial_handshake(endpoint: Endpoint, role: bytes, name: str, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-    certificate = b""
-    if endpoint.tls != "off":
-        if await reader.readexactly(len(TLS_PREAMBLE)) != TLS_PREAMBLE:
-            raise HandshakeError(f"{endpoint.address} did not start TLS as the orchestrator would")
-        await writer.start_tls(client_context(endpoint.tls), server_hostname=endpoint.host)
-        certificate = verify_server(writer.get_extra_info("ssl_object"), endpoint.tls, endpoint.fingerprint)
-    await prove_to_server(reader, writer, token=endpoint.token, role=role, name=name, certificate=certificate)
-
-
-__all__ = ["ChannelClosed", "ChannelServer", "HostChannel", "HostLink", "Listener", "connect_host", "open_stream"]
+__all__ = ["Answers", "ChannelClosed", "ChannelServer", "HostChannel", "Listener", "PartsHandler"]

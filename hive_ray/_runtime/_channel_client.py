@@ -31,7 +31,6 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from hive_ray._runtime._channel import open_stream
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import (
     HEADER,
@@ -45,6 +44,7 @@ from hive_ray._runtime._frames import (
     parse_header,
 )
 from hive_ray._runtime._handshake import ROLE_CLIENT, prove_to_server_blocking
+from hive_ray._runtime._host_link import open_stream
 
 logger = logging.getLogger("hive_ray.channel")
 

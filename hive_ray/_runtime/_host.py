@@ -44,10 +44,10 @@ from hive_ray._agent import Agent, AgentContext, current_task_id
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import materialize
 from hive_ray._results import resolve_async, unwrap
-from hive_ray._runtime._channel import HostLink, connect_host
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import MAX_FRAME_BYTES
 from hive_ray._runtime._host_adoption import HostAdoption
+from hive_ray._runtime._host_link import HostLink, connect_host
 from hive_ray._runtime._host_streams import (
     PartMux,
     PartSender,

@@ -27,8 +27,8 @@ from hive_ray._runtime._host_ledger import OutcomeLedger
 from hive_ray._task import Outcome
 
 if TYPE_CHECKING:
-    from hive_ray._runtime._channel import HostLink
     from hive_ray._runtime._endpoint import Endpoint
+    from hive_ray._runtime._host_link import HostLink
 
 logger = logging.getLogger("hive_ray.host")
 

@@ -8,10 +8,10 @@ import socket
 
 import pytest
 
-from hive_ray._runtime._channel import connect_host
 from hive_ray._runtime._channel_client import CallTimedOut, ChannelClient
 from hive_ray._runtime._frames import ChannelClosed, ChannelLimits, FrameError, Kind, encode
 from hive_ray._runtime._handshake import ROLE_HOST, accept_peer, prove_to_server
+from hive_ray._runtime._host_link import connect_host
 from tests.unit.data_plane.peers import (
     MISSING_MODULE_REPLY,
     TOKEN,

@@ -8,7 +8,6 @@ import struct
 
 import pytest
 
-from hive_ray._runtime._channel import connect_host
 from hive_ray._runtime._channel_client import ChannelClient
 from hive_ray._runtime._frames import ChannelLimits, Kind, encode
 from hive_ray._runtime._handshake import (
@@ -19,6 +18,7 @@ from hive_ray._runtime._handshake import (
     accept_peer,
     proof,
 )
+from hive_ray._runtime._host_link import connect_host
 from tests.unit.data_plane.peers import (
     TOKEN,
     UNPICKLED,

@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hive_ray._errors import ConfigurationError
-from hive_ray._runtime._channel import connect_host
 from hive_ray._runtime._channel_client import ChannelClient
 from hive_ray._runtime._data_plane import DataPlane
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import ChannelLimits
 from hive_ray._runtime._handshake import HandshakeError
+from hive_ray._runtime._host_link import connect_host
 from hive_ray._runtime._tls import RayTlsFiles, ServerTls
 from hive_ray._settings import Settings
 from tests.unit.data_plane.peers import TOKEN, endpoint_of, start_server, wait_until
