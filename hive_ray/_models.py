@@ -7,8 +7,6 @@ uses the slotted dataclasses of :mod:`hive_ray._task` instead.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -25,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hive_ray._pool_config import checked_config
 from hive_ray._tables import Attribute, Column, clock_time, html_fields
 from hive_ray._task import TaskState
 
@@ -65,29 +64,6 @@ ResourceQuantity = Annotated[StrictFloat, Field(ge=0, le=MAX_RESOURCE), WithJson
 
 
 ConfigKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-#: Largest pool config, as JSON: it travels to every agent host and into the journal.
-MAX_CONFIG_BYTES = 16 * 1024
-_SECRET_NAME = re.compile(r"(^|_)(api_?key|password|passwd|secret|token|credentials?)$", re.IGNORECASE)
-
-
-def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
-    for key in config:
-        if _SECRET_NAME.search(key):
-            raise ValueError(
-                f"config.{key}: a pool's config is journaled and shown by the API, so secrets do not "
-                f"belong in it; put the secret in an environment variable of the cluster and give its "
-                f"name instead (for the llm agent: api_key_env)")
-    try:
-        size = len(json.dumps(config, allow_nan=False, separators=(",", ":")))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"config must be plain JSON (strings, numbers, booleans, null, lists, objects): "
-                         f"{error}") from None
-    if size > MAX_CONFIG_BYTES:
-        raise ValueError(f"config is {size} bytes as JSON; at most {MAX_CONFIG_BYTES} (pass large data "
-                         "in tasks, or let agents load it)")
-    return config
-
-
 def _names_in_property_names(schema: dict[str, Any]) -> None:
     """A dict whose keys have a pattern: pydantic writes ``patternProperties``, which lets other
     keys through (to JSON Schema); say it as ``propertyNames`` and ``additionalProperties``."""
@@ -332,7 +308,7 @@ class PoolSpec(_Model):
     passivate_after_seconds: Number | None = Field(
         None, gt=0, description="Deactivate agents idle this long (on_passivate saves their state); "
         "the next task activates them again. None: never.")
-    config: Annotated[dict[ConfigKey, Any], AfterValidator(_checked_config)] = Field(
+    config: Annotated[dict[ConfigKey, Any], AfterValidator(checked_config)] = Field(
         default_factory=dict, max_length=64, json_schema_extra=_names_in_property_names,
         description="Settings for the pool's agents, read as self.context.config (plain JSON, at most "
         "16 KiB; e.g. the llm agent's base_url and model). No secrets: it is journaled and shown by "

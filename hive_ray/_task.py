@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hive_ray._usage import UsageLine
+
 _RAND_B = (1 << 62) - 1
 
 
@@ -148,7 +150,7 @@ class Outcome:
     error: dict[str, Any] | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
-    usage: list[tuple[str, str, int, int, int]] | None = None
+    usage: list[UsageLine] | None = None
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return _outcome, (self.task_id, self.status, self.value, self.error, self.started_at, self.finished_at,
@@ -156,7 +158,7 @@ class Outcome:
 
 
 def _outcome(task_id: str, status: str, value: Any, error: dict[str, Any] | None, started_at: float,
-             finished_at: float, usage: list[tuple[str, str, int, int, int]] | None = None) -> Outcome:
+             finished_at: float, usage: list[UsageLine] | None = None) -> Outcome:
     return Outcome(task_id=task_id, status=status, value=value, error=error, started_at=started_at,
                    finished_at=finished_at, usage=usage)
 
