@@ -337,8 +337,7 @@ class AgentHost(HostAdoption):
             if resident.streams:
                 if self._part_mux is None:
                     self._part_mux = PartMux(self._orchestrator, lambda: self._link)
-                sender = PartSender(self._orchestrator, envelope.task_id, envelope.agent_id, envelope.attempt,
-                                    mux=self._part_mux)
+                sender = PartSender(self._part_mux, envelope.task_id, envelope.agent_id, envelope.attempt)
                 produced = drain(produced, sender, self._executor)
             running = asyncio.ensure_future(produced)
         finally:

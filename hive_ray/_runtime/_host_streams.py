@@ -106,9 +106,8 @@ class PartSender:
     (a ``restart`` item, see ``Streams.stream_parts``), so no part is lost to them.
     """
 
-    def __init__(self, orchestrator: Any, task_id: str, agent_id: str, attempt: int,
-                 most_pending: int = HOST_PENDING_PARTS, mux: PartMux | None = None) -> None:
-        self._orchestrator = orchestrator
+    def __init__(self, mux: PartMux, task_id: str, agent_id: str, attempt: int,
+                 most_pending: int = HOST_PENDING_PARTS) -> None:
         self._mux = mux
         self._task_id = task_id
         self._agent_id = agent_id
@@ -168,9 +167,6 @@ class PartSender:
                 self._pending.clear()
 
     async def _deliver(self, parts: list[Any], opening: bool) -> bool:
-        if self._mux is None:  # answers once the parts are buffered (back-pressure)
-            return bool(await self._orchestrator.report_parts.remote(
-                self._task_id, self._agent_id, self._attempt, parts, opening))
         accepted = await self._mux.send(self._task_id, self._agent_id, self._attempt, parts, opening)
         pause = FULL_RETRY_FIRST_SECONDS
         while accepted is None:  # the buffer is full: the consumer has yet to read

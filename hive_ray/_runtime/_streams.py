@@ -77,7 +77,7 @@ class Streams(SharedState):
         the host's data-plane stream, :meth:`_take_parts` answers its PARTS frames). Never
         waits: each answer is True (buffered), False (the attempt no longer runs) or None (its
         buffer is full: that host offers the batch again after a pause, so no call waits here
-        for a slow consumer; :meth:`report_parts`, which waits, serves hosts without a mux)."""
+        for a slow consumer; :meth:`report_parts`, which waits, serves hosts of earlier versions)."""
         return self._take_parts(batches)
 
     def _take_parts(self, batches: list[tuple[str, str, int, list[Any], bool]]) -> list[bool | None]:

@@ -143,28 +143,24 @@ def test_a_consumer_whose_buffer_is_gone_gets_a_restart_and_the_whole_result():
     run(scenario())
 
 
-class FakeOrchestrator:
-    """Answers report_parts when a test lets it: a ``report_parts.remote`` like Ray's."""
+class FakeMux:
+    """A host's PartMux whose orchestrator answers when a test lets it."""
 
     def __init__(self, accept: bool = True) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.release = asyncio.Event()
         self.release.set()
         self.accept = accept
-        self.report_parts = self
 
-    def remote(self, *args: Any) -> Any:
-        self.calls.append(args)
-        return self._answer()
-
-    async def _answer(self) -> bool:
+    async def send(self, *batch: Any) -> bool:
+        self.calls.append(batch)
         await self.release.wait()
         return self.accept
 
 
 def test_the_sender_keeps_one_call_in_flight_and_holds_the_generator_when_too_much_waits():
     async def scenario():
-        orchestrator = FakeOrchestrator()
+        orchestrator = FakeMux()
         sender = PartSender(orchestrator, "t", "agent", 1, most_pending=3)
         sender.open()
         await sender.flush()
@@ -208,7 +204,7 @@ def test_a_run_that_outlives_an_orchestrator_outage_replays_its_parts_from_the_s
 
     async def scenario():
         mux = FlakyMux(failures=2)
-        sender = PartSender(FakeOrchestrator(), "t", "agent", 1, mux=mux)
+        sender = PartSender(mux, "t", "agent", 1)
         sender.open()
         await settle(lambda: len(mux.calls) >= 1)
         await sender.add("a")
@@ -231,7 +227,7 @@ def test_a_run_that_ends_while_the_orchestrator_is_away_gives_up_streaming_not_i
             for token in ("x", "y"):
                 yield token
 
-        result = await drain(tokens(), PartSender(FakeOrchestrator(), "t", "agent", 1, mux=mux), executor=None)
+        result = await drain(tokens(), PartSender(mux, "t", "agent", 1), executor=None)
         assert result == "xy" and len(mux.calls) == 1  # its outcome carries the result
     run(scenario())
 
@@ -260,7 +256,7 @@ def test_an_orchestrator_that_never_answers_does_not_hold_a_run_forever(monkeypa
             yield "x"
             yield "y"
 
-        sender = PartSender(orchestrator, "t", "agent", 1, mux=PartMux(orchestrator))
+        sender = PartSender(PartMux(orchestrator), "t", "agent", 1)
         assert await asyncio.wait_for(drain(tokens(), sender, executor=None), 10) == "xy"
         assert orchestrator.batches >= 1 and not sender.live  # it gave up streaming, not its result
     run(scenario())
@@ -268,7 +264,7 @@ def test_an_orchestrator_that_never_answers_does_not_hold_a_run_forever(monkeypa
 
 def test_a_refused_run_stops_sending_but_keeps_every_part_for_the_result():
     async def scenario():
-        orchestrator = FakeOrchestrator(accept=False)
+        orchestrator = FakeMux(accept=False)
 
         async def tokens():
             for token in ("x", "y", "z"):
@@ -292,7 +288,7 @@ def test_a_plain_generator_runs_one_step_at_a_time_on_a_worker_thread():
                 yield number
 
         with ThreadPoolExecutor(2) as executor:
-            result = await drain(numbers(), PartSender(FakeOrchestrator(), "t", "agent", 1), executor)
+            result = await drain(numbers(), PartSender(FakeMux(), "t", "agent", 1), executor)
         assert result == [0, 1, 2] and threading.get_ident() not in threads
     run(scenario())
 
