@@ -42,6 +42,9 @@ _EXPORTS = {
     "TaskTimeoutError": "hive_ray._errors",
     "UnknownAgentTypeError": "hive_ray._errors",
     "UnknownPoolError": "hive_ray._errors",
+    "VirtualAgent": "hive_ray._virtual",
+    "VirtualAgentRef": "hive_ray._agent_ref",
+    "VirtualAgentState": "hive_ray._agent_ref",
     "known_agent_types": "hive_ray._registry",
     "register_agent": "hive_ray._registry",
 }
@@ -81,6 +84,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent, AgentContext
+    from hive_ray._agent_ref import VirtualAgentRef, VirtualAgentState
     from hive_ray._client import Hive, TaskHandle
     from hive_ray._errors import (
         CapacityError,
@@ -105,3 +109,4 @@ if TYPE_CHECKING:
     from hive_ray._settings import Settings
     from hive_ray._streaming import StreamRestart, TaskStream
     from hive_ray._task import Task, TaskState
+    from hive_ray._virtual import VirtualAgent

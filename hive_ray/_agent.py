@@ -55,6 +55,7 @@ class AgentContext:
         progress_reporter: Any = None,
         streamer: Any = None,
         config: Mapping[str, Any] | None = None,
+        teller: Any = None,
     ) -> None:
         self.agent_id = agent_id
         #: The pool's ``config`` (PoolSpec.config), read-only: settings its agents share (one
@@ -65,9 +66,11 @@ class AgentContext:
         self.agent_type = agent_type
         self._submitter = submitter
         self._streamer = streamer
+        self._teller = teller
         self._progress_reporter = progress_reporter
         self.cancelled_tasks: set[str] = set()
         self._usage: dict[str, list[UsageLine]] | None = None  # task id -> model calls it reported
+        self._states: dict[str, Any] | None = None  # task id -> the virtual agent state its turn left
 
     async def delegate(
         self,
@@ -186,10 +189,55 @@ class AgentContext:
         lines = self._usage.pop(task_id, None)
         return merge_lines(lines) if lines else None
 
+    def agent(self, agent_type: str, key: str) -> AgentRef:
+        """A reference to the virtual agent ``(agent_type, key)``: ``await ref.ask(message)``,
+        ``await ref.tell(message)``. Nothing is created until a message arrives."""
+        return AgentRef(self, agent_type, key)
+
+    def attach_state(self, task_id: str, save: Any) -> None:
+        """Send a virtual agent's new state with ``task_id``'s outcome (the shard calls this)."""
+        if self._states is None:
+            self._states = {}
+        self._states[task_id] = save
+
+    def take_state(self, task_id: str) -> Any:
+        """The state attached to ``task_id``'s outcome, removed (None when there is none)."""
+        return self._states.pop(task_id, None) if self._states else None
+
     def cancel_requested(self) -> bool:
         """Whether the current task was cancelled: long sync handlers should check it."""
         task_id = current_task_id.get()
         return task_id is not None and task_id in self.cancelled_tasks
+
+
+class AgentRef:
+    """A virtual agent as another agent addresses it (``self.context.agent(type, key)``)."""
+
+    __slots__ = ("_context", "agent_type", "key")
+
+    def __init__(self, context: AgentContext, agent_type: str, key: str) -> None:
+        from hive_ray._virtual import check_key
+
+        self._context = context
+        self.agent_type = agent_type
+        self.key = check_key(key)
+
+    async def ask(self, message: Any = None, *, timeout: float | None = None,
+                  metadata: dict[str, str] | None = None) -> Any:
+        """Send ``message`` and return the agent's answer (raises its error as a TaskError)."""
+        return await self._context.delegate(message, agent_type=self.agent_type, affinity_key=self.key,
+                                            timeout=timeout, metadata=metadata)
+
+    async def tell(self, message: Any = None, *, metadata: dict[str, str] | None = None) -> str:
+        """Send ``message`` without waiting for its answer; returns once it is accepted (its id)."""
+        if self._context._teller is None:
+            raise RuntimeError("this agent has no runtime to send through; it runs outside hive-ray")
+        template = _sub_task(self.agent_type, None, None, 0, None, self.key, metadata)
+        [task_id] = await self._context._teller(template, [message])
+        return task_id
+
+    def __repr__(self) -> str:
+        return f"<AgentRef {self.agent_type}/{self.key}>"
 
 
 def _sub_task(agent_type: str | None, capability: str | None, pool: str | None, priority: int,

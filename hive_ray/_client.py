@@ -42,6 +42,7 @@ from hive_ray._tracing import inject_client_context, traced_call
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent
+    from hive_ray._agent_ref import VirtualAgentRef
     from hive_ray._models import AgentInfo, PoolInfo, TaskRecord
     from hive_ray._settings import Settings
     from hive_ray._streaming import TaskStream
@@ -165,16 +166,18 @@ class Hive(OrchestratorCalls):
         from hive_ray._registry import describe
 
         reference = capabilities = concurrency = None
+        virtual = False
         try:
             info = describe(agent)
             reference, capabilities, concurrency = info.reference, sorted(info.capabilities), info.concurrency
-            agent_type = info.name
+            agent_type, virtual = info.name, info.virtual
         except UnknownAgentTypeError:
             if not isinstance(agent, str):
                 raise
             agent_type = agent  # perhaps installed where the orchestrator runs
         spec = {"name": pool or agent_type, "agent_type": agent_type, "count": count, **options}
-        return PoolInfo(**self._call("create_pool", spec, reference, capabilities, concurrency, wait_seconds))
+        return PoolInfo(**self._call("create_pool", spec, reference, capabilities, concurrency, wait_seconds,
+                                     virtual))
 
     def scale(self, pool: str, count: int, *, wait_seconds: float | None = None) -> PoolInfo:
         from hive_ray._models import PoolInfo
@@ -205,6 +208,14 @@ class Hive(OrchestratorCalls):
 
         pools = [self.pool(pool)] if pool else self.pools()
         return RecordList((agent for p in pools for agent in p.agents), "agents")
+
+    # ------------------------------------------------------------------ virtual agents
+    def agent(self, agent_type: str | type[Agent], key: str) -> VirtualAgentRef:
+        """The virtual agent ``(agent_type, key)``: ``ref.ask_sync(message)``, ``await ref.ask(message)``,
+        ``ref.tell(message)``, ``ref.state()``. Naming it creates nothing; its first message activates it."""
+        from hive_ray._agent_ref import VirtualAgentRef
+
+        return VirtualAgentRef(self, agent_type, key)
 
     # ------------------------------------------------------------------ tasks
     def _template(self, agent: str | type[Agent] | None, options: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from hive_ray._journal_files import (
     prepare_schema,
 )
 from hive_ray._journal_reads import JournalReads
+from hive_ray._journal_states import JournalStates, write_states
 
 __all__ = ["Journal", "JournalEntry", "JournalStatistics"]
 
@@ -111,7 +112,7 @@ class JournalStatistics:
     durability: str = "normal"
 
 
-class Journal(JournalReads):
+class Journal(JournalReads, JournalStates):
     """The SQLite task journal. Create it with `Journal.open`."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path, *, lock: JournalLock | None = None,
@@ -509,6 +510,8 @@ def _write(connection: sqlite3.Connection, batch: PendingWrites) -> None:
                     connection.execute(delete, (key,))
                 else:
                     connection.execute(put, (key, value, now))
+        if batch.states:
+            write_states(connection, batch, now)
         connection.execute("COMMIT")
     except BaseException:
         _roll_back(connection)

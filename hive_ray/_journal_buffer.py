@@ -12,6 +12,7 @@ must never run them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,7 @@ class PendingWrites:
         cleared: tasks whose dead-letter flag is cleared after the upserts.
         pools: pool specs by name; None deletes the pool's record.
         hosts: host records (JSON text) by key; None deletes it.
+        states: virtual agents' states by (agent type, key); None deletes it.
     """
 
     tasks: dict[str, JournalEntry] = field(default_factory=dict)
@@ -70,10 +72,11 @@ class PendingWrites:
     cleared: set[str] = field(default_factory=set)
     pools: dict[str, bytes | None] = field(default_factory=dict)
     hosts: dict[str, str | None] = field(default_factory=dict)
+    states: dict[tuple[str, str], Any] = field(default_factory=dict)  # hive_ray._journal_states.StateRow
 
     def __len__(self) -> int:
         """Distinct things to write (what a batch size limit counts)."""
-        return len(self.tasks) + len(self.cleared) + len(self.pools) + len(self.hosts)
+        return len(self.tasks) + len(self.cleared) + len(self.pools) + len(self.hosts) + len(self.states)
 
     def put(self, entry: JournalEntry, *, accept: bool = False) -> None:
         self.tasks[entry.task_id] = entry
@@ -95,6 +98,9 @@ class PendingWrites:
 
     def put_host(self, key: str, record: str | None) -> None:
         self.hosts[key] = record
+
+    def put_state(self, identity: tuple[str, str], row: Any) -> None:
+        self.states[identity] = row
 
     def find_key(self, pool: str, idempotency_key: str) -> JournalEntry | None:
         """The buffered task with this key, unless a later put of that task changed its key."""
@@ -125,4 +131,6 @@ class PendingWrites:
             newer.pools.setdefault(name, spec)
         for key, record in self.hosts.items():
             newer.hosts.setdefault(key, record)
+        for identity, row in self.states.items():
+            newer.states.setdefault(identity, row)
         return newer, dropped

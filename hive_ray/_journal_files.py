@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - Windows: no journal lock
 
 logger = logging.getLogger("hive_ray.journal")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION = "hive-ray-journal"
 DURABILITY_MODES = ("normal", "full")
 
@@ -84,6 +84,18 @@ ALTER TABLE tasks ADD COLUMN dead_letter INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX tasks_dead_letters ON tasks (updated_at) WHERE dead_letter = 1;
 CREATE INDEX tasks_dead_letters_by_pool ON tasks (pool, updated_at) WHERE dead_letter = 1;
 CREATE TABLE hosts (key TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL NOT NULL);
+""",
+    # 2 -> 3: the durable state of virtual agents, one row per identity (hive_ray._journal_states).
+    2: """
+CREATE TABLE agent_states (
+    agent_type TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    activation TEXT NOT NULL,
+    body BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (agent_type, key)
+) WITHOUT ROWID;
 """,
 }
 

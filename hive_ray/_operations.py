@@ -48,6 +48,10 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("report_parts", False, False, "a host sends parts a streaming task's generator yielded"),
     Operation("report_parts_many", False, False, "a host sends the parts of several streaming tasks at once"),
     Operation("stream_parts", True, True, "a streaming task's parts after a sequence number (long-poll)"),
+    # virtual agents
+    Operation("load_agent_states", False, True, "a shard loads the saved states of keys it activates"),
+    Operation("save_agent_state", False, False, "an activation saves its state now (save_state)"),
+    Operation("agent_state", True, True, "one virtual agent: saved state, version, owner, activation"),
     # reads
     Operation("task", True, True, "one task's record"),
     Operation("tasks", True, True, "recent task records, newest first"),

@@ -37,6 +37,7 @@ class AgentTypeInfo:
     capabilities: frozenset[str]
     concurrency: int
     reference: str | bytes  # "module:Qualname", or the class pickled by value
+    virtual: bool = False  # a VirtualAgent type: one activation per key (hive_ray._virtual)
 
 
 def register_agent(cls: type[Agent], name: str | None = None) -> type[Agent]:
@@ -120,6 +121,7 @@ def describe(agent: type[Agent] | str) -> AgentTypeInfo:
         capabilities=frozenset(cls.capabilities),
         concurrency=cls.concurrency(),
         reference=reference,
+        virtual=bool(getattr(cls, "is_virtual", lambda: False)()),
     )
 
 

@@ -183,6 +183,43 @@ def _hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=8).digest()
 
 
+class OwnerRing:
+    """Which member owns a key: a consistent hash ring over a fixed set of member ids.
+
+    Virtual agents' pools route every message of a key to its owner, free or
+    not, alive or restarting, so that one identity has one activation. The
+    answer depends only on the members, so it is the same after an
+    orchestrator restart; a change of members moves only the keys of the
+    points that changed.
+    """
+
+    def __init__(self, members: list[str] | None = None) -> None:
+        self._ring: list[tuple[bytes, str]] = []
+        self._members: frozenset[str] = frozenset()
+        self.set_members(members or [])
+
+    def set_members(self, members: list[str]) -> bool:
+        """Make ``members`` the owners; True when that changed who they are."""
+        new = frozenset(members)
+        if new == self._members:
+            return False
+        self._members = new
+        self._ring = sorted((_hash(f"{member}#{point}"), member) for member in new for point in range(RING_POINTS))
+        return True
+
+    @property
+    def members(self) -> frozenset[str]:
+        return self._members
+
+    def owner(self, key: str) -> str | None:
+        """The member owning ``key``, or None when there are no members."""
+        ring = self._ring
+        if not ring:
+            return None
+        index = bisect.bisect_left(ring, (_hash(key), ""))
+        return ring[index % len(ring)][1]
+
+
 POLICIES = {
     LeastLoaded.name: LeastLoaded,
     PowerOfTwoChoices.name: PowerOfTwoChoices,

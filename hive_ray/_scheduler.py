@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from hive_ray._errors import OverloadedError
 from hive_ray._queue import PriorityTaskQueue
-from hive_ray._routing import AgentSlots, FreeAgents, RoutingPolicy, make_policy
+from hive_ray._routing import AgentSlots, FreeAgents, OwnerRing, RoutingPolicy, make_policy
 from hive_ray._task import TaskEntry
 
 #: Affinity bindings kept per pool; the least recently used key is forgotten first.
@@ -72,6 +72,7 @@ class PoolScheduler:
         max_batch: int = 64,
         target_batch_seconds: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
+        owners: bool = False,
     ) -> None:
         self.name = name
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
@@ -86,6 +87,8 @@ class PoolScheduler:
         self._affinity_queues: dict[str, PriorityTaskQueue[TaskEntry]] = {}
         self._parked = 0
         self._bindings: OrderedDict[str, str] = OrderedDict()
+        # A virtual agents' pool: every key goes to its owner (set_members), never elsewhere.
+        self._owners = OwnerRing() if owners else None
         self._agents: dict[str, AgentSlots] = {}
         self._free = FreeAgents()
         self._handle_ewma: float | None = None
@@ -104,12 +107,32 @@ class PoolScheduler:
         self._agents[agent_id] = agent
         self._free.add_agent(agent)
 
+    def set_members(self, agent_ids: list[str]) -> None:
+        """The agents that own keys in a virtual agents' pool (ready or not: a key waits for its
+        owner). Tasks parked on an agent that is no longer one are routed again."""
+        assert self._owners is not None, "set_members is for pools created with owners=True"
+        if self._owners.set_members(agent_ids):
+            for agent_id in [a for a in self._affinity_queues if a not in self._owners.members]:
+                self._unpark(agent_id)
+
+    def owner_of(self, key: str) -> str | None:
+        """The agent that owns ``key`` in a virtual agents' pool (None in other pools)."""
+        return self._owners.owner(key) if self._owners is not None else None
+
     def remove_agent(self, agent_id: str) -> None:
-        """Forget an agent; tasks pinned to it by affinity go back to the main queue."""
+        """Forget an agent; tasks pinned to it by affinity go back to the main queue (unless it
+        owns their keys: then they wait for it to come back)."""
         agent = self._agents.pop(agent_id, None)
         if agent is not None:
             self._prefetched -= _excess(agent)
         self._free.remove_agent(agent_id)
+        if self._owners is not None and agent_id in self._owners.members:
+            return
+        self._unpark(agent_id)
+        for key in [key for key, owner in self._bindings.items() if owner == agent_id]:
+            del self._bindings[key]
+
+    def _unpark(self, agent_id: str) -> None:
         pinned = self._affinity_queues.pop(agent_id, None)
         if pinned is not None:
             self._parked -= len(pinned)
@@ -117,8 +140,6 @@ class PoolScheduler:
                 entry, sequence = pinned.pop()
                 entry.parked_on = None
                 self._queue.push(entry, sequence=sequence)
-        for key in [key for key, owner in self._bindings.items() if owner == agent_id]:
-            del self._bindings[key]
 
     def set_accepting(self, agent_id: str, accepting: bool) -> None:
         agent = self._agents.get(agent_id)
@@ -290,7 +311,8 @@ class PoolScheduler:
             best = queue.peek_key()
             if pinned_queues:
                 for agent_id, pinned in pinned_queues.items():
-                    if self._agents[agent_id].free > 0:
+                    agent = self._agents.get(agent_id)  # an owner may be away (restarting)
+                    if agent is not None and agent.free > 0:
                         key = pinned.peek_key()
                         if key is not None and (best is None or key < best):
                             best, source, source_agent = key, pinned, agent_id
@@ -327,6 +349,8 @@ class PoolScheduler:
         key = entry.affinity_key
         if key is None:
             return self.policy.choose(free, None)
+        if self._owners is not None:
+            return self._to_owner(entry, key, sequence)
         owner_id = self._bindings.get(key)
         owner = self._agents.get(owner_id) if owner_id is not None else None
         if owner is not None:
@@ -343,6 +367,19 @@ class PoolScheduler:
         if len(self._bindings) > MAX_AFFINITY_KEYS:
             self._bindings.popitem(last=False)
         return chosen
+
+    def _to_owner(self, entry: TaskEntry, key: str, sequence: int) -> AgentSlots | None:
+        assert self._owners is not None
+        owner_id = self._owners.owner(key)
+        if owner_id is None:
+            owner_id = ""  # no members yet: parked until there are
+        owner = self._agents.get(owner_id)
+        if owner is not None and owner.free > 0:
+            return owner
+        self._affinity_queues.setdefault(owner_id, PriorityTaskQueue()).push(entry, sequence=sequence)
+        self._parked += 1
+        entry.parked_on = owner_id
+        return None
 
     def _promote_due_retries(self) -> None:
         if not self._delayed:

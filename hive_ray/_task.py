@@ -151,16 +151,17 @@ class Outcome:
     started_at: float = 0.0
     finished_at: float = 0.0
     usage: list[UsageLine] | None = None
+    state: Any = None  # a virtual agent's new state (hive_ray._virtual.StateSave), if its turn changed it
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return _outcome, (self.task_id, self.status, self.value, self.error, self.started_at, self.finished_at,
-                          self.usage)
+                          self.usage, self.state)
 
 
 def _outcome(task_id: str, status: str, value: Any, error: dict[str, Any] | None, started_at: float,
-             finished_at: float, usage: list[UsageLine] | None = None) -> Outcome:
+             finished_at: float, usage: list[UsageLine] | None = None, state: Any = None) -> Outcome:
     return Outcome(task_id=task_id, status=status, value=value, error=error, started_at=started_at,
-                   finished_at=finished_at, usage=usage)
+                   finished_at=finished_at, usage=usage, state=state)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -216,11 +216,13 @@ class Dispatch(SharedState):
         if taken is not None or len(set(ids)) != len(ids):
             raise ConfigurationError(f"task id {taken or 'given twice'!r} is already in use; "
                                      "let hive-ray choose ids")
+        metadata = dict(template.get("metadata") or {})
+        if pool.info.virtual:
+            self._address_message(pool, template, metadata)  # raises when it names no key
         pool.scheduler.reserve(len(payloads))  # raises OverloadedError when full
         now = time.time()
         priority = int(template.get("priority") or 0)
         timeout = template.get("timeout")
-        metadata = dict(template.get("metadata") or {})
         max_attempts = template.get("max_attempts") or pool.retry.max_attempts
         affinity = template.get("affinity_key")
         trace_context = template.get("trace_context")
@@ -303,6 +305,7 @@ class Dispatch(SharedState):
         envelopes = []
         # Sampled tasks get queue spans and the context of their batch's dispatch span.
         traced = None if self._tracer is None else self._tracer.start_dispatch(pool.name, agent_id, entries, now)
+        agent_type = pool.spec["agent_type"] if pool.info.virtual else None
         for entry in entries:
             check_transition(entry.state, TaskState.RUNNING)
             entry.state, entry.started_at, entry.agent_id = TaskState.RUNNING, now, agent_id
@@ -312,7 +315,8 @@ class Dispatch(SharedState):
                 record.inflight.add(entry.task_id)
             envelopes.append(Envelope(task_id=entry.task_id, agent_id=agent_id, payload=entry.payload,
                                       attempt=entry.attempts, deadline=entry.deadline(),
-                                      metadata=entry.metadata,
+                                      metadata=entry.metadata if agent_type is None else
+                                      self._with_expected_state(agent_type, entry.metadata),
                                       trace_context=entry.trace_context if traced is None
                                       else traced.get(id(entry.trace_context))))
             self._emit(entry, "running", agent_id=agent_id)
@@ -367,6 +371,10 @@ class Dispatch(SharedState):
                 pool.scheduler.observe_handle_seconds(max(0.0, outcome.finished_at - outcome.started_at))
             if outcome.usage:
                 self._account_usage(entry, outcome.usage)
+            if outcome.state is not None and not self._settle_state(pool, entry, outcome.state) \
+                    and entry.state == TaskState.RUNNING and entry.agent_id == agent_id:
+                self._redeliver(pool, entry, "its agent's state was stale: it runs again on the current one")
+                continue
             if entry.state != TaskState.RUNNING or entry.agent_id != agent_id:
                 # It already ended (cancelled, timed out) or was delivered again elsewhere.
                 self._counters["late_results"] += 1

@@ -35,6 +35,7 @@ from typing import Any
 from hive_ray._errors import JournalError
 from hive_ray._group_commit import GroupCommitter
 from hive_ray._journal import Journal, JournalEntry
+from hive_ray._journal_states import StateRow
 from hive_ray._task import TaskEntry, TaskState
 
 logger = logging.getLogger("hive_ray.journal")
@@ -299,6 +300,18 @@ class TaskJournal:
     def hosts(self) -> dict[str, dict[str, Any]]:
         """Every recorded host, by key, in the order first recorded."""
         return self._journal.hosts()
+
+    # ------------------------------------------------------------ virtual agents' states
+
+    def record_state(self, agent_type: str, key: str, row: StateRow | None) -> None:
+        """Keep an identity's new state; committed by the next group commit (the one that
+        carries the endings recorded after it, or an earlier one)."""
+        self._journal.put_state(agent_type, key, row)
+        self._committer.nudge()
+
+    def state(self, agent_type: str, key: str) -> StateRow | None:
+        """An identity's latest state, buffered or committed (a read of one row)."""
+        return self._journal.get_state(agent_type, key)
 
     # ------------------------------------------------------------ upkeep
 

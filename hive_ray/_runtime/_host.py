@@ -55,6 +55,7 @@ from hive_ray._runtime._host_streams import (
     drain,
     is_streaming,
 )
+from hive_ray._runtime._host_virtual import describe_identity, resident_agent, virtual_statistics
 from hive_ray._runtime._large_results import ResultStash
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
@@ -202,8 +203,9 @@ class AgentHost(HostAdoption):
             streamer=self._delegate_stream,
             progress_reporter=self._report_progress,
             config=self._config,
+            teller=self._tell,
         )
-        agent = self._cls(context)
+        agent = resident_agent(self._cls, context, self._orchestrator)
         with self._hook_running():
             await _maybe_await(agent.setup())
         self._activations += 1
@@ -367,9 +369,10 @@ class AgentHost(HostAdoption):
         self._handled += 1
         if span is not None:
             end_handle_span(span, status, error)
+        context = resident.agent.context
         return Outcome(task_id=envelope.task_id, status=status, value=value, error=error,
-                       started_at=started, finished_at=time.time(),
-                       usage=resident.agent.context.take_usage(envelope.task_id))
+                       started_at=started, finished_at=time.time(), usage=context.take_usage(envelope.task_id),
+                       state=context.take_state(envelope.task_id))
 
     def _run_sync_batch(self, resident: _Resident, envelopes: list[Envelope]) -> list[Outcome]:
         outcomes = []
@@ -434,7 +437,12 @@ class AgentHost(HostAdoption):
         return {"pid": os.getpid(), "active": len(self._residents), "passivated": len(self._passivated),
                 "activations": self._activations, "handled": self._handled,
                 "uptime_seconds": time.time() - self._started_at, "gc": self._gc_pauses.statistics(),
-                "loop_silent_seconds": self._loop_silence()}
+                "loop_silent_seconds": self._loop_silence(), "virtual": virtual_statistics(self._residents)}
+
+    @ray.method(concurrency_group="health")
+    async def describe_identity(self, agent_id: str, key: str) -> dict[str, Any] | None:
+        """The activation of virtual agent ``key`` on shard ``agent_id``, or None if not active."""
+        return describe_identity(self._residents, agent_id, key)
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
@@ -471,6 +479,12 @@ class AgentHost(HostAdoption):
         for task_id, answer in zip(task_ids, answers, strict=True):
             results.append(await resolve_async(task_id, unwrap(task_id, answer), self._fetch_reference))
         return results
+
+    async def _tell(self, template: dict[str, Any], payloads: list[Any]) -> list[str]:
+        trace_context = current_trace_context.get()
+        if trace_context is not None:
+            template = {**template, "trace_context": trace_context}
+        return await self._orchestrator.submit_many.remote(template, payloads)
 
     def _delegate_stream(self, template: dict[str, Any], payload: Any) -> Any:
         trace_context = current_trace_context.get()

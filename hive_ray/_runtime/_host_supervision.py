@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from hive_ray._gc_pauses import freeze_long_lived
-from hive_ray._isolation import INNOCENT_CAUSES
+from hive_ray._isolation import INNOCENT_CAUSES, CrashVerdict
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._state import SharedState
 from hive_ray._supervision import RestartDecision
@@ -68,13 +68,18 @@ class HostSupervision(SharedState):
         isolation = pool.isolation
         if isolation.reserved is not None and failed_ids.intersection(isolation.reserved):
             isolation.reserved = isolation.runner = None  # chosen again once agents are ready
-        verdict = isolation.host_crashed(present, running, cause)
+        if pool.info.virtual:
+            # A virtual agent's messages run only on the shard that owns its key, never on a
+            # host set aside: a crash alone costs its message an attempt, a shared one does not.
+            verdict = CrashVerdict(counted=running) if len(running) == 1 else CrashVerdict(spared=running)
+        else:
+            verdict = isolation.host_crashed(present, running, cause)
         for entry in verdict.released:
             self._emit(entry, "queued", message="no longer suspect: the crash it was held for is explained")
             pool.scheduler.requeue(entry)
         for entry in verdict.counted:
             self._redeliver(pool, entry, f"agent {entry.agent_id} lost ({cause}) while this task ran alone on it")
-        isolated = len(verdict.spared) > 1 and cause not in INNOCENT_CAUSES
+        isolated = len(verdict.spared) > 1 and cause not in INNOCENT_CAUSES and not pool.info.virtual
         for entry in verdict.spared:
             self._redeliver(pool, entry, f"agent {entry.agent_id} lost ({cause}) with {len(present)} tasks on "
                             f"its host; not counted" + ("; it runs alone until cleared" if isolated else ""),

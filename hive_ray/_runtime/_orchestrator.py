@@ -18,6 +18,7 @@ part (module)               responsibility
 ``_large_results.py``       results too large for the stream: kept in the object store
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
 ``_streams.py``             streaming tasks: parts from generators to their consumers
+``_agent_states.py``        virtual agents: messages by key, their states and versions
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
 
@@ -46,6 +47,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
+from hive_ray._runtime._agent_states import AgentStates
 from hive_ray._runtime._dispatch import Dispatch
 from hive_ray._runtime._endings import Endings
 from hive_ray._runtime._host_supervision import HostSupervision
@@ -61,7 +63,7 @@ from hive_ray._usage import Price, UsageTotals
 
 
 class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupervision, LargeResults, Streams,
-                   TaskStore):
+                   AgentStates, TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
@@ -88,7 +90,8 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupe
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
-                          "adopted_agents": 0, "reclaimed": 0}
+                          "adopted_agents": 0, "reclaimed": 0, "states_saved": 0, "state_conflicts": 0}
+        self._init_agent_states()  # virtual agents' states (see _agent_states.py)
         # tokens spent at model endpoints, per pool, endpoint and model (hive_ray._usage)
         self._usage = UsageTotals({model: Price(price.prompt_per_million_usd, price.completion_per_million_usd)
                                    for model, price in self.settings.llm_prices.items()})

@@ -269,6 +269,13 @@ class RayPlacement:
             raise AgentLost(agent_id, classify_actor_error(error), str(error)[:500]) from None
         return value
 
+    async def describe_identity(self, agent_id: str, key: str, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The activation of virtual agent ``key`` on shard ``agent_id``, or None if not active."""
+        host = self._host_of.get(agent_id)
+        if host is None:
+            return None
+        return await asyncio.wait_for(host.handle.describe_identity.remote(agent_id, key), timeout)
+
     def _channel_of(self, host: _Host) -> HostChannel | None:
         return None if self._data_plane is None else self._data_plane.channel(host.key)
 

@@ -69,6 +69,7 @@ class Pool:
     recovering: bool = False
     adopted: asyncio.Event | None = None
     isolation: Isolation = field(default_factory=Isolation)  # suspects of host crashes
+    members: list[str] = field(default_factory=list)  # a virtual pool's shards: they own its keys
 
     def queue_wait_p95(self) -> float | None:
         if not self.queue_waits:
@@ -93,7 +94,7 @@ class PoolManager(SharedState):
 
     async def create_pool(self, spec: dict[str, Any], reference: str | bytes | None = None,
                           capabilities: list[str] | None = None, concurrency: int | None = None,
-                          wait_seconds: float | None = None) -> dict[str, Any]:
+                          wait_seconds: float | None = None, virtual: bool = False) -> dict[str, Any]:
         """Create a pool (or add ``count`` agents to an existing one) and wait until ready,
         at most ``wait_seconds`` (default ``spawn_wait_seconds``)."""
         await self._ensure_started()
@@ -112,7 +113,9 @@ class PoolManager(SharedState):
                     f"with its own config. Stop the pool first, or choose another pool name")
             await self._adopted(pool)
             return await self.scale(name, self._live_count(pool) + validated["count"], wait_seconds)
-        pool = self._new_pool(validated, reference, capabilities, concurrency)
+        pool = self._new_pool(validated, reference, capabilities, concurrency, virtual)
+        if pool.info.virtual:
+            _check_virtual_pool(pool, self._pools.values())
         await self._check_capacity(pool, validated["count"])
         if validated["autoscale"] is not None:
             await self._check_capacity(pool, validated["autoscale"]["max_agents"], autoscaling=True)
@@ -129,20 +132,21 @@ class PoolManager(SharedState):
         return self._pool_info(pool)
 
     def _new_pool(self, validated: dict[str, Any], reference: str | bytes | None,
-                  capabilities: list[str] | None, concurrency: int | None) -> Pool:
+                  capabilities: list[str] | None, concurrency: int | None, virtual: bool = False) -> Pool:
         """A pool object from its validated spec, without agents yet."""
         name = validated["name"]
         if reference is None:
             info = describe(validated["agent_type"])  # raises UnknownAgentTypeError
         else:
             info = AgentTypeInfo(name=validated["agent_type"], capabilities=frozenset(capabilities or ()),
-                                 concurrency=concurrency or 1, reference=reference)
+                                 concurrency=concurrency or 1, reference=reference, virtual=bool(virtual))
         retry = validated["retry"]
         pool = Pool(
             spec=validated, info=info,
             scheduler=PoolScheduler(name, policy=validated["policy"], max_queue=validated["max_queue"],
                                     max_batch=self.settings.max_batch,
-                                    target_batch_seconds=self.settings.target_batch_seconds),
+                                    target_batch_seconds=self.settings.target_batch_seconds,
+                                    owners=info.virtual),
             supervisor=PoolSupervisor(name, restart_policy_from(validated["restart"]), rng=self._rng),
             retry=RetryPolicy(max_attempts=retry["max_attempts"],
                               backoff_initial_seconds=retry["backoff_initial_seconds"],
@@ -168,7 +172,8 @@ class PoolManager(SharedState):
         if self._journal is not None:
             self._journal.record_pool(pool.name, {
                 "spec": dict(pool.spec), "reference": pool.info.reference,
-                "capabilities": sorted(pool.info.capabilities), "concurrency": pool.info.concurrency})
+                "capabilities": sorted(pool.info.capabilities), "concurrency": pool.info.concurrency,
+                "virtual": pool.info.virtual, "members": list(pool.members)})
 
     @staticmethod
     def _live_count(pool: Pool) -> int:
@@ -182,6 +187,11 @@ class PoolManager(SharedState):
         if count < 0:
             raise ConfigurationError(f"cannot scale pool {name!r} to {count} agents; use 0 or more")
         await self._adopted(pool)
+        if pool.info.virtual and count != len(pool.members):
+            raise ConfigurationError(
+                f"pool {name!r} runs virtual agents: its {len(pool.members)} shard(s) own their keys, so its "
+                f"size is fixed; scaling it to {len(pool.members)} restarts failed shards. To change the "
+                f"number of shards, stop the pool and spawn it again (states are kept)")
         await self._check_capacity(pool, count)
         pool.spec["count"] = count
         self._journal_pool(pool)
@@ -240,7 +250,7 @@ class PoolManager(SharedState):
         missing = target - self._live_count(pool)
         if missing <= 0:
             return
-        agent_ids = [f"{pool.name}-{next(pool.counter)}" for _ in range(missing)]
+        agent_ids = self._new_agent_ids(pool, missing)
         for agent_id in agent_ids:
             pool.agents[agent_id] = AgentRecord(agent_id=agent_id, pool=pool.name)
         self._spawn_background(self._request_resources())
@@ -253,6 +263,19 @@ class PoolManager(SharedState):
         done, _ = await asyncio.wait({starting}, timeout=bound)
         if done:
             starting.result()  # raises the activation's error, if any
+
+    def _new_agent_ids(self, pool: Pool, missing: int) -> list[str]:
+        """Ids for ``missing`` new agents; a virtual pool's shards come back under their own ids
+        (they own keys), and new shards join its members."""
+        if not pool.info.virtual:
+            return [f"{pool.name}-{next(pool.counter)}" for _ in range(missing)]
+        ids = [member for member in pool.members if member not in pool.agents][:missing]
+        new = [f"{pool.name}-{next(pool.counter)}" for _ in range(missing - len(ids))]
+        if new:
+            pool.members.extend(new)
+            pool.scheduler.set_members(pool.members)
+            self._journal_pool(pool)
+        return ids + new
 
     async def _activate(self, pool: Pool, agent_ids: list[str]) -> None:
         """Start agents in waves of a few host processes, each ready (and given work) as it lands.
@@ -439,6 +462,20 @@ class PoolManager(SharedState):
         pools = [self._pool(pool)] if pool else list(self._pools.values())
         events = [event for p in pools for event in p.supervisor.recent(limit)]
         return sorted(events, key=lambda event: event["at"])[-limit:]
+
+
+def _check_virtual_pool(pool: Pool, others: Any) -> None:
+    """One pool per virtual type (an identity has one activation), and a fixed size."""
+    agent_type = pool.spec["agent_type"]
+    taken = next((other.name for other in others if other.spec["agent_type"] == agent_type), None)
+    if taken is not None:
+        raise ConfigurationError(
+            f"pool {taken!r} already runs virtual agent type {agent_type!r}; a virtual type runs in one "
+            f"pool (each key has one activation). Spawn into {taken!r}, or stop it first")
+    if pool.autoscaler is not None:
+        raise ConfigurationError(
+            f"virtual agent type {agent_type!r} cannot autoscale: its shards own their keys. Give it a "
+            f"fixed count (its activations spread over the shards)")
 
 
 def validated_pool_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,11 @@ class Recovery(SharedState):
         for declaration in declarations:
             try:
                 pool = self._new_pool(validated_pool_spec(declaration["spec"]), declaration["reference"],
-                                      declaration["capabilities"], declaration["concurrency"])
+                                      declaration["capabilities"], declaration["concurrency"],
+                                      declaration.get("virtual", False))
+                if pool.info.virtual:  # the same shards own the same keys as before the restart
+                    pool.members = list(declaration.get("members") or [])
+                    pool.scheduler.set_members(pool.members)
             except HiveError as error:
                 logger.error("could not re-create pool %s: %s", declaration["spec"].get("name"), error)
                 continue

@@ -278,7 +278,7 @@ def test_a_version_1_journal_is_migrated_in_place(tmp_path: Path) -> None:
         journal.put_host("h", {"pool": "p"})
         journal.commit()
     with sqlite3.connect(path) as migrated:
-        assert migrated.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert migrated.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
 
 
 @pytest.mark.parametrize("sql", [

@@ -1,0 +1,78 @@
+"""The durable state of virtual agents in the journal: one row per identity.
+
+A mixin of `hive_ray._journal.Journal`. A state is written with the next group
+commit, in the same transaction as the endings of the tasks committed with it,
+so a message's answer and the state it left are kept or lost together. Only the
+rows of identities whose state changed are written (``WITHOUT ROWID`` on the
+primary key ``(agent_type, key)``): a large state of one agent never costs
+the others a rewrite. Reads overlay what is buffered, like task reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import TYPE_CHECKING, NamedTuple
+
+from hive_ray._journal_buffer import PendingWrites
+
+
+class StateRow(NamedTuple):
+    """One identity's saved state: its version, the activation that wrote it, the pickle."""
+
+    version: int
+    activation: str
+    body: bytes
+
+
+_PUT_STATE = ("INSERT INTO agent_states (agent_type, key, version, activation, body, updated_at) "
+              "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent_type, key) DO UPDATE SET "
+              "version = excluded.version, activation = excluded.activation, body = excluded.body, "
+              "updated_at = excluded.updated_at")
+_DELETE_STATE = "DELETE FROM agent_states WHERE agent_type = ? AND key = ?"
+
+
+def write_states(connection: sqlite3.Connection, batch: PendingWrites, now: float) -> None:
+    """The state rows of ``batch``, inside the caller's transaction."""
+    puts = [(agent_type, key, row.version, row.activation, row.body, now)
+            for (agent_type, key), row in batch.states.items() if row is not None]
+    if puts:
+        connection.executemany(_PUT_STATE, puts)
+    deletes = [identity for identity, row in batch.states.items() if row is None]
+    if deletes:
+        connection.executemany(_DELETE_STATE, deletes)
+
+
+class JournalStates:
+    """The state methods of `hive_ray._journal.Journal`."""
+
+    _buffer_lock: threading.Lock
+    _pending: PendingWrites
+    _inflight: PendingWrites | None
+
+    if TYPE_CHECKING:  # provided by Journal
+        def _read(self, sql: str, parameters: tuple = ()) -> list[tuple]: ...
+        def _put_other(self, method: str, key: str, value: object) -> None: ...
+
+    def put_state(self, agent_type: str, key: str, row: StateRow | None) -> None:
+        """Buffer an identity's new state (None forgets it); committed with the next group commit."""
+        self._put_other("put_state", (agent_type, key), row)  # type: ignore[arg-type]
+
+    def get_state(self, agent_type: str, key: str) -> StateRow | None:
+        """The latest state of ``(agent_type, key)``, buffered or committed, or None."""
+        identity = (agent_type, key)
+        with self._buffer_lock:
+            for layer in (self._pending, self._inflight):
+                if layer is not None and identity in layer.states:
+                    return layer.states[identity]
+        rows = self._read("SELECT version, activation, body FROM agent_states WHERE agent_type = ? AND key = ?",
+                          identity)
+        return StateRow(int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    def state_count(self, agent_type: str | None = None) -> int:
+        """How many identities have a committed state (of one type, or of all)."""
+        if agent_type is None:
+            rows = self._read("SELECT count(*) FROM agent_states")
+        else:
+            rows = self._read("SELECT count(*) FROM agent_states WHERE agent_type = ?", (agent_type,))
+        return int(rows[0][0])
