@@ -217,6 +217,15 @@ class Hive(OrchestratorCalls):
 
         return VirtualAgentRef(self, agent_type, key)
 
+    def ask_many(self, agent_type: str | type[Agent], messages: Iterable[tuple[str, Any]], *,
+                 timeout: float | None = None, return_exceptions: bool = False, **options: Any) -> list[Any]:
+        """Send ``(key, message)`` pairs to virtual agents of one type and return the answers in
+        order: :meth:`map` with a key per message (chunks, a window, no task left behind).
+        Messages to one key are handled in the order given."""
+        pairs = list(messages)
+        return self.map(agent_type, [message for _, message in pairs], keys=[key for key, _ in pairs],
+                        timeout=timeout, return_exceptions=return_exceptions, **options)
+
     # ------------------------------------------------------------------ tasks
     def _template(self, agent: str | type[Agent] | None, options: dict[str, Any]) -> dict[str, Any]:
         from hive_ray._models import TaskSpec
@@ -321,7 +330,7 @@ class Hive(OrchestratorCalls):
     @traced_call("map")
     def map(self, agent: str | type[Agent] | None, payloads: Iterable[Any], *, chunk_size: int = 512,
             progress: bool | None = None, return_exceptions: bool = False, timeout: float | None = None,
-            **options: Any) -> list[Any]:
+            keys: Iterable[str] | None = None, **options: Any) -> list[Any]:
         """Run one task per payload and return the results in input order.
 
         Tasks reach the orchestrator ``chunk_size`` at a time (one call per chunk
@@ -334,13 +343,21 @@ class Hive(OrchestratorCalls):
         A ``tqdm.auto`` progress bar shows by default for more than one chunk. A
         failed task raises its error once every task has ended, unless
         ``return_exceptions`` is True, in which case the error takes its place.
+
+        ``keys`` gives each payload its own affinity key (for virtual agents: the
+        agent it goes to; see :meth:`ask_many`).
         """
         items = list(payloads)
         template = self._template(agent, options)
+        key_list = None if keys is None else list(keys)
+        if key_list is not None and len(key_list) != len(items):
+            raise ValueError(f"map needs one key per payload: {len(key_list)} keys for {len(items)} payloads")
         # A quick read, bounded like the map itself (or by MAP_ADMISSION_SECONDS).
         admission = self._call("admission", template, timeout=timeout or MAP_ADMISSION_SECONDS) if items else None
         window = _MapWindow.for_pool(admission, chunk_size, len(items))
         chunks = _chunks(items, window.chunk_size)
+        templates = [template] * len(chunks) if key_list is None else \
+            [{**template, "affinity_keys": part} for part in _chunks(key_list, window.chunk_size)]
         ids = [new_task_ids(len(chunk)) for chunk in chunks]  # known even if a reply is lost
         # With a timeout, each chunk's answer is given up on at the timeout plus the margin
         # after it was sent, whether or not the orchestrator answers.
@@ -354,7 +371,7 @@ class Hive(OrchestratorCalls):
             while waiting or in_flight:
                 while waiting and len(in_flight) < window.chunks:
                     index = waiting.pop(0)
-                    in_flight[index] = self._fire("run_many", template, chunks[index], timeout, ids[index])
+                    in_flight[index] = self._fire("run_many", templates[index], chunks[index], timeout, ids[index])
                     sent_at[index] = time.monotonic()
                 index = min(in_flight)
                 remaining = None if bound is None else max(0.0, sent_at[index] + bound - time.monotonic())

@@ -3,7 +3,7 @@
 A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`.
 
 * **Messages** are tasks of a virtual pool whose affinity key is the agent's
-  key (:meth:`_address_message` checks it and names it in the metadata). The
+  key (:meth:`_message_keys` checks it; it is named in the metadata too). The
   pool's scheduler sends every key to the one shard that owns it
   (:class:`~hive_ray._routing.OwnerRing`), so an identity has one activation.
 * **States** arrive with outcomes (:class:`~hive_ray._virtual.StateSave`) or
@@ -59,17 +59,29 @@ class AgentStates:
 
     # ------------------------------------------------------------------ messages
     @staticmethod
-    def _address_message(pool: Pool, template: dict[str, Any], metadata: dict[str, str]) -> None:
-        """Check that a task for a virtual pool names its agent's key, and put it in the metadata."""
-        key = template.get("affinity_key")
-        if key is None:
-            agent_type = pool.spec["agent_type"]
-            raise ConfigurationError(
-                f"agent type {agent_type!r} is virtual: each message goes to one agent, named by its key. "
-                f"Send it with hive.agent({agent_type!r}, key).ask(message), POST "
-                f"/v1/agents/{agent_type}/{{key}}/messages, or give the task an affinity_key")
+    def _message_keys(pool: Pool, template: dict[str, Any], count: int) -> list[str] | None:
+        """The affinity key of each of ``count`` tasks when they differ (``affinity_keys``, one per
+        payload), else None. A virtual pool's tasks must each name their agent's key.
+
+        Raises:
+            ConfigurationError: keys missing or malformed, or not one per payload.
+        """
+        keys = template.get("affinity_keys")
+        if keys is None:
+            if not pool.info.virtual:
+                return None
+            if template.get("affinity_key") is None:
+                agent_type = pool.spec["agent_type"]
+                raise ConfigurationError(
+                    f"agent type {agent_type!r} is virtual: each message goes to one agent, named by its "
+                    f"key. Send it with hive.agent({agent_type!r}, key).ask(message), POST "
+                    f"/v1/agents/{agent_type}/{{key}}/messages, or give the task an affinity_key")
+            keys = [template["affinity_key"]] * count
+        elif not isinstance(keys, list | tuple) or len(keys) != count:
+            raise ConfigurationError(f"affinity_keys must be a list with one key per payload ({count}), "
+                                     f"got {type(keys).__name__} of {len(keys) if hasattr(keys, '__len__') else '?'}")
         try:
-            metadata[KEY_FIELD] = check_key(key)
+            return [check_key(key) for key in keys]
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
 

@@ -29,6 +29,7 @@ from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition, new_task_ids
+from hive_ray._virtual import KEY_FIELD
 from hive_ray._usage import UsageLine, task_usage
 
 if TYPE_CHECKING:
@@ -217,8 +218,7 @@ class Dispatch(SharedState):
             raise ConfigurationError(f"task id {taken or 'given twice'!r} is already in use; "
                                      "let hive-ray choose ids")
         metadata = dict(template.get("metadata") or {})
-        if pool.info.virtual:
-            self._address_message(pool, template, metadata)  # raises when it names no key
+        keys = self._message_keys(pool, template, len(payloads))  # one key per task, or None
         pool.scheduler.reserve(len(payloads))  # raises OverloadedError when full
         now = time.time()
         priority = int(template.get("priority") or 0)
@@ -228,7 +228,11 @@ class Dispatch(SharedState):
         trace_context = template.get("trace_context")
         agent_type = pool.spec["agent_type"]
         entries = []
-        for task_id, payload in zip(ids, payloads, strict=True):
+        for index, (task_id, payload) in enumerate(zip(ids, payloads, strict=True)):
+            if keys is not None:
+                affinity = keys[index]
+                if pool.info.virtual:  # the shard reads its agent's key from the metadata
+                    metadata = {**metadata, KEY_FIELD: affinity}
             entry = TaskEntry(task_id=task_id, pool=pool.name, agent_type=agent_type, payload=payload,
                               priority=priority, timeout=timeout, affinity_key=affinity,
                               idempotency_key=key, metadata=metadata, max_attempts=max_attempts,
