@@ -29,8 +29,8 @@ from hive_ray._results import PENDING, StoredResult
 from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition, new_task_ids
-from hive_ray._virtual import KEY_FIELD
 from hive_ray._usage import UsageLine, task_usage
+from hive_ray._virtual import KEY_FIELD
 
 if TYPE_CHECKING:
     from hive_ray._runtime._pools import Pool
