@@ -56,6 +56,7 @@ class AgentContext:
         streamer: Any = None,
         config: Mapping[str, Any] | None = None,
         teller: Any = None,
+        publisher: Any = None,
     ) -> None:
         self.agent_id = agent_id
         #: The pool's ``config`` (PoolSpec.config), read-only: settings its agents share (one
@@ -67,6 +68,7 @@ class AgentContext:
         self._submitter = submitter
         self._streamer = streamer
         self._teller = teller
+        self._publisher = publisher
         self._progress_reporter = progress_reporter
         self.cancelled_tasks: set[str] = set()
         self._usage: dict[str, list[UsageLine]] | None = None  # task id -> model calls it reported
@@ -193,6 +195,14 @@ class AgentContext:
         """A reference to the virtual agent ``(agent_type, key)``: ``await ref.ask(message)``,
         ``await ref.tell(message)``. Nothing is created until a message arrives."""
         return AgentRef(self, agent_type, key)
+
+    async def publish(self, topic: str, message: Any = None, *, source: str | None = None,
+                      message_id: str | None = None) -> dict[str, Any]:
+        """Publish ``message`` to ``topic``: every subscribed virtual agent gets it (see
+        :meth:`hive_ray.Hive.publish`). Returns once every delivery is accepted."""
+        if self._publisher is None:
+            raise RuntimeError("this agent has no runtime to publish through; it runs outside hive-ray")
+        return await self._publisher(topic, message, source, message_id)
 
     def attach_state(self, task_id: str, save: Any) -> None:
         """Send a virtual agent's new state with ``task_id``'s outcome (the shard calls this)."""

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from hive_ray._calls import _RETRYABLE_METHODS, OrchestratorCalls, _NoAnswer  # noqa: F401 - _api/_gateway.py imports it from here
+from hive_ray._client_actors import ActorModelCalls
 from hive_ray._connect import _ensure_token_auth, get_or_create_orchestrator, local_cluster_address
 from hive_ray._errors import HiveConnectionError, HiveError, OverloadedError, ResultLostError
 from hive_ray._handle import TaskHandle
@@ -42,7 +43,6 @@ from hive_ray._tracing import inject_client_context, traced_call
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent
-    from hive_ray._agent_ref import VirtualAgentRef
     from hive_ray._models import AgentInfo, PoolInfo, TaskRecord
     from hive_ray._settings import Settings
     from hive_ray._streaming import TaskStream
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hive_ray.client")
 
 
-class Hive(OrchestratorCalls):
+class Hive(ActorModelCalls, OrchestratorCalls):
     """A connection to hive-ray's orchestrator. Build it with :meth:`Hive.connect`."""
 
     def __init__(self, orchestrator: Any, settings: Settings, *, owns_ray: bool) -> None:
@@ -164,18 +164,21 @@ class Hive(OrchestratorCalls):
         from hive_ray._errors import UnknownAgentTypeError
         from hive_ray._models import PoolInfo
         from hive_ray._registry import describe
+        from hive_ray._topics import merged_topics
 
         reference = capabilities = concurrency = None
-        virtual = False
+        virtual, subscriptions = False, ()
         try:
             info = describe(agent)
             reference, capabilities, concurrency = info.reference, sorted(info.capabilities), info.concurrency
-            agent_type, virtual = info.name, info.virtual
+            agent_type, virtual, subscriptions = info.name, info.virtual, info.subscriptions
         except UnknownAgentTypeError:
             if not isinstance(agent, str):
                 raise
             agent_type = agent  # perhaps installed where the orchestrator runs
         spec = {"name": pool or agent_type, "agent_type": agent_type, "count": count, **options}
+        if subscriptions:
+            spec["subscriptions"] = merged_topics(subscriptions, spec.get("subscriptions"))
         return PoolInfo(**self._call("create_pool", spec, reference, capabilities, concurrency, wait_seconds,
                                      virtual))
 
@@ -208,23 +211,6 @@ class Hive(OrchestratorCalls):
 
         pools = [self.pool(pool)] if pool else self.pools()
         return RecordList((agent for p in pools for agent in p.agents), "agents")
-
-    # ------------------------------------------------------------------ virtual agents
-    def agent(self, agent_type: str | type[Agent], key: str) -> VirtualAgentRef:
-        """The virtual agent ``(agent_type, key)``: ``ref.ask_sync(message)``, ``await ref.ask(message)``,
-        ``ref.tell(message)``, ``ref.state()``. Naming it creates nothing; its first message activates it."""
-        from hive_ray._agent_ref import VirtualAgentRef
-
-        return VirtualAgentRef(self, agent_type, key)
-
-    def ask_many(self, agent_type: str | type[Agent], messages: Iterable[tuple[str, Any]], *,
-                 timeout: float | None = None, return_exceptions: bool = False, **options: Any) -> list[Any]:
-        """Send ``(key, message)`` pairs to virtual agents of one type and return the answers in
-        order: :meth:`map` with a key per message (chunks, a window, no task left behind).
-        Messages to one key are handled in the order given."""
-        pairs = list(messages)
-        return self.map(agent_type, [message for _, message in pairs], keys=[key for key, _ in pairs],
-                        timeout=timeout, return_exceptions=return_exceptions, **options)
 
     # ------------------------------------------------------------------ tasks
     def _template(self, agent: str | type[Agent] | None, options: dict[str, Any]) -> dict[str, Any]:

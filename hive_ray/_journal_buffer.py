@@ -64,6 +64,7 @@ class PendingWrites:
         pools: pool specs by name; None deletes the pool's record.
         hosts: host records (JSON text) by key; None deletes it.
         states: virtual agents' states by (agent type, key); None deletes it.
+        subscriptions: agent subscriptions by (topic, agent type, key); False deletes it.
     """
 
     tasks: dict[str, JournalEntry] = field(default_factory=dict)
@@ -73,10 +74,12 @@ class PendingWrites:
     pools: dict[str, bytes | None] = field(default_factory=dict)
     hosts: dict[str, str | None] = field(default_factory=dict)
     states: dict[tuple[str, str], Any] = field(default_factory=dict)  # hive_ray._journal_states.StateRow
+    subscriptions: dict[tuple[str, str, str], bool] = field(default_factory=dict)  # False: unsubscribed
 
     def __len__(self) -> int:
         """Distinct things to write (what a batch size limit counts)."""
-        return len(self.tasks) + len(self.cleared) + len(self.pools) + len(self.hosts) + len(self.states)
+        return (len(self.tasks) + len(self.cleared) + len(self.pools) + len(self.hosts) + len(self.states)
+                + len(self.subscriptions))
 
     def put(self, entry: JournalEntry, *, accept: bool = False) -> None:
         self.tasks[entry.task_id] = entry
@@ -101,6 +104,9 @@ class PendingWrites:
 
     def put_state(self, identity: tuple[str, str], row: Any) -> None:
         self.states[identity] = row
+
+    def put_subscription(self, subscription: tuple[str, str, str], present: bool) -> None:
+        self.subscriptions[subscription] = present
 
     def find_key(self, pool: str, idempotency_key: str) -> JournalEntry | None:
         """The buffered task with this key, unless a later put of that task changed its key."""
@@ -133,4 +139,6 @@ class PendingWrites:
             newer.hosts.setdefault(key, record)
         for identity, row in self.states.items():
             newer.states.setdefault(identity, row)
+        for subscription, present in self.subscriptions.items():
+            newer.subscriptions.setdefault(subscription, present)
         return newer, dropped

@@ -85,7 +85,8 @@ CREATE INDEX tasks_dead_letters ON tasks (updated_at) WHERE dead_letter = 1;
 CREATE INDEX tasks_dead_letters_by_pool ON tasks (pool, updated_at) WHERE dead_letter = 1;
 CREATE TABLE hosts (key TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL NOT NULL);
 """,
-    # 2 -> 3: the durable state of virtual agents, one row per identity (hive_ray._journal_states).
+    # 2 -> 3: virtual agents' states, one row per identity, and agents' topic subscriptions
+    # (hive_ray._journal_states).
     2: """
 CREATE TABLE agent_states (
     agent_type TEXT NOT NULL,
@@ -95,6 +96,13 @@ CREATE TABLE agent_states (
     body BLOB NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (agent_type, key)
+) WITHOUT ROWID;
+CREATE TABLE subscriptions (
+    topic TEXT NOT NULL,
+    agent_type TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (topic, agent_type, key)
 ) WITHOUT ROWID;
 """,
 }

@@ -1,4 +1,4 @@
-"""The durable state of virtual agents in the journal: one row per identity.
+"""Virtual agents in the journal: their states (one row per identity) and topic subscriptions.
 
 A mixin of `hive_ray._journal.Journal`. A state is written with the next group
 commit, in the same transaction as the endings of the tasks committed with it,
@@ -30,6 +30,9 @@ _PUT_STATE = ("INSERT INTO agent_states (agent_type, key, version, activation, b
               "version = excluded.version, activation = excluded.activation, body = excluded.body, "
               "updated_at = excluded.updated_at")
 _DELETE_STATE = "DELETE FROM agent_states WHERE agent_type = ? AND key = ?"
+_PUT_SUBSCRIPTION = ("INSERT INTO subscriptions (topic, agent_type, key, created_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (topic, agent_type, key) DO NOTHING")
+_DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE topic = ? AND agent_type = ? AND key = ?"
 
 
 def write_states(connection: sqlite3.Connection, batch: PendingWrites, now: float) -> None:
@@ -41,6 +44,11 @@ def write_states(connection: sqlite3.Connection, batch: PendingWrites, now: floa
     deletes = [identity for identity, row in batch.states.items() if row is None]
     if deletes:
         connection.executemany(_DELETE_STATE, deletes)
+    for subscription, present in batch.subscriptions.items():
+        if present:
+            connection.execute(_PUT_SUBSCRIPTION, (*subscription, now))
+        else:
+            connection.execute(_DELETE_SUBSCRIPTION, subscription)
 
 
 class JournalStates:
@@ -68,6 +76,26 @@ class JournalStates:
         rows = self._read("SELECT version, activation, body FROM agent_states WHERE agent_type = ? AND key = ?",
                           identity)
         return StateRow(int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    def put_subscription(self, topic: str, agent_type: str, key: str, present: bool = True) -> None:
+        """Buffer an agent subscription (``present=False`` removes it)."""
+        self._put_other("put_subscription", (topic, agent_type, key), present)  # type: ignore[arg-type]
+
+    def subscriptions(self) -> list[tuple[str, str, str]]:
+        """Every agent subscription (topic, agent type, key), committed or buffered, oldest first."""
+        rows = [tuple(row) for row in self._read(
+            "SELECT topic, agent_type, key FROM subscriptions ORDER BY created_at, topic, agent_type, key")]
+        found: dict[tuple[str, str, str], None] = dict.fromkeys(rows)  # type: ignore[arg-type]
+        with self._buffer_lock:
+            for layer in (self._inflight, self._pending):
+                if layer is None:
+                    continue
+                for subscription, present in layer.subscriptions.items():
+                    if present:
+                        found[subscription] = None
+                    else:
+                        found.pop(subscription, None)
+        return list(found)
 
     def state_count(self, agent_type: str | None = None) -> int:
         """How many identities have a committed state (of one type, or of all)."""

@@ -313,6 +313,10 @@ class PoolSpec(_Model):
         description="Settings for the pool's agents, read as self.context.config (plain JSON, at most "
         "16 KiB; e.g. the llm agent's base_url and model). No secrets: it is journaled and shown by "
         "the API; name an environment variable instead (api_key_env).")
+    subscriptions: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]] = Field(
+        default_factory=list, max_length=64,
+        description="Virtual agent types only: topics whose messages go to the agent keyed by the "
+        "message's source (added to the type's own subscriptions).")
 
     @model_validator(mode="after")
     def _resources_ray_accepts(self) -> PoolSpec:

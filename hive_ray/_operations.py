@@ -52,6 +52,12 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("load_agent_states", False, True, "a shard loads the saved states of keys it activates"),
     Operation("save_agent_state", False, False, "an activation saves its state now (save_state)"),
     Operation("agent_state", True, True, "one virtual agent: saved state, version, owner, activation"),
+    # topics
+    Operation("publish", True, False, "deliver a message to every agent subscribed to a topic"),
+    Operation("subscribe", False, False, "subscribe one virtual agent to a topic (journaled)"),
+    Operation("unsubscribe", False, False, "remove an agent's subscription to a topic"),
+    Operation("subscriptions", True, True, "who receives each topic"),
+    Operation("topic_messages", True, True, "a topic's recent messages after a sequence number (long-poll)"),
     # reads
     Operation("task", True, True, "one task's record"),
     Operation("tasks", True, True, "recent task records, newest first"),

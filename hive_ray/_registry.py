@@ -38,6 +38,7 @@ class AgentTypeInfo:
     concurrency: int
     reference: str | bytes  # "module:Qualname", or the class pickled by value
     virtual: bool = False  # a VirtualAgent type: one activation per key (hive_ray._virtual)
+    subscriptions: tuple[str, ...] = ()  # a virtual type's topics (its class's ``subscriptions``)
 
 
 def register_agent(cls: type[Agent], name: str | None = None) -> type[Agent]:
@@ -122,6 +123,7 @@ def describe(agent: type[Agent] | str) -> AgentTypeInfo:
         concurrency=cls.concurrency(),
         reference=reference,
         virtual=bool(getattr(cls, "is_virtual", lambda: False)()),
+        subscriptions=tuple(getattr(cls, "subscriptions", ())),
     )
 
 

@@ -139,6 +139,9 @@ class VirtualAgent(Agent):
             runs); the next message activates it again, with its saved state.
         reentrant: when True the identity may handle several messages at once
             (at its ``await`` points); by default one at a time, in arrival order.
+        subscriptions: topics whose messages go to the agent keyed by the
+            message's source (``hive.publish("promotions", offer, source="user-42")``
+            reaches ``("cart", "user-42")``); the task's metadata names the topic.
 
     A synchronous ``handle`` runs on the host's event loop (keep it short, or
     make it ``async``): a shard serves thousands of identities, and a thread
@@ -147,6 +150,7 @@ class VirtualAgent(Agent):
 
     idle_seconds: ClassVar[float] = 600.0
     reentrant: ClassVar[bool] = False
+    subscriptions: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)

@@ -309,6 +309,15 @@ class TaskJournal:
         self._journal.put_state(agent_type, key, row)
         self._committer.nudge()
 
+    def record_subscription(self, topic: str, agent_type: str, key: str, present: bool = True) -> None:
+        """Keep (or, ``present=False``, drop) an agent's subscription to a topic."""
+        self._journal.put_subscription(topic, agent_type, key, present)
+        self._committer.nudge()
+
+    def subscriptions(self) -> list[tuple[str, str, str]]:
+        """Every agent subscription, oldest first (read at recovery)."""
+        return self._journal.subscriptions()
+
     def state(self, agent_type: str, key: str) -> StateRow | None:
         """An identity's latest state, buffered or committed (a read of one row)."""
         return self._journal.get_state(agent_type, key)

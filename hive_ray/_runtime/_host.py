@@ -204,6 +204,7 @@ class AgentHost(HostAdoption):
             progress_reporter=self._report_progress,
             config=self._config,
             teller=self._tell,
+            publisher=self._publish,
         )
         agent = resident_agent(self._cls, context, self._orchestrator)
         with self._hook_running():
@@ -485,6 +486,10 @@ class AgentHost(HostAdoption):
         if trace_context is not None:
             template = {**template, "trace_context": trace_context}
         return await self._orchestrator.submit_many.remote(template, payloads)
+
+    async def _publish(self, topic: str, message: Any, source: str | None, message_id: str | None) -> Any:
+        return await self._orchestrator.publish.remote(topic, message, source, message_id,
+                                                       current_trace_context.get())
 
     def _delegate_stream(self, template: dict[str, Any], payload: Any) -> Any:
         trace_context = current_trace_context.get()

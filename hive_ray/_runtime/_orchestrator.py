@@ -19,6 +19,7 @@ part (module)               responsibility
 ``_task_store.py``          task records, endings, retention, waiters, events, dead letters
 ``_streams.py``             streaming tasks: parts from generators to their consumers
 ``_agent_states.py``        virtual agents: messages by key, their states and versions
+``_topics.py``              topics: publish to subscribed agents, subscribe, follow
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
 
@@ -56,6 +57,7 @@ from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
 from hive_ray._runtime._recovery import Recovery
 from hive_ray._runtime._streams import Streams
 from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
+from hive_ray._runtime._topics import Topics
 from hive_ray._runtime._transport import Transport
 from hive_ray._settings import Settings
 from hive_ray._task import TaskEntry
@@ -63,7 +65,7 @@ from hive_ray._usage import Price, UsageTotals
 
 
 class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupervision, LargeResults, Streams,
-                   AgentStates, TaskStore):
+                   AgentStates, Topics, TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
@@ -90,8 +92,10 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupe
         self._counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
-                          "adopted_agents": 0, "reclaimed": 0, "states_saved": 0, "state_conflicts": 0}
+                          "adopted_agents": 0, "reclaimed": 0, "states_saved": 0, "state_conflicts": 0,
+                          "published": 0, "undeliverable": 0}
         self._init_agent_states()  # virtual agents' states (see _agent_states.py)
+        self._init_topics()  # subscriptions, recent message ids, topic logs (see _topics.py)
         # tokens spent at model endpoints, per pool, endpoint and model (hive_ray._usage)
         self._usage = UsageTotals({model: Price(price.prompt_per_million_usd, price.completion_per_million_usd)
                                    for model, price in self.settings.llm_prices.items()})
@@ -125,6 +129,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupe
         self._event_signal = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._journal = self._open_journal()  # raises JournalError: start-up stops, clearly
+        self._recover_subscriptions()
         if self._placement is None:
             self._placement = await self._make_ray_placement()
             self._start_tracing()

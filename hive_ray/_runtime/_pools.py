@@ -28,6 +28,7 @@ from hive_ray._runtime._supervisor import PoolSupervisor, restart_policy_from
 from hive_ray._scheduler import PoolScheduler
 from hive_ray._supervision import RetryPolicy
 from hive_ray._task import TaskState
+from hive_ray._topics import merged_topics
 
 logger = logging.getLogger("hive_ray.orchestrator")
 
@@ -154,6 +155,13 @@ class PoolManager(SharedState):
                               multiplier=retry["multiplier"], jitter=retry["jitter"],
                               never_retry=tuple(retry["never_retry"])),
         )
+        if info.virtual:
+            validated["subscriptions"] = merged_topics(info.subscriptions, validated["subscriptions"])
+            self._subscriptions.declare(info.name, validated["subscriptions"])
+        elif validated["subscriptions"]:
+            raise ConfigurationError(
+                f"agent type {info.name!r} is not virtual: only virtual agent types (VirtualAgent subclasses) "
+                f"subscribe to topics, since a message's source names the agent it goes to")
         if validated["autoscale"] is not None:
             pool.autoscaler = PoolAutoscaler(AutoscalePolicy(**validated["autoscale"]))
             validated["count"] = max(validated["autoscale"]["min_agents"],
@@ -220,6 +228,8 @@ class PoolManager(SharedState):
         await self._stop_agents(pool, list(pool.agents), wait_seconds=0)
         info = self._pool_info(pool)
         del self._pools[name]
+        if pool.info.virtual:
+            self._subscriptions.forget_type(pool.info.name)
         if self._journal is not None:
             self._journal.forget_pool(name)
         await self._request_resources()

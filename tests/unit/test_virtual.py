@@ -342,3 +342,16 @@ def test_states_are_read_back_buffered_and_committed_and_survive_a_reopen(tmp_pa
     with Journal.open(tmp_path) as journal:
         assert journal.get_state("cart", "u1") == StateRow(2, "a", b"two")
         assert journal.get_state("cart", "u2") is None and journal.state_count() == 1
+
+
+def test_subscriptions_are_kept_and_removed(tmp_path):
+    with Journal.open(tmp_path) as journal:
+        journal.put_subscription("news", "reader", "a")
+        journal.commit()
+        journal.put_subscription("news", "reader", "b")
+        assert journal.subscriptions() == [("news", "reader", "a"), ("news", "reader", "b")]
+        journal.put_subscription("news", "reader", "a", present=False)
+        assert journal.subscriptions() == [("news", "reader", "b")]
+        journal.commit()
+    with Journal.open(tmp_path) as journal:
+        assert journal.subscriptions() == [("news", "reader", "b")]
