@@ -32,6 +32,9 @@ class ControlledJournal:
     def dead_letters(self, limit: int = 100, pool: str | None = None) -> list[Any]:
         return []
 
+    def subscriptions(self) -> list[tuple[str, str, str]]:
+        return []
+
     async def durable(self) -> None:
         if self.fail_with is not None:
             raise self.fail_with
