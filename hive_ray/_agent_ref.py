@@ -88,6 +88,7 @@ class VirtualAgentState:
     version: int  # 0: never saved
     state: Any
     activation: dict[str, Any] | None  # None: not active now (its next message activates it)
+    reminders: list[dict[str, Any]]  # its durable reminders: name, due_at, period_seconds
 
     @property
     def active(self) -> bool:
@@ -95,7 +96,8 @@ class VirtualAgentState:
 
     def _repr_html_(self) -> str:
         rows = [("agent", f"{self.agent_type}/{self.key}"), ("pool", self.pool), ("owner", self.owner),
-                ("version", self.version), ("active", "yes" if self.active else "no"), ("state", repr(self.state))]
+                ("version", self.version), ("active", "yes" if self.active else "no"), ("state", repr(self.state)),
+                ("reminders", ", ".join(r["name"] for r in self.reminders) or "none")]
         cells = "".join(f"<tr><th style='text-align:left'>{html.escape(str(name))}</th>"
                         f"<td style='text-align:left'><code>{html.escape(str(value))[:2000]}</code></td></tr>"
                         for name, value in rows)

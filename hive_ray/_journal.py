@@ -510,7 +510,7 @@ def _write(connection: sqlite3.Connection, batch: PendingWrites) -> None:
                     connection.execute(delete, (key,))
                 else:
                     connection.execute(put, (key, value, now))
-        if batch.states or batch.subscriptions:
+        if batch.states or batch.subscriptions or batch.reminders:
             write_states(connection, batch, now)
         connection.execute("COMMIT")
     except BaseException:

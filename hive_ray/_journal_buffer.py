@@ -65,6 +65,7 @@ class PendingWrites:
         hosts: host records (JSON text) by key; None deletes it.
         states: virtual agents' states by (agent type, key); None deletes it.
         subscriptions: agent subscriptions by (topic, agent type, key); False deletes it.
+        reminders: (due_at, period) by (agent type, key, name); None deletes it.
     """
 
     tasks: dict[str, JournalEntry] = field(default_factory=dict)
@@ -75,11 +76,12 @@ class PendingWrites:
     hosts: dict[str, str | None] = field(default_factory=dict)
     states: dict[tuple[str, str], Any] = field(default_factory=dict)  # hive_ray._journal_states.StateRow
     subscriptions: dict[tuple[str, str, str], bool] = field(default_factory=dict)  # False: unsubscribed
+    reminders: dict[tuple[str, str, str], tuple[float, float | None] | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         """Distinct things to write (what a batch size limit counts)."""
         return (len(self.tasks) + len(self.cleared) + len(self.pools) + len(self.hosts) + len(self.states)
-                + len(self.subscriptions))
+                + len(self.subscriptions) + len(self.reminders))
 
     def put(self, entry: JournalEntry, *, accept: bool = False) -> None:
         self.tasks[entry.task_id] = entry
@@ -107,6 +109,9 @@ class PendingWrites:
 
     def put_subscription(self, subscription: tuple[str, str, str], present: bool) -> None:
         self.subscriptions[subscription] = present
+
+    def put_reminder(self, identity: tuple[str, str, str], when: tuple[float, float | None] | None) -> None:
+        self.reminders[identity] = when
 
     def find_key(self, pool: str, idempotency_key: str) -> JournalEntry | None:
         """The buffered task with this key, unless a later put of that task changed its key."""
@@ -141,4 +146,6 @@ class PendingWrites:
             newer.states.setdefault(identity, row)
         for subscription, present in self.subscriptions.items():
             newer.subscriptions.setdefault(subscription, present)
+        for identity, when in self.reminders.items():
+            newer.reminders.setdefault(identity, when)
         return newer, dropped

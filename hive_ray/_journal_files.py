@@ -85,7 +85,7 @@ CREATE INDEX tasks_dead_letters ON tasks (updated_at) WHERE dead_letter = 1;
 CREATE INDEX tasks_dead_letters_by_pool ON tasks (pool, updated_at) WHERE dead_letter = 1;
 CREATE TABLE hosts (key TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL NOT NULL);
 """,
-    # 2 -> 3: virtual agents' states, one row per identity, and agents' topic subscriptions
+    # 2 -> 3: virtual agents' states (one row per identity), topic subscriptions and reminders
     # (hive_ray._journal_states).
     2: """
 CREATE TABLE agent_states (
@@ -103,6 +103,14 @@ CREATE TABLE subscriptions (
     key TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (topic, agent_type, key)
+) WITHOUT ROWID;
+CREATE TABLE reminders (
+    agent_type TEXT NOT NULL,
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    due_at REAL NOT NULL,
+    period REAL,
+    PRIMARY KEY (agent_type, key, name)
 ) WITHOUT ROWID;
 """,
 }

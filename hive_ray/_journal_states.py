@@ -1,4 +1,4 @@
-"""Virtual agents in the journal: their states (one row per identity) and topic subscriptions.
+"""Virtual agents in the journal: states (one row per identity), topic subscriptions, reminders.
 
 A mixin of `hive_ray._journal.Journal`. A state is written with the next group
 commit, in the same transaction as the endings of the tasks committed with it,
@@ -33,6 +33,10 @@ _DELETE_STATE = "DELETE FROM agent_states WHERE agent_type = ? AND key = ?"
 _PUT_SUBSCRIPTION = ("INSERT INTO subscriptions (topic, agent_type, key, created_at) VALUES (?, ?, ?, ?) "
                      "ON CONFLICT (topic, agent_type, key) DO NOTHING")
 _DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE topic = ? AND agent_type = ? AND key = ?"
+_PUT_REMINDER = ("INSERT INTO reminders (agent_type, key, name, due_at, period) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (agent_type, key, name) DO UPDATE SET due_at = excluded.due_at, "
+                 "period = excluded.period")
+_DELETE_REMINDER = "DELETE FROM reminders WHERE agent_type = ? AND key = ? AND name = ?"
 
 
 def write_states(connection: sqlite3.Connection, batch: PendingWrites, now: float) -> None:
@@ -49,6 +53,11 @@ def write_states(connection: sqlite3.Connection, batch: PendingWrites, now: floa
             connection.execute(_PUT_SUBSCRIPTION, (*subscription, now))
         else:
             connection.execute(_DELETE_SUBSCRIPTION, subscription)
+    for identity, when in batch.reminders.items():
+        if when is None:
+            connection.execute(_DELETE_REMINDER, identity)
+        else:
+            connection.execute(_PUT_REMINDER, (*identity, *when))
 
 
 class JournalStates:
@@ -96,6 +105,25 @@ class JournalStates:
                     else:
                         found.pop(subscription, None)
         return list(found)
+
+    def put_reminder(self, agent_type: str, key: str, name: str, when: tuple[float, float | None] | None) -> None:
+        """Buffer a reminder's ``(due_at, period)`` (None removes it)."""
+        self._put_other("put_reminder", (agent_type, key, name), when)  # type: ignore[arg-type]
+
+    def reminders(self) -> list[tuple[str, str, str, float, float | None]]:
+        """Every reminder ``(agent_type, key, name, due_at, period)``, committed or buffered."""
+        found = {(t, k, n): (due, period) for t, k, n, due, period in self._read(
+            "SELECT agent_type, key, name, due_at, period FROM reminders")}
+        with self._buffer_lock:
+            for layer in (self._inflight, self._pending):
+                if layer is None:
+                    continue
+                for identity, when in layer.reminders.items():
+                    if when is None:
+                        found.pop(identity, None)
+                    else:
+                        found[identity] = when
+        return [(*identity, *when) for identity, when in found.items()]
 
     def state_count(self, agent_type: str | None = None) -> int:
         """How many identities have a committed state (of one type, or of all)."""

@@ -52,6 +52,8 @@ OPERATIONS: dict[str, Operation] = _table(
     Operation("load_agent_states", False, True, "a shard loads the saved states of keys it activates"),
     Operation("save_agent_state", False, False, "an activation saves its state now (save_state)"),
     Operation("agent_state", True, True, "one virtual agent: saved state, version, owner, activation"),
+    Operation("set_reminder", False, False, "set a virtual agent's durable reminder (journaled)"),
+    Operation("cancel_reminder", False, False, "remove a virtual agent's reminder"),
     # topics
     Operation("publish", True, False, "deliver a message to every agent subscribed to a topic"),
     Operation("subscribe", False, False, "subscribe one virtual agent to a topic (journaled)"),

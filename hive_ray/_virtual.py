@@ -6,19 +6,12 @@ and ``self.state``), made when a message arrives for it and dropped when it
 has been idle for ``idle_seconds``. Its pool's agents are *shards*: each owns
 the identities that hash to it (see :class:`hive_ray._routing.OwnerRing`) and
 keeps their activations in one process, so one identity has at most one
-activation in the cluster. A :class:`VirtualShard` is the ordinary agent the
-host runs for such a pool: it turns each message (a task whose metadata names
-its key) into a turn of the identity's activation:
-
-1. find the activation, or make one: load the saved state (or start from
-   ``{}``), call ``on_activate``;
-2. take the identity's turn lock (messages are handled one at a time, in
-   arrival order, unless the type is ``reentrant``);
-3. run ``handle``; a message it already handled (the same task id, delivered
-   again after an orchestrator restart) is answered from memory, not run twice;
-4. if ``self.state`` changed, attach a :class:`StateSave` to the outcome: the
-   orchestrator keeps it and journals it with the task's ending. A handler
-   that raises leaves the state as the last turn left it.
+activation in the cluster. The shard (:mod:`hive_ray._virtual_shard`) turns
+each message (a task whose metadata names its key) into a turn of the
+identity's activation, and a changed ``self.state`` into a :class:`StateSave`
+that travels with the task's outcome: the orchestrator keeps it and journals
+it with the task's ending. A handler that raises leaves the state as the last
+turn left it.
 
 State versions guard against a stale activation: each save names the
 activation that made it and the version it started from, and
@@ -30,23 +23,18 @@ Pure Python (no Ray): unit-tested with a fake store.
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import hashlib
-import inspect
-import itertools
 import logging
-import os
 import pickle
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from hive_ray._agent import Agent, AgentContext
+from hive_ray._agent import Agent
 from hive_ray._journal_states import StateRow
-from hive_ray._task import Task
+
+if TYPE_CHECKING:
+    from hive_ray._virtual_shard import VirtualShard, _Activation
 
 logger = logging.getLogger("hive_ray.virtual")
 
@@ -56,8 +44,12 @@ KEY_FIELD = "agent_key"
 EXPECTED_FIELD = "hive.state"
 #: Messages one shard runs at once (over all its identities).
 SHARD_CONCURRENCY = 1024
+#: Timers one activation may run at once.
+MAX_TIMERS = 100
 #: Task ids an activation remembers with their answers (redelivered messages are not run twice).
 REMEMBERED_ANSWERS = 16
+#: Task metadata of a reminder's message: the reminder's name (the shard calls on_reminder).
+REMINDER_FIELD = "reminder"
 #: Longest key accepted: keys travel in every message and name a journal row.
 MAX_KEY_LENGTH = 256
 
@@ -126,6 +118,10 @@ class StateStore(Protocol):
 
     async def save(self, save: StateSave) -> Verdict: ...
 
+    async def set_reminder(self, key: str, name: str, due_in: float, period: float | None) -> None: ...
+
+    async def cancel_reminder(self, key: str, name: str) -> bool: ...
+
 
 class VirtualAgent(Agent):
     """Base class of virtual agent types: one instance per key, state kept across activations.
@@ -173,6 +169,36 @@ class VirtualAgent(Agent):
         """
         await self.context.save_state(self)
 
+    def on_reminder(self, name: str) -> Any:
+        """A reminder set with :meth:`set_reminder` is due: runs as a turn (may be async), its
+        state saved like a message's. It activates the agent if it was not active."""
+        return None
+
+    async def set_reminder(self, name: str, due_in: float, *, every: float | None = None) -> None:
+        """Call ``on_reminder(name)`` in ``due_in`` seconds (then every ``every`` seconds, at least 1),
+        even if this activation is gone by then, or the host, or the orchestrator restarted meanwhile
+        (reminders are journaled). Replaces a reminder of the same name."""
+        await self.context.store.set_reminder(self.key, name, due_in, every)
+
+    async def cancel_reminder(self, name: str) -> bool:
+        """Remove a reminder; False when there was none of that name."""
+        return await self.context.store.cancel_reminder(self.key, name)
+
+    def on_timer(self, name: str) -> Any:
+        """A timer started with :meth:`start_timer` is due: runs as a turn (may be async); a
+        changed state is saved when it ends."""
+        return None
+
+    def start_timer(self, name: str, due_in: float, *, every: float | None = None) -> None:
+        """Call ``on_timer(name)`` in ``due_in`` seconds (then every ``every`` seconds) while this
+        activation lives; timers die with it (use a reminder for what must outlive it) and do
+        not keep it from being deactivated when idle. Replaces a timer of the same name."""
+        self.context.start_timer(name, due_in, every)
+
+    def stop_timer(self, name: str) -> bool:
+        """Stop a timer; False when there was none of that name."""
+        return self.context.stop_timer(name)
+
     @classmethod
     def concurrency(cls) -> int:  # the shard's: many identities at once
         return SHARD_CONCURRENCY
@@ -203,228 +229,17 @@ class VirtualContext:
         assert self._activation is not None
         await self._shard.save_now(self._activation)
 
+    @property
+    def store(self) -> StateStore:
+        return self._shard.store
 
-class _Activation:
-    """One identity inside a shard."""
+    def start_timer(self, name: str, due_in: float, every: float | None) -> None:
+        assert self._activation is not None
+        self._shard.start_timer(self._activation, name, due_in, every)
 
-    __slots__ = ("agent", "key", "activation", "base", "version", "digest", "body", "lock", "answers",
-                 "last_used", "turns", "busy")
-
-    def __init__(self, agent: VirtualAgent, key: str, activation: str, row: StateRow | None,
-                 reentrant: bool) -> None:
-        self.agent = agent
-        self.key = key
-        self.activation = activation
-        self.base = self.version = row.version if row is not None else 0
-        self.body = row.body if row is not None else None
-        self.digest = _digest(self.body) if self.body is not None else b""
-        self.lock = None if reentrant else asyncio.Lock()
-        self.answers: OrderedDict[str, Any] | None = None
-        self.last_used = time.monotonic()
-        self.turns = 0
-        self.busy = 0  # messages taken for it and not yet answered: never dropped while busy
-
-    def stale(self, expected: str | None) -> bool:
-        """Whether the orchestrator holds a state this activation did not write nor load."""
-        if not expected:
-            return False
-        version_text, _, writer = expected.partition(":")
-        version = int(version_text or 0)
-        return writer != self.activation and version != self.base
+    def stop_timer(self, name: str) -> bool:
+        assert self._activation is not None
+        return self._shard.stop_timer(self._activation, name)
 
 
-_activation_numbers = itertools.count(1)
-
-
-class VirtualShard(Agent):
-    """The agent a host runs for a virtual pool: the activations of the keys it owns."""
-
-    concurrent: ClassVar[bool] = True
-    max_concurrency: ClassVar[int] = SHARD_CONCURRENCY
-
-    def __init__(self, context: AgentContext, cls: type[VirtualAgent], store: StateStore,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(context)
-        self.cls = cls
-        self.store = store
-        self._clock = clock
-        self._activations: dict[str, _Activation] = {}
-        self._activating: dict[str, asyncio.Future[_Activation]] = {}
-        self._prefix = f"{os.getpid():x}.{context.agent_id}.{os.urandom(3).hex()}."
-        self._sweeper: asyncio.Task[None] | None = None
-        self.activated = 0
-        self.deactivated = 0
-        self.handled = 0
-
-    # -- the message path -------------------------------------------------------------
-    async def handle(self, task: Task) -> Any:
-        key = task.metadata.get(KEY_FIELD)
-        if not key:
-            raise ValueError(f"a message to virtual agent type {self.cls.type_name()!r} names no key; "
-                             f"send it with hive.agent({self.cls.type_name()!r}, key)")
-        expected = task.metadata.get(EXPECTED_FIELD)
-        while True:
-            activation = self._activations.get(key)
-            if activation is None or activation.stale(expected):
-                activation = await self._activate(key, activation, expected)
-            activation.busy += 1
-            try:
-                if activation.lock is None:
-                    return await self._turn(activation, task)
-                async with activation.lock:
-                    if self._activations.get(key) is activation:
-                        return await self._turn(activation, task)
-            finally:
-                activation.busy -= 1
-            # replaced (stale) while this message waited its turn: again, on the new one
-
-    async def _turn(self, activation: _Activation, task: Task) -> Any:
-        answers = activation.answers
-        if answers is not None and task.task_id in answers:
-            return answers[task.task_id]  # delivered again: its turn already ran here
-        agent = activation.agent
-        activation.last_used = self._clock()
-        try:
-            value = agent.handle(task)
-            if inspect.isawaitable(value):
-                value = await value
-        except BaseException:
-            self._restore(activation)  # a failed turn leaves the state as the last one did
-            raise
-        finally:
-            activation.last_used = self._clock()
-        activation.turns += 1
-        self.handled += 1
-        try:
-            save = self._changed(activation)
-        except Exception as error:  # noqa: BLE001 - whatever pickling raised
-            self._restore(activation)
-            raise TypeError(f"the state of virtual agent {self.cls.type_name()}/{activation.key} does not pickle "
-                            f"({type(error).__name__}: {error}); keep only data that pickles in self.state. "
-                            f"This message's changes were undone") from None
-        if save is not None:
-            self.context.attach_state(task.task_id, save)
-        if answers is None:
-            answers = activation.answers = OrderedDict()
-        answers[task.task_id] = value
-        if len(answers) > REMEMBERED_ANSWERS:
-            answers.popitem(last=False)
-        return value
-
-    def _changed(self, activation: _Activation) -> StateSave | None:
-        body = dumps_state(activation.agent.state)
-        digest = _digest(body)
-        if digest == activation.digest:
-            return None
-        activation.version += 1
-        activation.body, activation.digest = body, digest
-        return StateSave(activation.key, activation.activation, activation.base, activation.version, body)
-
-    def _restore(self, activation: _Activation) -> None:
-        try:
-            activation.agent.state = pickle.loads(activation.body) if activation.body is not None else {}
-        except Exception:  # noqa: BLE001 - keep what the handler left rather than nothing
-            logger.exception("the state of %s/%s could not be restored after a failed turn",
-                             self.cls.type_name(), activation.key)
-
-    async def save_now(self, activation: _Activation) -> None:
-        save = self._changed(activation)
-        if save is None:
-            return
-        verdict = await self.store.save(save)
-        if verdict == Verdict.CONFLICT:
-            self._drop(activation)
-            raise RuntimeError(f"virtual agent {self.cls.type_name()}/{activation.key}: another activation "
-                               f"saved a newer state; this one is stale and was dropped")
-
-    # -- activation ---------------------------------------------------------------------
-    async def _activate(self, key: str, stale: _Activation | None, expected: str | None) -> _Activation:
-        pending = self._activating.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_Activation] = asyncio.get_running_loop().create_future()
-        self._activating[key] = future
-        try:
-            if stale is not None:
-                await self._deactivate(stale, reason="stale")
-            # The orchestrator said it holds no state for the key: nothing to load.
-            row = None if expected == NO_STATE else await self.store.load(key)
-            context = VirtualContext(self, key)
-            agent = self.cls(context)
-            agent.key = key
-            if row is not None:
-                agent.state = pickle.loads(row.body)
-            activation = _Activation(agent, key, f"{self._prefix}{next(_activation_numbers)}", row,
-                                     self.cls.reentrant)
-            context._activation = activation
-            result = agent.on_activate(None)
-            if inspect.isawaitable(result):
-                await result
-            self._activations[key] = activation
-            self.activated += 1
-            self._start_sweeper()
-            future.set_result(activation)
-            return activation
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: waiters get it, nobody else must
-            raise
-        finally:
-            del self._activating[key]
-
-    def _drop(self, activation: _Activation) -> None:
-        if self._activations.get(activation.key) is activation:
-            del self._activations[activation.key]
-            self.deactivated += 1
-
-    async def _deactivate(self, activation: _Activation, *, reason: str) -> None:
-        self._drop(activation)
-        try:
-            result = activation.agent.on_deactivate()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:  # noqa: BLE001 - it is dropped anyway
-            logger.exception("on_deactivate of %s/%s failed (%s)", self.cls.type_name(), activation.key, reason)
-
-    def _start_sweeper(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.ensure_future(self._sweep())
-
-    async def _sweep(self) -> None:
-        idle = max(0.01, float(self.cls.idle_seconds))
-        while True:
-            await asyncio.sleep(min(60.0, max(0.01, idle / 4)))
-            await self.sweep_idle()
-
-    async def sweep_idle(self) -> int:
-        """Drop activations idle for ``idle_seconds`` (not one in a turn); returns how many."""
-        horizon = self._clock() - float(self.cls.idle_seconds)
-        idle = [a for a in self._activations.values() if a.last_used < horizon and not a.busy]
-        for activation in idle:
-            await self._deactivate(activation, reason="idle")
-        return len(idle)
-
-    # -- what the host and the API see --------------------------------------------------------
-    def describe(self, key: str) -> dict[str, Any] | None:
-        activation = self._activations.get(key)
-        if activation is None:
-            return None
-        return {"activation": activation.activation, "version": activation.version, "turns": activation.turns,
-                "idle_seconds": round(max(0.0, self._clock() - activation.last_used), 3)}
-
-    def statistics(self) -> dict[str, int]:
-        return {"active": len(self._activations), "activated": self.activated,
-                "deactivated": self.deactivated, "handled": self.handled}
-
-    async def teardown(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for activation in list(self._activations.values()):
-            await self._deactivate(activation, reason="shard stopped")
-
-
-def _digest(body: bytes) -> bytes:
-    return hashlib.blake2b(body, digest_size=16).digest()
-
-
-__all__ = ["VirtualAgent", "VirtualShard", "StateSave", "StateRow", "Verdict", "judge_save"]
+__all__ = ["VirtualAgent", "StateSave", "Verdict", "judge_save", "check_key"]

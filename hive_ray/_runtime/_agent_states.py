@@ -183,4 +183,5 @@ class AgentStates:
                 logger.info("could not ask shard %s about %s/%s: %s", owner, agent_type, key, error)
         return {"agent_type": agent_type, "key": key, "pool": pool.name, "owner": owner,
                 "version": row.version if row is not None else 0,
-                "state": row.body if row is not None else None, "activation": activation}
+                "state": row.body if row is not None else None, "activation": activation,
+                "reminders": self._reminders_of(agent_type, key)}  # type: ignore[attr-defined]

@@ -318,6 +318,16 @@ class TaskJournal:
         """Every agent subscription, oldest first (read at recovery)."""
         return self._journal.subscriptions()
 
+    def record_reminder(self, agent_type: str, key: str, name: str,
+                        when: tuple[float, float | None] | None) -> None:
+        """Keep a reminder's ``(due_at, period)``, or drop it (None)."""
+        self._journal.put_reminder(agent_type, key, name, when)
+        self._committer.nudge()
+
+    def reminders(self) -> list[tuple[str, str, str, float, float | None]]:
+        """Every reminder (read at recovery)."""
+        return self._journal.reminders()
+
     def state(self, agent_type: str, key: str) -> StateRow | None:
         """An identity's latest state, buffered or committed (a read of one row)."""
         return self._journal.get_state(agent_type, key)

@@ -15,7 +15,8 @@ from typing import Any
 
 from hive_ray._agent import Agent, AgentContext
 from hive_ray._journal_states import StateRow
-from hive_ray._virtual import StateSave, Verdict, VirtualShard
+from hive_ray._virtual import StateSave, Verdict
+from hive_ray._virtual_shard import VirtualShard
 
 #: Keys one load call asks for at most.
 LOAD_BATCH = 512
@@ -77,6 +78,14 @@ class OrchestratorStateStore:
         verdict = await asyncio.wait_for(self._orchestrator.save_agent_state.remote(self._agent_type, save),
                                          STORE_TIMEOUT_SECONDS)
         return Verdict(verdict)
+
+    async def set_reminder(self, key: str, name: str, due_in: float, period: float | None) -> None:
+        await asyncio.wait_for(
+            self._orchestrator.set_reminder.remote(self._agent_type, key, name, due_in, period), STORE_TIMEOUT_SECONDS)
+
+    async def cancel_reminder(self, key: str, name: str) -> bool:
+        return await asyncio.wait_for(
+            self._orchestrator.cancel_reminder.remote(self._agent_type, key, name), STORE_TIMEOUT_SECONDS)
 
 
 def describe_identity(residents: dict[str, Any], agent_id: str, key: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ part (module)               responsibility
 ``_streams.py``             streaming tasks: parts from generators to their consumers
 ``_agent_states.py``        virtual agents: messages by key, their states and versions
 ``_topics.py``              topics: publish to subscribed agents, subscribe, follow
+``_reminders.py``           virtual agents' durable reminders: kept, journaled, sent when due
 ``_recovery.py``            the journal: open, recover after a restart, prune
 ==========================  ==============================================================
 
@@ -55,6 +56,7 @@ from hive_ray._runtime._host_supervision import HostSupervision
 from hive_ray._runtime._large_results import LargeResults
 from hive_ray._runtime._pools import AgentRecord, Pool, PoolManager
 from hive_ray._runtime._recovery import Recovery
+from hive_ray._runtime._reminders import Reminders
 from hive_ray._runtime._streams import Streams
 from hive_ray._runtime._task_store import DEAD_LETTER_LIMIT, TaskStore
 from hive_ray._runtime._topics import Topics
@@ -65,7 +67,7 @@ from hive_ray._usage import Price, UsageTotals
 
 
 class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupervision, LargeResults, Streams,
-                   AgentStates, Topics, TaskStore):
+                   AgentStates, Topics, Reminders, TaskStore):
     """Owns pools of agents and every task's record; see the module docstring."""
 
     def __init__(self, settings: dict[str, Any] | None = None, placement: Any = None) -> None:
@@ -93,9 +95,10 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupe
                           "timed_out": 0, "redelivered": 0, "retried": 0, "late_results": 0,
                           "duplicate_executions": 0, "dead_lettered": 0, "recovered": 0,
                           "adopted_agents": 0, "reclaimed": 0, "states_saved": 0, "state_conflicts": 0,
-                          "published": 0, "undeliverable": 0}
+                          "published": 0, "undeliverable": 0, "reminders_fired": 0}
         self._init_agent_states()  # virtual agents' states (see _agent_states.py)
         self._init_topics()  # subscriptions, recent message ids, topic logs (see _topics.py)
+        self._init_reminders()  # virtual agents' reminders (see _reminders.py)
         # tokens spent at model endpoints, per pool, endpoint and model (hive_ray._usage)
         self._usage = UsageTotals({model: Price(price.prompt_per_million_usd, price.completion_per_million_usd)
                                    for model, price in self.settings.llm_prices.items()})
@@ -130,6 +133,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupe
         self._wakeup = asyncio.Event()
         self._journal = self._open_journal()  # raises JournalError: start-up stops, clearly
         self._recover_subscriptions()
+        self._recover_reminders()
         if self._placement is None:
             self._placement = await self._make_ray_placement()
             self._start_tracing()
@@ -140,6 +144,7 @@ class Orchestrator(Transport, Recovery, PoolManager, Dispatch, Endings, HostSupe
             self._spawn_background(self._prune_loop())
         self._started = True
         self._spawn_background(self._timer_loop())
+        self._spawn_background(self._reminder_loop())
         self._spawn_background(self._health_loop())
         self._spawn_background(self._autoscale_loop())
         self._spawn_background(self._stop_stray_hosts())

@@ -35,6 +35,9 @@ class ControlledJournal:
     def subscriptions(self) -> list[tuple[str, str, str]]:
         return []
 
+    def reminders(self) -> list[tuple[str, str, str, float, float | None]]:
+        return []
+
     async def durable(self) -> None:
         if self.fail_with is not None:
             raise self.fail_with

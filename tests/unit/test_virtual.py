@@ -22,11 +22,11 @@ from hive_ray._virtual import (
     StateSave,
     Verdict,
     VirtualAgent,
-    VirtualShard,
     check_key,
     expected_of,
     judge_save,
 )
+from hive_ray._virtual_shard import VirtualShard
 
 
 # ---------------------------------------------------------------- which state wins
@@ -128,6 +128,7 @@ class FakeStore:
         self.rows: dict[str, StateRow] = {}
         self.loads: list[str] = []
         self.saves: list[StateSave] = []
+        self.reminders: dict[tuple[str, str], tuple[float, float | None]] = {}
 
     async def load(self, key: str) -> StateRow | None:
         self.loads.append(key)
@@ -139,6 +140,12 @@ class FakeStore:
         if verdict == Verdict.ACCEPTED:
             self.rows[save.key] = StateRow(save.version, save.activation, save.body)
         return verdict
+
+    async def set_reminder(self, key: str, name: str, due_in: float, period: float | None) -> None:
+        self.reminders[(key, name)] = (due_in, period)
+
+    async def cancel_reminder(self, key: str, name: str) -> bool:
+        return self.reminders.pop((key, name), None) is not None
 
     def keep(self, context: AgentContext, task_id: str) -> StateSave | None:
         """What the orchestrator does with an outcome's state."""
@@ -355,3 +362,87 @@ def test_subscriptions_are_kept_and_removed(tmp_path):
         journal.commit()
     with Journal.open(tmp_path) as journal:
         assert journal.subscriptions() == [("news", "reader", "b")]
+
+
+def test_reminders_are_kept_moved_and_removed(tmp_path):
+    with Journal.open(tmp_path) as journal:
+        journal.put_reminder("cart", "u1", "nudge", (100.0, 60.0))
+        journal.put_reminder("cart", "u1", "once", (50.0, None))
+        journal.commit()
+        journal.put_reminder("cart", "u1", "nudge", (160.0, 60.0))
+        journal.put_reminder("cart", "u1", "once", None)
+        assert journal.reminders() == [("cart", "u1", "nudge", 160.0, 60.0)]
+        journal.commit()
+    with Journal.open(tmp_path) as journal:
+        assert journal.reminders() == [("cart", "u1", "nudge", 160.0, 60.0)]
+
+
+# ---------------------------------------------------------------- timers and reminders
+class Ticking(VirtualAgent):
+    agent_type = "ticking"
+
+    async def handle(self, task: Task) -> Any:
+        if task.payload == "start":
+            self.start_timer("tick", 0, every=0.001)
+            await self.set_reminder("wake", 60, every=3600)
+        elif task.payload == "stop":
+            return self.stop_timer("tick"), await self.cancel_reminder("wake")
+        return self.state.get("ticks", 0)
+
+    def on_timer(self, name: str) -> None:
+        self.state["ticks"] = self.state.get("ticks", 0) + 1
+
+    def on_reminder(self, name: str) -> str:
+        self.state["woken"] = name
+        return f"woken by {name}"
+
+
+def test_a_timer_runs_turns_whose_state_is_saved_and_dies_with_its_activation():
+    async def scenario() -> None:
+        store = FakeStore()
+        shard, context = shard_with(store, Ticking)
+        await shard.handle(task("t1", "kim", "start"))
+        assert store.reminders == {("kim", "wake"): (60, 3600)}
+        for _ in range(200):
+            await asyncio.sleep(0.002)
+            if len(store.saves) >= 3:
+                break
+        assert pickle.loads(store.saves[-1].body)["ticks"] >= 3  # each tick saved by itself
+        assert shard.describe("kim")["timers"] == ["tick"]
+        assert await shard.handle(task("t2", "kim", "stop", expected_of(store.rows["kim"]))) == (True, True)
+        ticks = len(store.saves)
+        await asyncio.sleep(0.01)
+        assert len(store.saves) == ticks and store.reminders == {}
+        shard.start_timer(shard._activations["kim"], "again", 0.001, None)
+        await shard.teardown()  # deactivation cancels it
+        await asyncio.sleep(0.01)
+        assert len(store.saves) == ticks
+
+    asyncio.run(scenario())
+
+
+def test_a_reminder_message_runs_on_reminder_as_a_turn():
+    async def scenario() -> None:
+        shard, context = shard_with(FakeStore(), Ticking)
+        reminder = Task(task_id="r1", payload=None, metadata={KEY_FIELD: "lee", EXPECTED_FIELD: NO_STATE,
+                                                             "reminder": "wake"})
+        assert await shard.handle(reminder) == "woken by wake"
+        assert pickle.loads(context.take_state("r1").body) == {"woken": "wake"}
+
+    asyncio.run(scenario())
+
+
+def test_the_reminder_book_fires_due_reminders_once_or_on_their_rhythm():
+    from hive_ray._reminders import Reminder, ReminderBook, check_reminder
+
+    book = ReminderBook()
+    book.set(Reminder("cart", "u1", "once", 100.0, None))
+    book.set(Reminder("cart", "u1", "hourly", 150.0, 3600.0))
+    assert book.next_due() == 100.0 and book.pop_due(99.0) == []
+    assert [r.name for r in book.pop_due(100.0)] == ["once"]
+    assert [r.name for r in book.pop_due(150.0 + 3 * 3600 + 1)] == ["hourly"]  # late: fires once
+    assert book.get(("cart", "u1", "hourly")).due_at == 150.0 + 4 * 3600
+    assert book.cancel("cart", "u1", "hourly") is not None and book.next_due() is None and len(book) == 0
+    for bad in [("", 1, None), ("n", -1, None), ("n", 1, 0.5), ("n", float("nan"), None)]:
+        with pytest.raises(ValueError):
+            check_reminder(*bad)
