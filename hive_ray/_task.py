@@ -206,7 +206,7 @@ class TaskEntry:
     usage: dict[str, Any] | None = None  # tokens spent at model endpoints (hive_ray._usage.task_usage)
     # Scheduling bookkeeping.
     queued: bool = False
-    sequence: int | None = None
+    sequence: int | None = None  # the order it was accepted in (re-deliveries keep it)
     parked_on: str | None = None  # agent whose affinity queue holds this task
     not_before: float = 0.0  # retry backoff: do not dispatch before this monotonic time
 

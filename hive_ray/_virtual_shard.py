@@ -132,7 +132,12 @@ class VirtualShard(Agent):
     async def _turn(self, activation: _Activation, task: Task) -> Any:
         answers = activation.answers
         if answers is not None and task.task_id in answers:
-            return answers[task.task_id]  # delivered again: its turn already ran here
+            # Delivered again (an orchestrator restart lost its outcome): its turn already ran
+            # here. The state goes along again: the outcome that carried it may be what was lost.
+            if activation.version > activation.base and activation.body is not None:
+                self.context.attach_state(task.task_id, StateSave(
+                    activation.key, activation.activation, activation.base, activation.version, activation.body))
+            return answers[task.task_id]
         agent = activation.agent
         activation.last_used = self._clock()
         try:

@@ -236,7 +236,7 @@ class Dispatch(SharedState):
             entry = TaskEntry(task_id=task_id, pool=pool.name, agent_type=agent_type, payload=payload,
                               priority=priority, timeout=timeout, affinity_key=affinity,
                               idempotency_key=key, metadata=metadata, max_attempts=max_attempts,
-                              trace_context=trace_context, created_at=now)
+                              trace_context=trace_context, created_at=now, sequence=next(_ARRIVALS))
             tasks[task_id] = entry
             entries.append(entry)
             if timeout is not None:
@@ -451,6 +451,8 @@ class Dispatch(SharedState):
         self._requeue(pool, entry, delay, reason)
 
     def _requeue(self, pool: Pool, entry: TaskEntry, delay: float, reason: str) -> None:
+        if pool.info.virtual:
+            delay = 0.0  # a virtual agent handles its messages in order: a retry goes first, now
         check_transition(entry.state, TaskState.QUEUED)
         entry.state, entry.agent_id = TaskState.QUEUED, None
         if pool.isolation.is_suspect(entry.task_id):
@@ -472,6 +474,10 @@ class Dispatch(SharedState):
         stats = pool.scheduler.statistics()
         return {"pool": pool.name, "max_queue": pool.scheduler.max_queue, "backlog": pool.scheduler.backlog(),
                 "concurrency": pool.info.concurrency * max(1, stats.agents)}
+
+#: The order tasks were accepted in (a chunk shares its created_at): re-deliveries keep it.
+_ARRIVALS = itertools.count()
+
 
 def _failure_of(commit: asyncio.Future[Any]) -> BaseException | None:
     """Why a journal commit did not make its tasks durable, or None if it did."""

@@ -64,7 +64,7 @@ class HostSupervision(SharedState):
             record.inflight = set()
         running = sorted((entry for task_id in present if (entry := self._tasks.get(task_id)) is not None
                           and entry.state == TaskState.RUNNING and entry.agent_id in failed_ids),
-                         key=lambda entry: entry.created_at)  # suspects run again in arrival order
+                         key=lambda entry: (entry.created_at, entry.sequence or 0))  # again in arrival order
         isolation = pool.isolation
         if isolation.reserved is not None and failed_ids.intersection(isolation.reserved):
             isolation.reserved = isolation.runner = None  # chosen again once agents are ready

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hive_ray import Agent, Hive, HiveError, TaskState
+from hive_ray import Agent, Hive, HiveError, TaskState, VirtualAgent
 
 pytestmark = pytest.mark.ray
 
@@ -197,3 +197,56 @@ def test_a_stream_read_across_an_orchestrator_kill_starts_over_and_misses_nothin
     assert rest[0] == StreamRestart(attempt=1) and "".join(rest[1:]) == "abcd", rest
     assert stream.result(timeout=60) == "abcd"
     assert hive.task(stream.task_id).attempts == 1  # the same run, never run again
+
+
+class Tally(VirtualAgent):
+    """A virtual agent counting its messages in its durable state; "remind" sets a reminder."""
+
+    agent_type = "tally-crash-test"
+
+    async def handle(self, task):
+        if task.payload == "remind":
+            await self.set_reminder("wake", 3.0)
+            return "set"
+        self.state["count"] = self.state.get("count", 0) + 1
+        return self.state["count"]
+
+    def on_reminder(self, name):
+        self.state["woken"] = name
+
+
+def test_virtual_agents_keep_state_activations_and_reminders_across_an_orchestrator_kill(
+        no_stray_hosts, isolated_hive, wait_until):
+    hive = isolated_hive
+    hive.spawn(Tally, 2)
+    keys = [f"k{n}" for n in range(30)]
+    hive.ask_many(Tally, [(key, None) for key in keys], progress=False, timeout=60)
+    activations = {key: hive.agent(Tally, key).state().activation["activation"] for key in keys}
+    hive.agent(Tally, "sleeper").ask_sync("remind", timeout=30)
+    answers: list[object] = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        for _ in range(5):
+            try:
+                answers.extend(hive.ask_many(Tally, [(key, None) for key in keys], progress=False, timeout=120))
+            except BaseException as error:  # noqa: BLE001 - the orchestrator is down for a moment
+                errors.append(error)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    _kill_orchestrator(hive, wait_until)
+    sender.join(300)
+    assert wait_until(lambda: all(p.state == "ok" for p in hive.pools()), 60)
+    # Rounds that failed while it was down were not applied half-way more than once: every
+    # agent's count is one plus the messages of every round that reached it, each once.
+    rounds_done = len(answers) // len(keys)
+    for key in keys:
+        state = hive.agent(Tally, key).state()
+        assert state.state["count"] in range(1 + rounds_done, 1 + 5 + 1), (key, state.state, rounds_done, errors)
+        assert state.activation["activation"] == activations[key]  # the same single activation
+    before = {key: hive.agent(Tally, key).state().state["count"] for key in keys}
+    assert hive.ask_many(Tally, [(key, None) for key in keys], progress=False, timeout=60) == \
+        [before[key] + 1 for key in keys]
+    # The reminder set before the kill fires after it.
+    assert wait_until(lambda: (hive.agent(Tally, "sleeper").state().state or {}).get("woken") == "wake", 60)
