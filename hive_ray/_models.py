@@ -380,6 +380,15 @@ class AgentInfo(_Model):
         return html_fields(f"Agent {self.agent_id}", rows)
 
 
+class VirtualCounts(_Model):
+    """Activations of a virtual agent type, summed over its shards as their hosts last reported."""
+
+    active: int = Field(0, description="Identities active now.")
+    activated: int = Field(0, description="Activations made since the shards started.")
+    deactivated: int = Field(0, description="Activations dropped (idle, stale) since the shards started.")
+    handled: int = Field(0, description="Messages handled since the shards started.")
+
+
 class PoolInfo(_Model):
     name: str
     agent_type: str
@@ -402,6 +411,8 @@ class PoolInfo(_Model):
     queue_wait_p95: float | None = None
     suspects: int = Field(0, description="Tasks of a crashed host that run alone until cleared "
                           "(poison isolation); counted in queued while they wait.")
+    virtual: VirtualCounts | None = Field(None, description="A virtual agent type's pool: its activations, "
+                                          "as its hosts last reported them (health checks).")
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} type={self.agent_type} agents={self.size}/{self.desired} "
@@ -413,6 +424,8 @@ class PoolInfo(_Model):
         rows = {a.agent_id: f"{a.state}, {a.tasks_done} done, pid {a.pid}" for a in self.agents}
         head = {"type": self.agent_type, "state": self.state, "agents": f"{self.size}/{self.desired}",
                 "queued": self.queued, "running": self.running}
+        if self.virtual is not None:
+            head["active agents"] = self.virtual.active
         return html_fields(f"Pool {self.name}", {**head, **rows})
 
 

@@ -218,11 +218,14 @@ class HostSupervision(SharedState):
                                 f"host {key} answers, but its event loop has not run for {silent:.1f} s "
                                 f"(more than the {timeout:g} s health timeout): a handler blocks it")
         except AgentLost as lost:  # unless its agents were restarted while it was asked
+            pool.activations.pop(key, None)  # its activations died with it
             await self._on_host_failed(pool, agent_ids, lost.cause, lost.detail, since)
         except Exception:  # noqa: BLE001 - e.g. the host was stopped meanwhile: nothing to do
             logger.debug("health check of %s failed", key, exc_info=True)
         else:
             pool.supervisor.on_healthy()
+            if isinstance(answer, dict) and answer.get("virtual"):
+                pool.activations[key] = answer["virtual"]
         finally:
             pending.discard(key)
 

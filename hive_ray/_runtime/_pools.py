@@ -71,6 +71,7 @@ class Pool:
     adopted: asyncio.Event | None = None
     isolation: Isolation = field(default_factory=Isolation)  # suspects of host crashes
     members: list[str] = field(default_factory=list)  # a virtual pool's shards: they own its keys
+    activations: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> its shards' counts
 
     def queue_wait_p95(self) -> float | None:
         if not self.queue_waits:
@@ -458,6 +459,7 @@ class PoolManager(SharedState):
             "running": stats.inflight, "suspects": pool.isolation.suspects(),
             "succeeded": pool.succeeded, "failed": pool.failed, "agents": agents,
             "spec": dict(pool.spec), "restarts": pool.supervisor.total_restarts,
+            "virtual": _summed(pool.activations.values()) if pool.info.virtual else None,
             "recent_restarts": pool.supervisor.recent(20),
             "dead_letters": sum(1 for name in self._dead_letters.values() if name == pool.name),
         }
@@ -472,6 +474,14 @@ class PoolManager(SharedState):
         pools = [self._pool(pool)] if pool else list(self._pools.values())
         events = [event for p in pools for event in p.supervisor.recent(limit)]
         return sorted(events, key=lambda event: event["at"])[-limit:]
+
+
+def _summed(counts: Any) -> dict[str, int]:
+    total = {"active": 0, "activated": 0, "deactivated": 0, "handled": 0}
+    for host in counts:
+        for name in total:
+            total[name] += int(host.get(name, 0))
+    return total
 
 
 def _check_virtual_pool(pool: Pool, others: Any) -> None:
