@@ -447,3 +447,13 @@ def test_the_reminder_book_fires_due_reminders_once_or_on_their_rhythm():
     for bad in [("", 1, None), ("n", -1, None), ("n", 1, 0.5), ("n", float("nan"), None)]:
         with pytest.raises(ValueError):
             check_reminder(*bad)
+
+
+def test_an_agents_state_shows_as_a_table_in_a_notebook():
+    from hive_ray._agent_ref import VirtualAgentState
+
+    shown = VirtualAgentState(agent_type="cart", key="<alice>", pool="cart", owner="cart-0", version=3,
+                              state={"items": {"apple": 2}}, activation=None,
+                              reminders=[{"name": "nudge", "due_at": 1.0, "period_seconds": None}])
+    page = shown._repr_html_()
+    assert "cart/&lt;alice&gt;" in page and "apple" in page and "nudge" in page and not shown.active
