@@ -47,7 +47,7 @@ SHARD_CONCURRENCY = 1024
 #: Timers one activation may run at once.
 MAX_TIMERS = 100
 #: Task ids an activation remembers with their answers (redelivered messages are not run twice).
-REMEMBERED_ANSWERS = 16
+REMEMBERED_ANSWERS = 8
 #: Task metadata of a reminder's message: the reminder's name (the shard calls on_reminder).
 REMINDER_FIELD = "reminder"
 #: Longest key accepted: keys travel in every message and name a journal row.
@@ -133,6 +133,8 @@ class VirtualAgent(Agent):
     Class attributes:
         idle_seconds: an activation idle this long is dropped (``on_deactivate``
             runs); the next message activates it again, with its saved state.
+        max_active: most activations one shard keeps; past it, the least recently
+            used tenth that is not busy is dropped (as if idle).
         reentrant: when True the identity may handle several messages at once
             (at its ``await`` points); by default one at a time, in arrival order.
         subscriptions: topics whose messages go to the agent keyed by the
@@ -145,6 +147,7 @@ class VirtualAgent(Agent):
     """
 
     idle_seconds: ClassVar[float] = 600.0
+    max_active: ClassVar[int] = 200_000
     reentrant: ClassVar[bool] = False
     subscriptions: ClassVar[tuple[str, ...]] = ()
 

@@ -28,7 +28,6 @@ import logging
 import os
 import pickle
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -69,7 +68,7 @@ class _Activation:
         self.body = row.body if row is not None else None
         self.digest = _digest(self.body) if self.body is not None else b""
         self.lock = None if reentrant else asyncio.Lock()
-        self.answers: OrderedDict[str, Any] | None = None
+        self.answers: dict[str, Any] | None = None  # task id -> answer, oldest first
         self.last_used = time.monotonic()
         self.turns = 0
         self.busy = 0  # messages taken for it and not yet answered: never dropped while busy
@@ -145,6 +144,10 @@ class VirtualShard(Agent):
             value = agent.handle(task) if reminder is None else agent.on_reminder(reminder)
             if inspect.isawaitable(value):
                 value = await value
+            elif inspect.isgenerator(value) or inspect.isasyncgen(value):
+                raise TypeError(f"{self.cls.__name__}.handle is a generator: virtual agents answer with a "
+                                f"value (they do not stream); return the parts as a list, or stream from "
+                                f"a plain Agent")
         except BaseException:
             self._restore(activation)  # a failed turn leaves the state as the last one did
             raise
@@ -162,10 +165,10 @@ class VirtualShard(Agent):
         if save is not None:
             self.context.attach_state(task.task_id, save)
         if answers is None:
-            answers = activation.answers = OrderedDict()
+            answers = activation.answers = {}
         answers[task.task_id] = value
         if len(answers) > REMEMBERED_ANSWERS:
-            answers.popitem(last=False)
+            del answers[next(iter(answers))]
         return value
 
     def _changed(self, activation: _Activation) -> StateSave | None:
@@ -219,6 +222,8 @@ class VirtualShard(Agent):
                 await result
             self._activations[key] = activation
             self.activated += 1
+            if len(self._activations) > self.cls.max_active:
+                await self._evict_least_recently_used()
             self._start_sweeper()
             future.set_result(activation)
             return activation
@@ -313,6 +318,12 @@ class VirtualShard(Agent):
         while True:
             await asyncio.sleep(min(60.0, max(0.01, idle / 4)))
             await self.sweep_idle()
+
+    async def _evict_least_recently_used(self) -> None:
+        """Over ``max_active``: drop the least recently used tenth that is not busy."""
+        candidates = sorted((a for a in self._activations.values() if not a.busy), key=lambda a: a.last_used)
+        for activation in candidates[:max(1, len(self._activations) // 10)]:
+            await self._deactivate(activation, reason="over max_active")
 
     async def sweep_idle(self) -> int:
         """Drop activations idle for ``idle_seconds`` (not one in a turn); returns how many."""

@@ -457,3 +457,26 @@ def test_an_agents_state_shows_as_a_table_in_a_notebook():
                               reminders=[{"name": "nudge", "due_at": 1.0, "period_seconds": None}])
     page = shown._repr_html_()
     assert "cart/&lt;alice&gt;" in page and "apple" in page and "nudge" in page and not shown.active
+
+
+def test_a_shard_keeps_at_most_max_active_activations_and_refuses_generators():
+    class Few(Journaling):
+        max_active = 10
+
+    class Streaming(Journaling):
+        async def handle(self, task: Task) -> Any:
+            yield 1
+
+    async def scenario() -> None:
+        clock = Clock()
+        shard, _ = shard_with(FakeStore(), Few, clock=clock)
+        for n in range(25):
+            clock.now += 1
+            await shard.handle(task(f"t{n}", f"key-{n}", n))
+            assert shard.statistics()["active"] <= 10
+        assert "key-24" in shard._activations and "key-0" not in shard._activations  # least recent went
+        shard, _ = shard_with(FakeStore(), Streaming)
+        with pytest.raises(TypeError, match="do not stream"):
+            await shard.handle(task("s1", "key", None))
+
+    asyncio.run(scenario())
