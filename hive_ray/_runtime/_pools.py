@@ -123,11 +123,15 @@ class PoolManager(SharedState):
             await self._check_capacity(pool, validated["autoscale"]["max_agents"], autoscaling=True)
         self._pools[name] = pool
         self._journal_pool(pool)
+        if pool.info.virtual:
+            self._subscriptions.declare(pool.info.name, validated["subscriptions"])
         try:
             await self._grow(pool, validated["count"], wait_seconds=wait_seconds)
         except BaseException:
             if not pool.agents:
                 self._pools.pop(name, None)
+                if pool.info.virtual:
+                    self._subscriptions.forget_type(pool.info.name)
                 if self._journal is not None:
                     self._journal.forget_pool(name)
             raise
@@ -156,9 +160,8 @@ class PoolManager(SharedState):
                               multiplier=retry["multiplier"], jitter=retry["jitter"],
                               never_retry=tuple(retry["never_retry"])),
         )
-        if info.virtual:
+        if info.virtual:  # declared (self._subscriptions) once the pool exists
             validated["subscriptions"] = merged_topics(info.subscriptions, validated["subscriptions"])
-            self._subscriptions.declare(info.name, validated["subscriptions"])
         elif validated["subscriptions"]:
             raise ConfigurationError(
                 f"agent type {info.name!r} is not virtual: only virtual agent types (VirtualAgent subclasses) "

@@ -77,6 +77,7 @@ class Recovery(SharedState):
                 if pool.info.virtual:  # the same shards own the same keys as before the restart
                     pool.members = list(declaration.get("members") or [])
                     pool.scheduler.set_members(pool.members)
+                    self._subscriptions.declare(pool.info.name, pool.spec["subscriptions"])
             except HiveError as error:
                 logger.error("could not re-create pool %s: %s", declaration["spec"].get("name"), error)
                 continue
