@@ -64,6 +64,11 @@ class StateSave:
     version: int  # base + its saves so far
     body: bytes
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # One per changed turn, in every outcome frame: a tuple pickles several times faster
+        # than a slotted dataclass (which goes through dataclasses.fields()).
+        return StateSave, (self.key, self.activation, self.base, self.version, self.body)
+
 
 class Verdict(str, enum.Enum):
     ACCEPTED = "accepted"
