@@ -73,6 +73,7 @@ class _OrchestratorCollector:
                 agents.add_metric([name, state], count)
             restarts.add_metric([name], pool.get("restarts", sum(a["restarts"] for a in pool["agents"])))
         yield from (queued, running, agents, desired, restarts)
+        yield from _virtual_families([pool for pool in self.pools if pool.get("virtual")])
         tasks = CounterMetricFamily("hive_tasks", "Tasks by outcome since the orchestrator started.",
                                     labels=["outcome"])
         counters = (self.statistics or {}).get("counters", {})
@@ -90,6 +91,28 @@ class _OrchestratorCollector:
                 "performance baseline (significant and material).")
             regressions.add_metric([], float(self.regressions))
             yield regressions
+
+
+def _virtual_families(pools: list[dict[str, Any]]) -> Any:
+    """Virtual agents per type, as their hosts last reported them (health checks)."""
+    if not pools:
+        return
+    active = GaugeMetricFamily("hive_virtual_agents_active", "Virtual agents active now, per type.",
+                               labels=["pool", "agent_type"])
+    counters = {
+        field: CounterMetricFamily(f"hive_virtual_{name}", help_text, labels=["pool", "agent_type"])
+        for field, name, help_text in (
+            ("activated", "activations", "Virtual agent activations, per type (since its shards started)."),
+            ("deactivated", "deactivations", "Virtual agents dropped (idle, stale), per type."),
+            ("handled", "messages", "Messages virtual agents handled, per type."))}
+    for pool in pools:
+        labels = [pool["name"], pool["agent_type"]]
+        counts = pool["virtual"]
+        active.add_metric(labels, float(counts.get("active", 0)))
+        for field, family in counters.items():
+            family.add_metric(labels, float(counts.get(field, 0)))
+    yield active
+    yield from counters.values()
 
 
 def _usage_families(rows: list[dict[str, Any]]) -> Any:

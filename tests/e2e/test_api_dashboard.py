@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hive_ray import Agent
+from hive_ray import Agent, VirtualAgent
 from tests.integration.test_api_support import ApiServer, admin_client, api  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -175,3 +175,46 @@ def test_the_pages_fetch_nothing_without_a_key_and_the_docs_use_it(api: ApiServe
             assert page.evaluate("() => sessionStorage.getItem('hive-api-key')") is None
         finally:
             browser.close()  # type: ignore[attr-defined]
+
+
+class Visitor(VirtualAgent):
+    """A virtual agent per key that counts its visits."""
+
+    agent_type = "visitor-dashboard"
+
+    def handle(self, task):  # type: ignore[no-untyped-def]
+        self.state["visits"] = self.state.get("visits", 0) + 1
+        return self.state["visits"]
+
+
+def test_virtual_agents_show_on_the_dashboard_and_in_metrics(api: ApiServer, hive: object, admin_client: object,
+                                                             wait_until: object) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    hive.spawn(Visitor, 2)  # type: ignore[attr-defined]
+    try:
+        hive.ask_many("visitor-dashboard", [(f"v{n}", None) for n in range(30)], progress=False)  # type: ignore[attr-defined]
+        line = 'hive_virtual_agents_active{agent_type="visitor-dashboard",pool="visitor-dashboard"} 30.0'
+        # The counts come with the hosts' health answers (every health_check_interval_seconds).
+        assert wait_until(lambda: line in admin_client.get("/metrics").text, 60)  # type: ignore[attr-defined,operator]
+        metrics = admin_client.get("/metrics").text  # type: ignore[attr-defined]
+        assert 'hive_virtual_activations_total{agent_type="visitor-dashboard",pool="visitor-dashboard"} 30.0' \
+            in metrics
+        with sync_api.sync_playwright() as playwright:
+            browser = _browser(playwright)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+                page.goto(api.base_url + "/dashboard")
+                page.fill("#key", api.read_key)
+                page.click("#login-form button")
+                row = page.locator('tr[data-virtual="visitor-dashboard"]')
+                row.wait_for(timeout=15_000)
+                cells = row.locator("td").all_inner_texts()
+                assert cells[:3] == ["visitor-dashboard", "visitor-dashboard", "30"]
+                # Rates need two refreshes: then they are numbers, not "-".
+                page.wait_for_function(
+                    "() => !document.querySelector('tr[data-virtual=\"visitor-dashboard\"] td:nth-child(4)')"
+                    ".textContent.includes('-')", timeout=15_000)
+            finally:
+                browser.close()  # type: ignore[attr-defined]
+    finally:
+        hive.stop("visitor-dashboard")  # type: ignore[attr-defined]
