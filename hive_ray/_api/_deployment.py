@@ -72,6 +72,16 @@ class HiveAPI:
 
         return await _grpc.cancel(self.service, request, grpc_context)
 
+    async def AskAgent(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        return await _grpc.ask_agent(self.service, request, grpc_context)
+
+    async def GetAgent(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        return await _grpc.get_agent(self.service, request, grpc_context)
+
     async def StreamEvents(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
         from hive_ray._api import _grpc
 

@@ -33,6 +33,7 @@ from hive_ray._api._trace_ingress import (
 )
 from hive_ray._errors import HiveError
 from hive_ray._models import TaskSpec
+from hive_ray._virtual import check_key
 
 #: The service's full name in ``hive.proto``: gRPC span names are ``<SERVICE>/<method>``.
 SERVICE = "hive.v1.Hive"
@@ -133,27 +134,37 @@ def _task_spec(request: Any) -> tuple[TaskSpec, Any]:
 async def submit(service: ApiService, request: Any, context: Any) -> Any:
     async def work() -> Any:
         spec, payload = _task_spec(request)
-        maximum = service.settings.api_max_wait_seconds
-        if not 0 <= request.wait <= maximum:
-            raise ProblemError(422, f"wait must be between 0 and {maximum:g} seconds")
+        _checked_wait(service, request.wait)
         replayed = False
         if spec.idempotency_key:
             replayed = service.check_idempotency(
                 spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
         template = inject_into(spec.template(), request_span.get())
-        if request.wait <= 0:
-            accepted = await service.submit(template, payload)
-            return hive_pb2.SubmitReply(task_id=accepted["task_id"], state=accepted["state"], replayed=replayed)
-        task_id, (state, result, error) = await service.run(template, payload, request.wait)
-        if state == "pending":
-            raise ProblemError(504, f"task {task_id} did not finish within wait={request.wait:g} s; "
-                               "it keeps running: call GetTask for its state")
-        return hive_pb2.SubmitReply(
-            task_id=task_id, state=state, replayed=replayed,
-            result_json=dumps(result).decode() if state == "succeeded" else "",
-            error_json=dumps(error).decode() if error else "")
+        return await _submitted(service, template, payload, request.wait, replayed)
 
     return await _guarded(service, context, "admin", work, hive_pb2.SubmitReply(), "Submit")
+
+
+def _checked_wait(service: ApiService, wait: float) -> None:
+    maximum = service.settings.api_max_wait_seconds
+    if not 0 <= wait <= maximum:
+        raise ProblemError(422, f"wait must be between 0 and {maximum:g} seconds")
+
+
+async def _submitted(service: ApiService, template: dict[str, Any], payload: Any, wait: float,
+                     replayed: bool) -> Any:
+    """Submit; with ``wait`` > 0, answer with the outcome (DEADLINE_EXCEEDED if it has not ended)."""
+    if wait <= 0:
+        accepted = await service.submit(template, payload)
+        return hive_pb2.SubmitReply(task_id=accepted["task_id"], state=accepted["state"], replayed=replayed)
+    task_id, (state, result, error) = await service.run(template, payload, wait)
+    if state == "pending":
+        raise ProblemError(504, f"task {task_id} did not finish within wait={wait:g} s; "
+                           "it keeps running: call GetTask for its state")
+    return hive_pb2.SubmitReply(
+        task_id=task_id, state=state, replayed=replayed,
+        result_json=dumps(result).decode() if state == "succeeded" else "",
+        error_json=dumps(error).decode() if error else "")
 
 
 def _task_reply(record: dict[str, Any]) -> Any:
@@ -174,6 +185,50 @@ async def cancel(service: ApiService, request: Any, context: Any) -> Any:
         return _task_reply(await service.cancel(request.task_id))
 
     return await _guarded(service, context, "admin", work, hive_pb2.TaskReply(), "Cancel")
+
+
+def _agent_address(request: Any) -> tuple[str, str]:
+    """The request's ``(agent_type, key)``, or a 422 that says which is wrong."""
+    if not request.agent_type:
+        raise ProblemError(422, "agent_type is empty: name a virtual agent type that a pool runs, e.g. cart")
+    try:
+        return request.agent_type, check_key(request.key)
+    except ValueError as error:
+        raise ProblemError(422, str(error)) from None
+
+
+async def ask_agent(service: ApiService, request: Any, context: Any) -> Any:
+    """A message to a virtual agent: Submit of a task of its type, its key the affinity key."""
+
+    async def work() -> Any:
+        agent_type, key = _agent_address(request)
+        try:
+            message = json.loads(request.message_json) if request.message_json else None
+        except ValueError as error:
+            raise ProblemError(422, f"message_json is not JSON: {error}") from None
+        _checked_wait(service, request.wait)
+        spec = TaskSpec(agent_type=agent_type, affinity_key=key, idempotency_key=request.message_id or None,
+                        payload=message)
+        await service.ensure_virtual(agent_type, key)
+        replayed = False
+        if spec.idempotency_key:
+            replayed = service.check_idempotency(
+                spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+        template = inject_into(spec.template(), request_span.get())
+        return await _submitted(service, template, message, request.wait, replayed)
+
+    return await _guarded(service, context, "admin", work, hive_pb2.SubmitReply(), "AskAgent")
+
+
+async def get_agent(service: ApiService, request: Any, context: Any) -> Any:
+    async def work() -> Any:
+        agent = await service.agent(*_agent_address(request))
+        return hive_pb2.AgentReply(
+            agent_type=agent["agent_type"], key=agent["key"], pool=agent["pool"], owner=agent["owner"] or "",
+            version=agent["version"], state_json=dumps(agent["state"]).decode(),
+            active=agent["activation"] is not None, agent_json=dumps(agent).decode())
+
+    return await _guarded(service, context, "read", work, hive_pb2.AgentReply(), "GetAgent")
 
 
 async def _opened(service: ApiService, context: Any, needed: str, opening: Any) -> Any:

@@ -1,9 +1,9 @@
 """The HTTP API: a FastAPI app over an :class:`ApiService`.
 
 Scopes: a ``read`` key may call every ``GET`` (lists, records, event streams,
-``/metrics``, ``/openapi.json``, the dashboard's data); everything that
-changes something (submitting or cancelling tasks, creating, scaling or
-stopping pools) needs an ``admin`` key. Only ``/healthz`` and ``/readyz``
+virtual agents' states, ``/metrics``, ``/openapi.json``, the dashboard's data);
+everything that changes something (submitting or cancelling tasks, messages to
+virtual agents, creating, scaling or stopping pools) needs an ``admin`` key. Only ``/healthz`` and ``/readyz``
 answer without a key, and the two pages ``/dashboard`` and ``/docs``: they
 hold no data, ask for a key, and fetch everything else with it.
 
@@ -26,15 +26,25 @@ from hive_ray._api._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hive_ray._api._middleware import ApiMiddleware, request_span
 from hive_ray._api._openapi import openapi_document
 from hive_ray._api._problems import ProblemError
-from hive_ray._api._schemas import Problem, Ready, TaskAccepted, TaskOutcome, pool_request_models
+from hive_ray._api._schemas import (
+    AgentMessage,
+    AgentState,
+    Problem,
+    Ready,
+    TaskAccepted,
+    TaskOutcome,
+    pool_request_models,
+)
 from hive_ray._api._service import ApiService, dumps
 from hive_ray._api._streams import SSE_END, sse_frame, sse_part_frame, task_events, task_parts
 from hive_ray._api._trace_ingress import inject_into
 from hive_ray._models import PoolInfo, TaskPage, TaskRecord, TaskSpec
 from hive_ray._task import TaskState
+from hive_ray._virtual import MAX_KEY_LENGTH
 
 JSON = "application/json"
 POOL_NAME = r"^[A-Za-z0-9_.-]+$"
+AGENT_KEY = r"^[^/]+$"
 
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -194,11 +204,17 @@ def build_http_app(service: ApiService) -> FastAPI:
             accepted = await service.submit({**template, "stream": True}, spec.payload)
             return parts_response(accepted["task_id"], 0, cancel_on_disconnect=not detach,
                                   headers={"Location": f"/v1/tasks/{accepted['task_id']}"})
+        return await accepted_or_ended(template, spec.payload, wait, replayed)
+
+    async def accepted_or_ended(template: dict[str, Any], payload: Any, wait: float | None,
+                                replayed: bool) -> Response:
+        """Submit; answer 202 with a Location at once, or with ``wait``, 200 with the outcome (504
+        if the task has not ended by then)."""
         if wait is None:
-            accepted = await service.submit(template, spec.payload)
+            accepted = await service.submit(template, payload)
             location = f"/v1/tasks/{accepted['task_id']}"
             return _json(dumps({**accepted, "replayed": replayed}), 202, {"Location": location})
-        task_id, (state, result, error) = await service.run(template, spec.payload, wait)
+        task_id, (state, result, error) = await service.run(template, payload, wait)
         location = f"/v1/tasks/{task_id}"
         if state == "pending":
             raise ProblemError(504, f"task {task_id} did not finish within wait={wait:g} s; it keeps "
@@ -238,6 +254,64 @@ def build_http_app(service: ApiService) -> FastAPI:
               summary="Cancel a queued or running task (a finished one is left as it is)")
     async def cancel_task(task_id: TaskId) -> Response:
         return _json(dumps(await service.cancel(task_id)))
+
+    # ------------------------------------------------------------------ virtual agents
+    AgentType = Annotated[str, Path(min_length=1, max_length=200, examples=["cart"],
+                                    description="A virtual agent type that a pool runs (e.g. `cart`).")]
+    # A path segment cannot hold "/" (clients and proxies read %2F as one): such keys are
+    # reachable from Python only, and the document says so with the pattern.
+    AgentKey = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, pattern=AGENT_KEY,
+                                   examples=["user-42"], description="The agent's key: 1 to "
+                                   f"{MAX_KEY_LENGTH} characters, without `/`.")]
+
+    @app.post(
+        "/v1/agents/{agent_type}/{key}/messages", tags=["agents"], dependencies=admin, status_code=202,
+        response_model=TaskAccepted,
+        responses={200: {"model": TaskOutcome, "description": "With `wait`: the agent answered in time."},
+                   **auth_errors, **_problem_responses(404, 409, 413, 422, 429, 504)},
+        summary="Send a message to a virtual agent (activated by it if it is not active)",
+        description="The message is a task of the agent's type whose affinity key is its key: it "
+        "goes to the one activation of `(agent_type, key)`, which handles its messages one at a "
+        "time, in arrival order. Answers 202 with the task's Location at once; with `wait` "
+        "(seconds), 200 with the agent's answer (`result`, or `error` if its handler raised) if "
+        "it answers in time, else 504 (the message keeps running). A type that no pool runs as "
+        "virtual agents is a 404. A `message_id` (or the `Idempotency-Key` header) makes a message "
+        "sent again return the first one's task; reusing it with another message is a 409.")
+    async def send_message(
+        agent_type: AgentType,
+        key: AgentKey,
+        body: AgentMessage,
+        wait: Annotated[float | None, Query(gt=0, le=max_wait, description="Seconds to wait for the "
+                                            "answer.")] = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
+    ) -> Response:
+        message_id = body.message_id
+        if idempotency_key is not None:
+            if message_id not in (None, idempotency_key):
+                raise ProblemError(422, "the Idempotency-Key header and the body's message_id differ; "
+                                   "send one of them", slug="validation",
+                                   errors=[{"field": "message_id", "in": "body",
+                                            "message": "differs from the Idempotency-Key header",
+                                            "code": "fields_disagree"}])
+            message_id = idempotency_key
+        spec = TaskSpec(agent_type=agent_type, affinity_key=key, idempotency_key=message_id,
+                        payload=body.message)
+        await service.ensure_virtual(agent_type, key)
+        replayed = False
+        if message_id is not None:
+            replayed = service.check_idempotency(
+                message_id, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+        template = inject_into(spec.template(), request_span.get())
+        return await accepted_or_ended(template, body.message, wait, replayed)
+
+    @app.get("/v1/agents/{agent_type}/{key}", tags=["agents"], dependencies=read, response_model=AgentState,
+             responses={**auth_errors, **_problem_responses(404)},
+             summary="A virtual agent: its saved state, version, owner and activation",
+             description="A key that was never sent a message answers version 0 and a null state. "
+             "The state is what the agent's last message that changed it left (saved with that "
+             "message's outcome).")
+    async def get_agent(agent_type: AgentType, key: AgentKey) -> Response:
+        return _json(dumps(await service.agent(agent_type, key)))
 
     # ------------------------------------------------------------------ event streams
     stream_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

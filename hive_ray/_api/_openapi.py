@@ -29,9 +29,10 @@ _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _DESCRIPTIONS = {
     400: "The body is not valid JSON.",
     401: "No API key, or an unknown one: send `Authorization: Bearer <key>`.",
-    403: "The key's scope does not allow this (pool changes and submissions need an admin key).",
-    404: "The pool, agent type, capability or task named does not exist; the problem's `known` "
-    "lists what does, where that applies.",
+    403: "The key's scope does not allow this (pool changes, submissions and messages to agents need "
+         "an admin key).",
+    404: "The pool, agent type, capability or task named does not exist (for a virtual agent: no pool "
+    "runs its type as virtual agents); the problem's `known` or detail lists what does, where that applies.",
     409: "Conflict with the current state: an Idempotency-Key reused with another body, or a pool "
     "that runs another agent type or would pass max_agents_per_pool.",
     413: "The body is larger than the api_max_body_bytes setting.",

@@ -2,7 +2,8 @@
 
 Task and pool bodies reuse the public models (:class:`hive_ray.TaskSpec`,
 :class:`hive_ray.PoolSpec`, :class:`hive_ray.PoolInfo`, :class:`hive_ray.TaskRecord`);
-these are the few shapes the API adds. Unknown fields are refused.
+these are the few shapes the API adds (a message to a virtual agent and its
+state among them). Unknown fields are refused.
 """
 
 from __future__ import annotations
@@ -78,6 +79,33 @@ class TaskOutcome(_Body):
     state: str
     result: Any = None
     error: dict[str, Any] | None = None
+
+
+class AgentMessage(_Body):
+    """A message to one virtual agent: a task of its type whose affinity key is the agent's key."""
+
+    message: Any = Field(..., description="The message as JSON: the agent's handle() gets it as "
+                         "task.payload (for cart: {\"op\": \"add\", \"item\": \"apple\", \"quantity\": 2}).")
+    message_id: str | None = Field(
+        None, min_length=1, max_length=256, description="A message sent again with this id is not run "
+        "again: the first sending's task is answered. The Idempotency-Key header is the same.")
+
+
+class AgentState(_Body):
+    """One virtual agent as ``GET /v1/agents/{agent_type}/{key}`` answers it."""
+
+    agent_type: str
+    key: str
+    pool: str = Field(..., description="The pool that runs the type.")
+    owner: str | None = Field(..., description="The shard (agent id) that owns the key; null while the "
+                              "pool has no agent ready.")
+    version: int = Field(..., description="Saves of its state so far; 0: never saved.")
+    state: Any = Field(..., description="Its saved state as JSON (null: never saved). Values JSON cannot "
+                       "hold are their str() text, and a state JSON cannot hold at all (keys that are not "
+                       "strings) is its repr() text.")
+    activation: dict[str, Any] | None = Field(
+        ..., description="Where it is active now (activation id, version, turns, idle_seconds); null: not "
+        "active (its next message activates it).")
 
 
 class Problem(_Body):

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import pickle
 from typing import Any
 
 from hive_ray._api._cache import BoundedMap, TtlCache
@@ -27,6 +28,8 @@ from hive_ray._settings import Settings
 logger = logging.getLogger("hive_ray.api")
 
 READINESS_TIMEOUT_SECONDS = 5.0
+#: What GET /v1/agents/{agent_type}/{key} and GetAgent answer (the AgentState schema).
+AGENT_FIELDS = ("agent_type", "key", "pool", "owner", "version", "state", "activation")
 
 
 def dumps(value: Any) -> bytes:
@@ -48,6 +51,9 @@ class ApiService:
         self._pools_cache: TtlCache[bytes] = TtlCache(settings.api_pool_cache_seconds)
         self._finished: BoundedMap[bytes] = BoundedMap(settings.api_cache_entries)
         self._idempotency: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
+        # Agent types known to run as virtual agents. Only "yes" is kept, and never expires: a
+        # type is virtual by its class; if its pool is stopped, messages fail at the orchestrator.
+        self._virtual_types: BoundedMap[bool] = BoundedMap(settings.api_cache_entries)
         self._follower: asyncio.Task[None] | None = None
         self._refreshing: set[str] = set()  # cache keys being fetched ahead of expiry
         self._background: set[asyncio.Future[Any]] = set()  # strong references: those fetches, cancels
@@ -207,6 +213,46 @@ class ApiService:
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
         return await self.call("cancel", task_id)
+
+    # ------------------------------------------------------------------ virtual agents
+    async def ensure_virtual(self, agent_type: str, key: str) -> None:
+        """Refuse a message to a type no pool runs as virtual agents, before sending it: the
+        orchestrator would take it as an ordinary task with an affinity key.
+
+        Raises:
+            UnknownAgentTypeError: no pool runs ``agent_type`` as virtual agents (404).
+            ConfigurationError: ``key`` is not a usable key (422).
+        """
+        if self._virtual_types.get(agent_type) is None:
+            await self.call("agent_state", agent_type, key)  # refuses unknown and non-virtual types
+            self._virtual_types.put(agent_type, True)
+
+    async def agent(self, agent_type: str, key: str) -> dict[str, Any]:
+        """One virtual agent, ready for JSON: its state unpickled here (the replica's client is
+        trusted, like a driver's: ``hive.agent(type, key).state()`` does the same).
+
+        A state JSON cannot hold at all (keys that are not strings) becomes its ``repr()``
+        text; values inside it that JSON cannot hold become their ``str()``, as in results.
+        """
+        from hive_ray._api._problems import ProblemError
+
+        answer = await self.call("agent_state", agent_type, key)
+        self._virtual_types.put(agent_type, True)
+        body = answer["state"]
+        try:
+            state = pickle.loads(body) if body is not None else None
+        except Exception as error:  # noqa: BLE001 - a class this replica cannot import, most often
+            raise ProblemError(
+                500, f"the state of virtual agent {agent_type}/{key} (version {answer['version']}) cannot be "
+                f"read by the API ({type(error).__name__}: {error}); install the package that defines the "
+                "classes it holds where the API runs, or read it with hive.agent(type, key).state() where "
+                "it is installed", slug="state-unreadable", agent_type=agent_type) from None
+        try:
+            dumps(state)
+        except (TypeError, ValueError):  # keys JSON cannot hold, or a reference cycle
+            state = repr(state)
+        # The documented fields only (the AgentState schema): what the orchestrator adds is not API.
+        return {**{name: answer.get(name) for name in AGENT_FIELDS}, "state": state}
 
     # ------------------------------------------------------------------ health, metrics, overview
     async def ready(self) -> dict[str, Any]:

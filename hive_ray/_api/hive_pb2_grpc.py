@@ -64,6 +64,16 @@ class HiveStub:
                 request_serializer=hive__ray_dot___api_dot_hive__pb2.StreamPartsRequest.SerializeToString,
                 response_deserializer=hive__ray_dot___api_dot_hive__pb2.TaskPart.FromString,
                 _registered_method=True)
+        self.AskAgent = channel.unary_unary(
+                '/hive.v1.Hive/AskAgent',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.AskAgentRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.SubmitReply.FromString,
+                _registered_method=True)
+        self.GetAgent = channel.unary_unary(
+                '/hive.v1.Hive/GetAgent',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.GetAgentRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.AgentReply.FromString,
+                _registered_method=True)
 
 
 class HiveServicer:
@@ -112,6 +122,22 @@ class HiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AskAgent(self, request, context):
+        """Send a message to the virtual agent (agent_type, key), a task its activation handles in turn.
+        With wait > 0, answer once it was handled (DEADLINE_EXCEEDED if it was not in time);
+        else at once, with the message's task id (GetTask reads it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgent(self, request, context):
+        """One virtual agent: its saved state (as JSON), version, owner and activation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HiveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +170,16 @@ def add_HiveServicer_to_server(servicer, server):
                     servicer.StreamParts,
                     request_deserializer=hive__ray_dot___api_dot_hive__pb2.StreamPartsRequest.FromString,
                     response_serializer=hive__ray_dot___api_dot_hive__pb2.TaskPart.SerializeToString,
+            ),
+            'AskAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskAgent,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.AskAgentRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.SubmitReply.SerializeToString,
+            ),
+            'GetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgent,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.GetAgentRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.AgentReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +344,60 @@ class Hive:
             '/hive.v1.Hive/StreamParts',
             hive__ray_dot___api_dot_hive__pb2.StreamPartsRequest.SerializeToString,
             hive__ray_dot___api_dot_hive__pb2.TaskPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hive.v1.Hive/AskAgent',
+            hive__ray_dot___api_dot_hive__pb2.AskAgentRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hive.v1.Hive/GetAgent',
+            hive__ray_dot___api_dot_hive__pb2.GetAgentRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.AgentReply.FromString,
             options,
             channel_credentials,
             insecure,

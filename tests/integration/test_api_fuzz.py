@@ -90,7 +90,8 @@ def test_schemathesis_finds_nothing_with_every_check_and_phase(fuzzed: SimpleNam
     # It really ran: every phase, and the operations that change state among them.
     assert "Stateful" in output and "Coverage" in output and "Fuzzing" in output, output[-3000:]
     for operation in ("POST /v1/pools", "PATCH /v1/pools/{name}", "DELETE /v1/pools/{name}",
-                      "POST /v1/tasks"):
+                      "POST /v1/tasks", "POST /v1/agents/{agent_type}/{key}/messages",
+                      "GET /v1/agents/{agent_type}/{key}"):
         assert operation in report.read_text(), f"{operation} was not fuzzed"
 
 

@@ -141,3 +141,64 @@ def test_stream_calls_need_their_keys(stub: hive_pb2_grpc.HiveStub, api: ApiServ
     with pytest.raises(grpc.RpcError) as unknown:
         list(stub.StreamParts(hive_pb2.StreamPartsRequest(task_id="nope"), metadata=auth(api.read_key), timeout=30))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---------------------------------------------------------------------- virtual agents
+def test_ask_and_get_a_virtual_cart(stub: hive_pb2_grpc.HiveStub, api: ApiServer, admin_client: object,
+                                    unique_name: str, wait_until) -> None:
+    created = admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "cart", "count": 1})  # type: ignore[attr-defined]
+    assert created.status_code == 201, created.text
+    key = f"grpc-{unique_name}"
+    added = stub.AskAgent(hive_pb2.AskAgentRequest(agent_type="cart", key=key, wait=10,
+                                                   message_json='{"op": "add", "item": "apple", "quantity": 2}'),
+                          metadata=auth(api.admin_key), timeout=30)
+    assert added.state == "succeeded" and json.loads(added.result_json) == {"key": key, "items": {"apple": 2},
+                                                                            "count": 2}
+    tell = hive_pb2.AskAgentRequest(agent_type="cart", key=key, message_json='{"op": "add", "item": "pear"}',
+                                    message_id=f"pear-{unique_name}")
+    told = stub.AskAgent(tell, metadata=auth(api.admin_key), timeout=30)
+    again = stub.AskAgent(tell, metadata=auth(api.admin_key), timeout=30)
+    assert again.task_id == told.task_id and again.replayed and not told.replayed
+    task = f"/v1/tasks/{told.task_id}"
+    assert wait_until(lambda: admin_client.get(task).json()["state"] == "succeeded", 10)  # type: ignore[attr-defined]
+
+    agent = stub.GetAgent(hive_pb2.GetAgentRequest(agent_type="cart", key=key), metadata=auth(api.read_key),
+                          timeout=30)
+    assert (agent.agent_type, agent.key, agent.pool, agent.version, agent.active) == ("cart", key, unique_name, 2, True)
+    assert json.loads(agent.state_json) == {"items": {"apple": 2, "pear": 1}}
+    assert agent.owner.startswith(unique_name)
+    whole = json.loads(agent.agent_json)
+    assert whole["state"] == {"items": {"apple": 2, "pear": 1}} and whole["activation"]["version"] == 2
+
+    refused = stub.AskAgent(hive_pb2.AskAgentRequest(agent_type="cart", key=key, message_json='{"op": "fly"}',
+                                                     wait=10), metadata=auth(api.admin_key), timeout=30)
+    assert refused.state == "failed" and refused.result_json == ""
+    assert "a cart message is a dict with op" in json.loads(refused.error_json)["message"]
+
+
+def test_virtual_agent_calls_map_errors_to_status_codes(stub: hive_pb2_grpc.HiveStub, api: ApiServer,
+                                                        echo_pool: str) -> None:
+    def ask(**fields: object) -> object:
+        return stub.AskAgent(hive_pb2.AskAgentRequest(**fields), metadata=auth(api.admin_key), timeout=30)
+
+    cases = [
+        (lambda: ask(agent_type="echo", key="k", message_json="1"), grpc.StatusCode.NOT_FOUND, "virtual agent type"),
+        (lambda: ask(agent_type="no-such-type", key="k"), grpc.StatusCode.NOT_FOUND, "no-such-type"),
+        (lambda: ask(agent_type="cart", key=""), grpc.StatusCode.INVALID_ARGUMENT, "key"),
+        (lambda: ask(agent_type="cart", key="k" * 257), grpc.StatusCode.INVALID_ARGUMENT, "at most 256"),
+        (lambda: ask(agent_type="", key="k"), grpc.StatusCode.INVALID_ARGUMENT, "agent_type"),
+        (lambda: ask(agent_type="cart", key="k", message_json="{bad"), grpc.StatusCode.INVALID_ARGUMENT,
+         "message_json is not JSON"),
+        (lambda: ask(agent_type="cart", key="k", wait=-1), grpc.StatusCode.INVALID_ARGUMENT, "wait"),
+        (lambda: stub.AskAgent(hive_pb2.AskAgentRequest(agent_type="cart", key="k"), metadata=auth(api.read_key),
+                               timeout=30), grpc.StatusCode.PERMISSION_DENIED, "admin key"),
+        (lambda: stub.GetAgent(hive_pb2.GetAgentRequest(agent_type="echo", key="k"), metadata=auth(api.read_key),
+                               timeout=30), grpc.StatusCode.NOT_FOUND, "echo"),
+        (lambda: stub.GetAgent(hive_pb2.GetAgentRequest(agent_type="cart", key="k"), timeout=30),
+         grpc.StatusCode.UNAUTHENTICATED, "key"),
+    ]
+    for call, code, words in cases:
+        with pytest.raises(grpc.RpcError) as failed:
+            call()
+        assert failed.value.code() == code, failed.value.details()
+        assert words in failed.value.details()

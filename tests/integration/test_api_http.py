@@ -285,6 +285,101 @@ def test_task_list_filters_and_paginates_with_a_cursor(admin_client: httpx.Clien
     assert admin_client.get("/v1/tasks", params={"pool": echo_pool, "state": "failed"}).json()["tasks"] == []
 
 
+# ---------------------------------------------------------------------- virtual agents
+@pytest.fixture
+def cart_pool(admin_client: httpx.Client, unique_name: str) -> Iterator[str]:
+    """A pool of the shipped ``cart`` virtual agents (actors/cart.py), made through the API."""
+    name = f"{unique_name}-cart"  # beside a test's echo_pool, which takes unique_name
+    created = admin_client.post("/v1/pools", json={"name": name, "agent_type": "cart", "count": 1})
+    assert created.status_code == 201, created.text
+    yield name
+    admin_client.delete(f"/v1/pools/{name}")
+
+
+def documented(client: httpx.Client, response: httpx.Response, schema: str) -> dict[str, Any]:
+    """``response``'s body, checked against the OpenAPI document's schema named ``schema``."""
+    import jsonschema
+
+    document = client.get("/openapi.json").json()
+    jsonschema.validate(response.json(), document["components"]["schemas"][schema])
+    return response.json()
+
+
+def test_a_cart_keeps_what_its_messages_add_and_refuses_a_bad_one(
+        admin_client: httpx.Client, cart_pool: str, wait_until: Callable[..., bool]) -> None:
+    key = f"user {uuid.uuid4().hex[:8]} é"  # any text but "/": sent percent-encoded
+    path = f"/v1/agents/cart/{key}"
+    never = admin_client.get(path)
+    assert never.status_code == 200, never.text
+    documented(admin_client, never, "AgentState")
+    assert never.json() | {"owner": None} == {"agent_type": "cart", "key": key, "pool": cart_pool, "owner": None,
+                                              "version": 0, "state": None, "activation": None}
+    assert never.json()["owner"].startswith(cart_pool)
+
+    added = admin_client.post(f"{path}/messages", params={"wait": 10},
+                              json={"message": {"op": "add", "item": "apple", "quantity": 2}})
+    assert added.status_code == 200, added.text
+    documented(admin_client, added, "TaskOutcome")
+    assert added.json()["state"] == "succeeded" and added.json()["error"] is None
+    assert added.json()["result"] == {"key": key, "items": {"apple": 2}, "count": 2}
+    assert added.headers["location"] == f"/v1/tasks/{added.json()['task_id']}"
+
+    told = admin_client.post(f"{path}/messages", json={"message": {"op": "add", "item": "pear"}})
+    assert told.status_code == 202 and documented(admin_client, told, "TaskAccepted")["pool"] == cart_pool
+    assert wait_until(lambda: admin_client.get(told.headers["location"]).json()["state"] == "succeeded", 10)
+    record = admin_client.get(told.headers["location"]).json()
+    assert record["affinity_key"] == key and record["result"]["items"] == {"apple": 2, "pear": 1}
+
+    state = documented(admin_client, admin_client.get(path), "AgentState")
+    assert state["state"] == {"items": {"apple": 2, "pear": 1}} and state["version"] == 2
+    assert state["activation"]["version"] == 2 and state["activation"]["turns"] == 2
+
+    # A message the cart refuses fails its task, with the handler's words, and changes nothing.
+    refused = admin_client.post(f"{path}/messages", params={"wait": 10}, json={"message": {"op": "fly"}})
+    assert refused.status_code == 200, refused.text
+    documented(admin_client, refused, "TaskOutcome")
+    assert refused.json()["state"] == "failed" and refused.json()["result"] is None
+    assert refused.json()["error"]["type"] == "ValueError"
+    assert "a cart message is a dict with op one of add, remove, view, checkout" in refused.json()["error"]["message"]
+    negative = admin_client.post(f"{path}/messages", params={"wait": 10},
+                                 json={"message": {"op": "add", "item": "fig", "quantity": -1}})
+    assert "add needs a quantity of at least 1, got -1" in negative.json()["error"]["message"]
+    after = admin_client.get(path).json()
+    assert after["state"] == {"items": {"apple": 2, "pear": 1}} and after["version"] == 2
+
+    # The same message id is the same message: answered once; another message under it is a conflict.
+    once = {"message": {"op": "add", "item": "kiwi"}, "message_id": uuid.uuid4().hex}
+    first = admin_client.post(f"{path}/messages", params={"wait": 10}, json=once)
+    again = admin_client.post(f"{path}/messages", params={"wait": 10}, json=once)
+    assert first.json()["task_id"] == again.json()["task_id"] and again.json()["result"]["items"]["kiwi"] == 1
+    conflict = admin_client.post(f"{path}/messages", headers={"Idempotency-Key": once["message_id"]},
+                                 json={"message": {"op": "checkout"}})
+    assert "different request body" in assert_problem(conflict, 409)["detail"]
+    assert admin_client.get(path).json()["state"]["items"] == {"apple": 2, "pear": 1, "kiwi": 1}
+
+
+def test_virtual_agent_errors_are_problems(api: ApiServer, admin_client: httpx.Client, cart_pool: str,
+                                           echo_pool: str) -> None:
+    for agent_type in ("no-such-type", "echo"):  # unknown, and not virtual (an echo pool runs)
+        body = assert_problem(admin_client.post(f"/v1/agents/{agent_type}/k/messages", json={"message": 1}), 404)
+        assert f"no pool runs virtual agent type {agent_type!r}" in body["detail"] and "cart" in body["detail"]
+        assert_problem(admin_client.get(f"/v1/agents/{agent_type}/k"), 404)
+    too_long = assert_problem(admin_client.post(f"/v1/agents/cart/{'k' * 257}/messages", json={"message": 1}), 422)
+    assert too_long["errors"][0]["field"] == "key" and too_long["errors"][0]["in"] == "path"
+    assert_problem(admin_client.get(f"/v1/agents/cart/{'k' * 257}"), 422)
+    missing = assert_problem(admin_client.post("/v1/agents/cart/k/messages", json={"mesage": 1}), 422)
+    assert {e["field"] for e in missing["errors"]} == {"message", "mesage"}
+    differ = assert_problem(admin_client.post("/v1/agents/cart/k/messages", headers={"Idempotency-Key": "a"},
+                                              json={"message": 1, "message_id": "b"}), 422)
+    assert differ["errors"][0]["code"] == "fields_disagree"
+    assert_problem(admin_client.post("/v1/agents/cart/k/messages", params={"wait": 0}, json={"message": 1}), 422)
+    read = api.headers("read")
+    assert "admin key" in assert_problem(httpx.post(api.base_url + "/v1/agents/cart/k/messages", headers=read,
+                                                    json={"message": {"op": "view"}}), 403)["detail"]
+    assert httpx.get(api.base_url + "/v1/agents/cart/k", headers=read).status_code == 200
+    assert_problem(httpx.get(api.base_url + "/v1/agents/cart/k"), 401)
+
+
 # ---------------------------------------------------------------------- event streams
 def test_a_task_stream_sends_its_events_in_order_and_ends(admin_client: httpx.Client, unique_name: str) -> None:
     admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "sleep", "count": 1})
