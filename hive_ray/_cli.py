@@ -13,6 +13,11 @@
     hive scale POOL N               set a pool's size to N agents
     hive submit TARGET [PAYLOAD_JSON] [--capability | --pool] [--timeout S] [--no-wait | --stream]
     hive tasks [--state S] [--pool P] [--limit N] [--json]
+    hive agent ask TYPE KEY MESSAGE_JSON [--timeout S] [--message-id ID]
+                                    send a virtual agent a message and print its answer
+    hive agent tell TYPE KEY MESSAGE_JSON [--message-id ID]
+                                    send it without waiting; print the message's task id
+    hive agent state TYPE KEY       its saved state, version, owner and activation (JSON)
     hive perf report [--html F] [--json] | perf baseline save [F] | perf baseline compare [F]
 
 Every command takes ``--verbose`` (``-v``): without it, Ray's own log lines go to
@@ -163,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
 
+    from hive_ray._cli_agent import register as register_agent
+
+    register_agent(commands, parents=[common])  # hive agent ask | tell | state
+
     from hive_ray._perf_cli import register as register_perf
 
     register_perf(commands, parents=[common])  # hive perf report | baseline save | baseline compare
@@ -177,16 +186,14 @@ def _attach() -> Any:
     return Hive.connect(settings=settings_for(), embedded=False)
 
 
-def _payload(text: str) -> Any:
+def _payload(text: str, what: str = "the payload",
+             examples: str = "quote strings, e.g. '\"hello\"' or '{\"rounds\": 1000}'") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         from hive_ray._errors import ConfigurationError
 
-        raise ConfigurationError(
-            f"the payload must be JSON ({error.msg} at column {error.colno}); "
-            "quote strings, e.g. '\"hello\"' or '{\"rounds\": 1000}'"
-        ) from None
+        raise ConfigurationError(f"{what} must be JSON ({error.msg} at column {error.colno}); {examples}") from None
 
 
 def _print_json(value: Any) -> None:

@@ -305,6 +305,43 @@ def test_spawn_adds_and_scale_sets(cluster):
     assert unknown.returncode == 1 and "nope" in unknown.stderr
 
 
+def test_agent_commands_ask_tell_and_read_a_virtual_cart(cluster):
+    """`hive agent`: the shipped cart, addressed by type and key, as a user types it."""
+    spawned = hive("spawn", "cart", env=cluster.env)
+    assert spawned.returncode == 0, spawned.stderr
+    asked = hive("agent", "ask", "cart", "user-42", '{"op": "add", "item": "apple", "quantity": 2}', env=cluster.env)
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout) == {"key": "user-42", "items": {"apple": 2}, "count": 2}
+    told = shell("""hive agent tell cart user-42 '{"op": "add", "item": "pear"}' --message-id pear-1""", cluster.env)
+    again = shell("""hive agent tell cart user-42 '{"op": "add", "item": "pear"}' --message-id pear-1""", cluster.env)
+    assert told.returncode == again.returncode == 0, told.stderr + again.stderr
+    assert re.fullmatch(r"\S+\n", told.stdout) and again.stdout == told.stdout  # the same message's task id
+    viewed = hive("agent", "ask", "cart", "user-42", '{"op": "view"}', "--timeout", "30", env=cluster.env)
+    assert json.loads(viewed.stdout)["items"] == {"apple": 2, "pear": 1}  # one pear: the id was sent twice
+    state = hive("agent", "state", "cart", "user-42", env=cluster.env)
+    assert state.returncode == 0, state.stderr
+    answer = json.loads(state.stdout)
+    assert answer["state"] == {"items": {"apple": 2, "pear": 1}} and answer["version"] == 2
+    assert (answer["agent_type"], answer["key"], answer["pool"]) == ("cart", "user-42", "cart")
+    assert answer["activation"]["turns"] == 3
+
+    refused = hive("agent", "ask", "cart", "user-42", '{"op": "fly"}', env=cluster.env)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "a cart message is a dict with op one of add, remove, view, checkout" in refused.stderr
+    not_virtual = hive("agent", "ask", "echo", "user-42", '"hello"', env=cluster.env)
+    assert not_virtual.returncode == 1 and "no pool runs virtual agent type 'echo'" in not_virtual.stderr
+    assert "cart" in not_virtual.stderr
+    bad = hive("agent", "ask", "cart", "user-42", "{not json", env=cluster.env)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("hive: the message must be JSON")
+    example = re.search(r"e\.g\. ('.+?') \(an object\)", bad.stderr).group(1)
+    pasted = shell(f"hive agent ask cart user-42 {example}", cluster.env)
+    assert pasted.returncode == 0 and json.loads(pasted.stdout)["count"] == 3, pasted.stderr
+    long_key = hive("agent", "state", "cart", "k" * 257, env=cluster.env)
+    assert long_key.returncode == 1 and "at most 256 characters" in long_key.stderr
+    assert hive("agent", env=cluster.env).returncode == 2  # the group alone: its usage
+
+
 def test_verbose_shows_what_quiet_keeps_in_the_log(cluster):
     """A second `hive up` attaches to the running cluster; with --verbose Ray's own lines
     (Serve reconnecting) are on its output, without it they are not."""
