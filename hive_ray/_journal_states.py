@@ -75,6 +75,13 @@ class JournalStates:
         """Buffer an identity's new state (None forgets it); committed with the next group commit."""
         self._put_other("put_state", (agent_type, key), row)  # type: ignore[arg-type]
 
+    def put_states(self, rows: dict[tuple[str, str], StateRow | None]) -> None:
+        """Buffer several identities' new states at once (one lock, one sequence number each)."""
+        self._require_open()  # type: ignore[attr-defined]
+        with self._buffer_lock:
+            self._pending.states.update(rows)
+            self._put_sequence += len(rows)  # type: ignore[has-type]
+
     def get_state(self, agent_type: str, key: str) -> StateRow | None:
         """The latest state of ``(agent_type, key)``, buffered or committed, or None."""
         identity = (agent_type, key)

@@ -89,6 +89,7 @@ class TaskJournal:
                                          failure_backoff_seconds=failure_backoff_seconds)
         self._dirty: dict[str, TaskEntry] = {}
         self._dead_dirty: set[str] = set()  # of _dirty: endings that are dead letters
+        self._dirty_states: dict[tuple[str, str], StateRow | None] = {}  # virtual agents' new states
         self._flush_scheduled = False
 
     @classmethod
@@ -159,6 +160,9 @@ class TaskJournal:
             self._dead_dirty.add(entry.task_id)
         else:
             self._dead_dirty.discard(entry.task_id)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -168,6 +172,10 @@ class TaskJournal:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._dirty_states:  # before the endings they came with: never in a later commit
+            states, self._dirty_states = self._dirty_states, {}
+            self._journal.put_states(states)
+            self._committer.nudge()
         dirty, self._dirty = self._dirty, {}
         dead, self._dead_dirty = self._dead_dirty, set()
         if not dirty:
@@ -304,10 +312,10 @@ class TaskJournal:
     # ------------------------------------------------------------ virtual agents' states
 
     def record_state(self, agent_type: str, key: str, row: StateRow | None) -> None:
-        """Keep an identity's new state; committed by the next group commit (the one that
-        carries the endings recorded after it, or an earlier one)."""
-        self._journal.put_state(agent_type, key, row)
-        self._committer.nudge()
+        """Keep an identity's new state; buffered once per event-loop turn like endings, and
+        committed with the endings recorded after it, or earlier."""
+        self._dirty_states[(agent_type, key)] = row
+        self._schedule_flush()
 
     def record_subscription(self, topic: str, agent_type: str, key: str, present: bool = True) -> None:
         """Keep (or, ``present=False``, drop) an agent's subscription to a topic."""
@@ -330,6 +338,9 @@ class TaskJournal:
 
     def state(self, agent_type: str, key: str) -> StateRow | None:
         """An identity's latest state, buffered or committed (a read of one row)."""
+        identity = (agent_type, key)
+        if identity in self._dirty_states:
+            return self._dirty_states[identity]
         return self._journal.get_state(agent_type, key)
 
     # ------------------------------------------------------------ upkeep
