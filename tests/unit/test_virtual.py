@@ -67,7 +67,7 @@ def test_the_owner_of_a_key_depends_only_on_the_members():
     keys = [f"user-{n}" for n in range(1000)]
     assert [first.owner(k) for k in keys] == [second.owner(k) for k in keys]
     spread = {member: sum(first.owner(k) == member for k in keys) for member in first.members}
-    assert min(spread.values()) > 150  # every shard gets a fair share
+    assert min(spread.values()) > 300  # every shard gets a fair share (an even one is 333)
     assert OwnerRing().owner("k") is None
 
 
