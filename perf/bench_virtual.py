@@ -28,10 +28,18 @@ Every figure is measured in this run, beside the plain-Ray way of doing the same
   (``ref.state()``), since the hosts outlive the orchestrator and would answer
   from memory anyway. Plain Ray has no orchestrator to kill: no baseline.
 
+- ``pubsub_fanout_msgs_per_s@1000``: one topic, 1,000 agents subscribed to it
+  (``hive.subscribe``); messages published one after another, each delivered to
+  every subscriber (a message task per subscriber, accepted before ``publish``
+  returns), each delivery changing its agent's state; deliveries per second
+  until every subscriber has handled every message (read back in order).
+  Baseline: the same fan-out the plain-Ray way, the dict actors above holding
+  the 1,000 subscribers' states, each published message one call per actor
+  carrying its subscribers (all in flight).
+
 The orchestrator kill comes last: everything before it runs on one orchestrator
 that never restarted. A phase is a function of :class:`_Bench` returning rows
-(``PHASES``); ``pubsub_fanout_msgs_per_s@1000`` (a topic fanning out to 1,000
-subscribed agents) is to be one more, not measured yet.
+(``PHASES``).
 """
 
 from __future__ import annotations
@@ -76,12 +84,13 @@ class Sizes:
     rounds: int  # throughput rounds per side
     active: int  # identities active at once for the memory rows
     kept: int  # identities whose state must survive each kill
+    published: int  # messages published to the 1,000 subscribers per pub/sub round
 
 
 QUICK = Sizes(activations=300, plain_activations=20, messages=1_000, per_identity=2, rounds=3, active=100_000,
-              kept=5_000)
+              kept=5_000, published=10)
 FULL = Sizes(activations=1_000, plain_activations=60, messages=3_000, per_identity=5, rounds=5, active=100_000,
-             kept=10_000)
+             kept=10_000, published=50)
 
 
 # ---------------------------------------------------------------------- the agents
@@ -391,6 +400,43 @@ def _pool_report(hive: Any, pool: str) -> str:
         return f"(could not ask: {error})"
 
 
+# ---------------------------------------------------------------------- a topic fanning out
+SUBSCRIBERS = 1_000
+
+
+def _pubsub(bench: _Bench) -> list[dict[str, Any]]:
+    hive, sizes = bench.hive, bench.sizes
+    topic = "bench-fanout"
+    subscribers = [f"subscriber-{number}" for number in range(SUBSCRIBERS)]
+    for key in subscribers:
+        hive.subscribe(topic, BenchCounter, key)
+    published = sizes.published
+    progress(f"virtual: {published} messages published to {SUBSCRIBERS:,} subscribers, each side")
+    hive_rates, plain_rates = [], []
+    tables = bench.tables or []
+    for number in range(sizes.rounds):
+        started = time.perf_counter()
+        deliveries = sum(hive.publish(topic, 1)["deliveries"] for _ in range(published))
+        counts = hive.ask_many(BenchCounter, [(key, None) for key in subscribers], progress=False,
+                               timeout=WAIT_SECONDS)  # after every delivery: one key's messages keep their order
+        hive_rates.append(deliveries / (time.perf_counter() - started))
+        _expect(deliveries == published * SUBSCRIBERS and
+                all(count == {"count": published * (number + 1)} for count in counts),
+                f"subscribers hold {counts[:3]!r}..., not {published * (number + 1)} deliveries each")
+        started = time.perf_counter()
+        for _ in range(published):
+            _table_round(tables, [(key, 1) for key in subscribers])
+        plain_rates.append(published * SUBSCRIBERS / (time.perf_counter() - started))
+    hive_rate, plain_rate = statistics.median(hive_rates), statistics.median(plain_rates)
+    return [row(f"pubsub_fanout_msgs_per_s@{SUBSCRIBERS}", hive_rate, "deliveries/s",
+                f"the {SHARDS} dict actors holding the subscribers' states, one call per actor and published "
+                "message (its subscribers' keys), every call in flight", plain_rate,
+                published_per_round=published, rounds=sizes.rounds,
+                hive_rates=[round(rate) for rate in hive_rates], baseline_rates=[round(rate) for rate in plain_rates],
+                note="each delivery is a journaled message task that changes its agent's state; the "
+                     "time includes reading every subscriber's count back")]
+
+
 # ---------------------------------------------------------------------- state across kills
 def _host_kill(bench: _Bench) -> list[dict[str, Any]]:
     import ray
@@ -514,12 +560,12 @@ def _expect(condition: bool, message: str) -> None:
         raise RuntimeError(f"virtual benchmark: {message}")
 
 
-# The rows, in order. pubsub_fanout_msgs_per_s@1000 (not measured yet) goes before the
-# orchestrator kill, which must stay last.
+# The rows, in order; the orchestrator kill must stay last.
 PHASES: tuple[Callable[[_Bench], list[dict[str, Any]]], ...] = (
     _activation,
     _message_latency,
     _throughput,
+    _pubsub,
     _active_agents,
     _host_kill,
     _orchestrator_kill,

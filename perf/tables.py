@@ -226,6 +226,8 @@ TABLES: dict[str, list[Entry]] = {
         Entry("virtual", ("message_p50_ms",), "virtual agent: `ask_sync` to an active one, p50"),
         Entry("virtual", ("message_throughput@10000",),
               "`hive.ask_many` over {n} identities, every message changing a saved state"),
+        Entry("virtual", ("pubsub_fanout_msgs_per_s@1000",),
+              "one topic fanning out to {n} subscribed virtual agents, deliveries"),
         Entry("virtual", ("active_agents@100000",), "virtual agents active at once on one node"),
         Entry("virtual", ("agent_kib@100000",), "memory per active virtual agent, {n} active"),
         Entry("virtual", ("state_kept@host_kill",), "virtual agents' states kept across a SIGKILL of every host"),
