@@ -132,6 +132,34 @@ class JournalStates:
                         found[identity] = when
         return [(*identity, *when) for identity, when in found.items()]
 
+    def get_states(self, agent_type: str, keys: list[str]) -> dict[str, StateRow]:
+        """The latest states of several keys of one type (those that have one), in one read per
+        500 keys; buffered ones win. Safe to call from a worker thread."""
+        found: dict[str, StateRow] = {}
+        gone: set[str] = set()
+        with self._buffer_lock:
+            for layer in (self._inflight, self._pending):  # the newer layer last: it wins
+                if layer is None:
+                    continue
+                for key in keys:
+                    if (agent_type, key) in layer.states:
+                        row = layer.states[(agent_type, key)]
+                        if row is None:
+                            gone.add(key)
+                            found.pop(key, None)
+                        else:
+                            gone.discard(key)
+                            found[key] = row
+        rest = [key for key in keys if key not in found and key not in gone]
+        for start in range(0, len(rest), 500):
+            part = rest[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for key, version, activation, body in self._read(
+                    f"SELECT key, version, activation, body FROM agent_states WHERE agent_type = ? "
+                    f"AND key IN ({marks})", (agent_type, *part)):
+                found[str(key)] = StateRow(int(version), str(activation), bytes(body))
+        return found
+
     def state_count(self, agent_type: str | None = None) -> int:
         """How many identities have a committed state (of one type, or of all)."""
         if agent_type is None:

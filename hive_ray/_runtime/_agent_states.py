@@ -148,12 +148,12 @@ class AgentStates:
     async def load_agent_states(self, agent_type: str, keys: list[str]) -> list[tuple[int, str, bytes] | None]:
         """The saved states of ``keys`` (a shard activating them), in order; None for no state."""
         await self._ensure_started()  # type: ignore[attr-defined]
-        rows: list[tuple[int, str, bytes] | None] = []
-        for key in keys:
-            row = self._journal.state(agent_type, key) if self._journal is not None else \
-                self._states.get((agent_type, key))
-            rows.append(None if row is None else (row.version, row.activation, row.body))
-        return rows
+        if self._journal is not None:
+            found = await self._journal.states(agent_type, list(keys))
+        else:
+            found = {key: row for key in keys if (row := self._states.get((agent_type, key))) is not None}
+        return [None if (row := found.get(key)) is None else (row.version, row.activation, row.body)
+                for key in keys]
 
     async def save_agent_state(self, agent_type: str, save: Any) -> str:
         """Keep a state an activation saves now (``save_state``); answers once it is durable."""

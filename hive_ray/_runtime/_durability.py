@@ -336,6 +336,23 @@ class TaskJournal:
         """Every reminder (read at recovery)."""
         return self._journal.reminders()
 
+    async def states(self, agent_type: str, keys: list[str]) -> dict[str, StateRow]:
+        """The latest states of several keys (those that have one); the journal is read on a
+        worker thread, so a burst of activations does not hold up the event loop."""
+        found: dict[str, StateRow] = {}
+        missing = []
+        for key in keys:
+            identity = (agent_type, key)
+            if identity in self._dirty_states:
+                row = self._dirty_states[identity]
+                if row is not None:
+                    found[key] = row
+            else:
+                missing.append(key)
+        if missing:
+            found.update(await asyncio.to_thread(self._journal.get_states, agent_type, missing))
+        return found
+
     def state(self, agent_type: str, key: str) -> StateRow | None:
         """An identity's latest state, buffered or committed (a read of one row)."""
         identity = (agent_type, key)

@@ -480,3 +480,15 @@ def test_a_shard_keeps_at_most_max_active_activations_and_refuses_generators():
             await shard.handle(task("s1", "key", None))
 
     asyncio.run(scenario())
+
+
+def test_states_of_many_keys_are_read_at_once_with_buffered_ones_winning(tmp_path):
+    with Journal.open(tmp_path) as journal:
+        for n in range(1200):
+            journal.put_state("cart", f"k{n}", StateRow(1, "a", b"%d" % n))
+        journal.commit()
+        journal.put_state("cart", "k1", StateRow(2, "b", b"newer"))
+        journal.put_state("cart", "k2", None)
+        found = journal.get_states("cart", [f"k{n}" for n in range(1200)] + ["nobody"])
+        assert len(found) == 1199 and "k2" not in found and "nobody" not in found
+        assert found["k1"] == StateRow(2, "b", b"newer") and found["k1100"].body == b"1100"
