@@ -61,6 +61,12 @@ MAX_RESOURCE = 1e9
 ResourceQuantity = Annotated[StrictFloat, Field(ge=0, le=MAX_RESOURCE), WithJsonSchema({
     "anyOf": [{"type": "number", "const": 0},
               {"type": "number", "minimum": RESOURCE_UNIT, "maximum": MAX_RESOURCE}]})]
+#: GPUs: a fraction of one, or whole ones. Ray refuses 1.5 GPUs when it creates the actor, so the
+#: schema says it (and PoolSpec checks it for a packed host, whose agents' GPUs add up).
+GpuQuantity = Annotated[StrictFloat, Field(ge=0, le=MAX_RESOURCE), WithJsonSchema({
+    "anyOf": [{"type": "number", "const": 0},
+              {"type": "number", "minimum": RESOURCE_UNIT, "maximum": 1},
+              {"type": "number", "minimum": 1, "maximum": MAX_RESOURCE, "multipleOf": 1}]})]
 
 
 ConfigKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -288,7 +294,8 @@ class PoolSpec(_Model):
     agent_type: str = Field(..., min_length=1, max_length=200)
     count: Count = Field(1, ge=0, le=100_000, description="Agents to start (added to an existing pool).")
     num_cpus: ResourceQuantity = Field(0.0, description="CPUs per agent: 0, or at least 0.0001.")
-    num_gpus: ResourceQuantity = Field(0.0, description="GPUs per agent: 0, or at least 0.0001.")
+    num_gpus: GpuQuantity = Field(0.0, description="GPUs per agent: 0, a fraction of one (at least 0.0001), "
+                                  "or whole GPUs. With packed placement, num_gpus × agents_per_host too.")
     memory: Annotated[StrictInt, Field(gt=0), INTEGER_ONLY] | None = Field(
         None, description="Bytes of memory reserved per agent host.")
     resources: dict[ResourceName, ResourceQuantity] = Field(
@@ -326,6 +333,17 @@ class PoolSpec(_Model):
             if 0 < amount < RESOURCE_UNIT:
                 raise ValueError(f"{where} is {amount!r}: Ray counts resources in steps of "
                                  f"{RESOURCE_UNIT}; give 0 or at least {RESOURCE_UNIT}")
+        per_host = self.agents_per_host if self.placement == "packed" else 1
+        gpus = self.num_gpus * per_host  # what placement asks Ray for, for each host
+        if gpus > 1 and not float(gpus).is_integer():
+            if per_host == 1:
+                raise ValueError(f"num_gpus is {self.num_gpus!r}: Ray gives an actor a fraction of one GPU "
+                                 "or whole GPUs; give at most 1, or a whole number")
+            raise fields_disagree(
+                ("num_gpus", "agents_per_host"),
+                f"num_gpus ({self.num_gpus:g}) × agents_per_host ({per_host}) is {gpus:g} GPUs for each "
+                "packed host, and Ray gives an actor a fraction of one GPU or whole GPUs; choose values "
+                "whose product is at most 1 or whole")
         reserved = sorted(_RESERVED_RESOURCES & set(self.resources))
         if reserved:
             raise ValueError(f"resources.{reserved[0]}: give CPUs and GPUs as num_cpus and num_gpus, "

@@ -37,6 +37,26 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
+def _check_subscriber(agent_type: str) -> None:
+    """Only virtual types subscribe to topics: a 422 naming both fields, where the orchestrator
+    would refuse the pool in words alone (a rule of the type, which no schema can state)."""
+    from hive_ray._api._problems import ProblemError
+    from hive_ray._errors import HiveError
+    from hive_ray._registry import describe
+
+    try:
+        virtual = describe(agent_type).virtual  # spawn() describes the type here anyway
+    except HiveError:
+        return  # unknown here: the orchestrator decides (a 404 if it does not know it either)
+    if not virtual:
+        message = (f"agent type {agent_type!r} is not virtual: only virtual agent types (VirtualAgent "
+                   "subclasses) subscribe to topics, since a message's source names the agent it goes "
+                   "to; leave subscriptions out, or spawn a virtual type")
+        raise ProblemError(422, message, slug="validation", errors=[
+            {"field": field, "in": "body", "message": message, "code": "fields_disagree"}
+            for field in ("agent_type", "subscriptions")])
+
+
 class ApiService:
     """Caches, idempotency, telemetry and orchestrator access for one replica."""
 
@@ -105,6 +125,8 @@ class ApiService:
     async def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = dict(spec)
         agent_type, count, name = spec.pop("agent_type"), spec.pop("count"), spec.pop("name")
+        if spec.get("subscriptions"):
+            _check_subscriber(agent_type)
         await self._check_added_size(name, agent_type, count, spec.get("config") or {})
         try:
             info = await self.blocking("spawn", agent_type, count, pool=name,

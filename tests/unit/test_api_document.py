@@ -133,12 +133,21 @@ def test_fields_valid_alone_but_not_together_are_a_422_naming_them(
     {"num_cpus": 0.00001}, {"resources": {"CPU": 1}}, {"resources": {"slot": -1}},
     {"retry": {"never_retry": [" ValueError"]}}, {"restart": {"window_seconds": float("inf")}},
     {"health_check": "yes"}, {"max_queue": 1.5},
+    {"num_gpus": 1.5}, {"num_gpus": 0.5, "placement": "packed", "agents_per_host": 3},  # Ray: 1.5 GPUs, no
 ])
 def test_what_ray_or_the_policies_would_refuse_is_a_422_here(client: Any, body: dict[str, Any]) -> None:
     import json
 
     content = json.dumps({"name": "new", "agent_type": "echo", **body})  # Infinity as JSON allows
     problem(client.post("/v1/pools", content=content, headers={**ADMIN, "content-type": "application/json"}), 422)
+
+
+def test_subscriptions_of_a_type_that_is_not_virtual_are_a_422_naming_both_fields(client: Any) -> None:
+    answer = problem(client.post("/v1/pools", json={"name": "new", "agent_type": "echo", "subscriptions": ["news"]},
+                                 headers=ADMIN), 422)
+    assert [(e["field"], e["code"]) for e in answer["errors"]] == [("agent_type", "fields_disagree"),
+                                                                   ("subscriptions", "fields_disagree")]
+    assert "agent type 'echo' is not virtual" in answer["detail"]
 
 
 def test_malformed_bodies_are_400_and_405_lists_every_method(client: Any) -> None:
