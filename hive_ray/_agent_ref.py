@@ -13,7 +13,7 @@ import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hive_ray._virtual import check_key
+from hive_ray._virtual import KEY_FIELD, check_key
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent
@@ -23,13 +23,12 @@ if TYPE_CHECKING:
 
 def _options(key: str, timeout: float | None, message_id: str | None,
              metadata: dict[str, str] | None) -> dict[str, Any]:
-    options: dict[str, Any] = {"affinity_key": key}
+    # The key in the metadata marks a message to a virtual agent: a pool of another kind refuses it.
+    options: dict[str, Any] = {"affinity_key": key, "metadata": {**(metadata or {}), KEY_FIELD: key}}
     if timeout is not None:
         options["timeout"] = timeout
     if message_id is not None:
         options["idempotency_key"] = message_id
-    if metadata:
-        options["metadata"] = metadata
     return options
 
 

@@ -67,6 +67,12 @@ class AgentStates:
             ConfigurationError: keys missing or malformed, or not one per payload.
         """
         keys = template.get("affinity_keys")
+        if not pool.info.virtual and KEY_FIELD in (template.get("metadata") or {}):
+            agent_type = pool.spec["agent_type"]
+            raise ConfigurationError(
+                f"agent type {agent_type!r} is not virtual: hive.agent(type, key) addresses VirtualAgent types "
+                f"(one agent per key). Send {agent_type!r} tasks with hive.submit or hive.run, or make the "
+                f"type a VirtualAgent")
         if keys is None:
             if not pool.info.virtual:
                 return None

@@ -348,6 +348,8 @@ class RayPlacement:
             remaining = [a for a in host.agents if a not in set(leaving)]
             if kill:
                 remaining = []  # a failed host takes all its agents with it
+            elif not host.ready:
+                remaining = []  # never started (nothing could place it): nothing to wind down
             elif remaining:
                 with contextlib.suppress(RayActorError, asyncio.TimeoutError):
                     await asyncio.wait_for(host.handle.deactivate.remote(leaving), 10)

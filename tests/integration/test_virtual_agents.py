@@ -220,3 +220,9 @@ def test_the_cart_example_works_as_the_readme_shows(hive):
         cart.ask_sync({"op": "add", "item": "fig", "quantity": 0}, timeout=30)
     assert cart.ask_sync({"op": "checkout"}, timeout=30)["bought"] == {"apple": 2, "pear": 1}
     assert cart.state().state == {"items": {}, "orders": 1}
+
+
+def test_a_message_to_a_type_that_is_not_virtual_is_refused(hive):
+    hive.spawn("echo", 1, pool=_type("plain-echo"))
+    with pytest.raises(ConfigurationError, match="not virtual"):
+        hive.agent("echo", "k").ask_sync("hello", timeout=30)
