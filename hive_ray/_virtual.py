@@ -107,6 +107,12 @@ def check_key(key: Any) -> str:
     return key
 
 
+def scoped_message_id(key: str, message_id: str) -> str:
+    """The idempotency key of a message to a virtual agent: its id, within its agent's key
+    (two agents may receive messages with the same id). Shown in the task's record."""
+    return f"{key}\x1f{message_id}"
+
+
 def dumps_state(state: Any) -> bytes:
     try:
         return pickle.dumps(state, protocol=5)

@@ -1,11 +1,13 @@
 """The HTTP API: a FastAPI app over an :class:`ApiService`.
 
 Scopes: a ``read`` key may call every ``GET`` (lists, records, event streams,
-virtual agents' states, ``/metrics``, ``/openapi.json``, the dashboard's data);
-everything that changes something (submitting or cancelling tasks, messages to
-virtual agents, creating, scaling or stopping pools) needs an ``admin`` key. Only ``/healthz`` and ``/readyz``
-answer without a key, and the two pages ``/dashboard`` and ``/docs``: they
-hold no data, ask for a key, and fetch everything else with it.
+virtual agents' states, topics' subscriptions and messages, ``/metrics``,
+``/openapi.json``, the dashboard's data); everything that changes something
+(submitting or cancelling tasks, messages to virtual agents, publishing and
+subscribing to topics, creating, scaling or stopping pools) needs an ``admin``
+key. Only ``/healthz`` and ``/readyz`` answer without a key, and the two pages
+``/dashboard`` and ``/docs``: they hold no data, ask for a key, and fetch
+everything else with it.
 
 Handlers are ``async`` and hot reads answer pre-serialized JSON bytes, so a
 cached read costs one dictionary look-up beyond routing and the key check.
@@ -45,6 +47,19 @@ from hive_ray._virtual import MAX_KEY_LENGTH
 JSON = "application/json"
 POOL_NAME = r"^[A-Za-z0-9_.-]+$"
 AGENT_KEY = r"^[^/]+$"
+
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events; `id` is the event sequence."}}
+
+
+def resume_point(after: int, last_event_id: str | None) -> int:
+    """Where a stream starts: after ``after``, or after the ``Last-Event-ID`` a reconnecting
+    EventSource sends, whichever is later."""
+    if last_event_id and last_event_id.isdigit():
+        return max(after, int(last_event_id))
+    return after
 
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -299,8 +314,9 @@ def build_http_app(service: ApiService) -> FastAPI:
         await service.ensure_virtual(agent_type, key)
         replayed = False
         if message_id is not None:
-            replayed = service.check_idempotency(
-                message_id, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+            replayed = service.check_idempotency(  # message ids are per agent, like the orchestrator's
+                f"agent\x1f{agent_type}\x1f{key}\x1f{message_id}",
+                spec.model_dump(mode="json", exclude={"idempotency_key"}))
         template = inject_into(spec.template(), request_span.get())
         return await accepted_or_ended(template, body.message, wait, replayed)
 
@@ -314,14 +330,7 @@ def build_http_app(service: ApiService) -> FastAPI:
         return _json(dumps(await service.agent(agent_type, key)))
 
     # ------------------------------------------------------------------ event streams
-    stream_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    sse_doc = {200: {"content": {"text/event-stream": {}},
-                     "description": "Server-Sent Events; `id` is the event sequence."}}
-
-    def resume_point(after: int, last_event_id: str | None) -> int:
-        if last_event_id and last_event_id.isdigit():
-            return max(after, int(last_event_id))
-        return after
+    stream_headers, sse_doc = STREAM_HEADERS, SSE_DOC
 
     @app.get("/v1/tasks/{task_id}/events", tags=["events"], dependencies=read,
              responses={**sse_doc, **auth_errors, **_problem_responses(404)}, response_class=StreamingResponse,
@@ -393,6 +402,11 @@ def build_http_app(service: ApiService) -> FastAPI:
                 yield sse_frame(event)
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=stream_headers)
+
+    # ------------------------------------------------------------------ topics
+    from hive_ray._api._http_topics import add_topic_routes
+
+    add_topic_routes(app, service, read=read, admin=admin)
 
     # ------------------------------------------------------------------ performance (the analyzer)
     @app.get("/v1/perf/report", tags=["perf"], dependencies=read, responses=auth_errors,

@@ -30,7 +30,7 @@ from hive_ray._runtime._contracts import AgentLost
 from hive_ray._runtime._state import SharedState
 from hive_ray._task import Envelope, Outcome, TaskEntry, TaskState, check_transition, new_task_ids
 from hive_ray._usage import UsageLine, task_usage
-from hive_ray._virtual import KEY_FIELD
+from hive_ray._virtual import KEY_FIELD, scoped_message_id
 
 if TYPE_CHECKING:
     from hive_ray._runtime._pools import Pool
@@ -202,6 +202,8 @@ class Dispatch(SharedState):
         """
         pool = self._route(template)
         key = template.get("idempotency_key")
+        if key is not None and pool.info.virtual and template.get("affinity_key") is not None:
+            key = scoped_message_id(template["affinity_key"], key)  # a message id is per agent
         if key is not None and len(payloads) == 1:
             existing = self._idempotency.get((pool.name, key))
             if existing is None and self._journal is not None:

@@ -226,3 +226,14 @@ def test_a_message_to_a_type_that_is_not_virtual_is_refused(hive):
     hive.spawn("echo", 1, pool=_type("plain-echo"))
     with pytest.raises(ConfigurationError, match="not virtual"):
         hive.agent("echo", "k").ask_sync("hello", timeout=30)
+
+
+def test_a_message_id_deduplicates_per_agent(hive):
+    Ledger = make_ledger(_type("dedup"))
+    hive.spawn(Ledger, 2)
+    ann, ben = hive.agent(Ledger, "ann"), hive.agent(Ledger, "ben")
+    first = ann.tell("once", message_id="m-1")
+    assert ann.tell("once", message_id="m-1").task_id == first.task_id  # sent again: the same task
+    assert ben.ask_sync("also", message_id="m-1", timeout=30)["entries"] == ["also"]  # another agent's
+    first.result(timeout=30)
+    assert ann.state().state == {"entries": ["once"]}
