@@ -4,7 +4,8 @@ A mixin of :class:`~hive_ray._runtime._orchestrator.Orchestrator`. A due
 reminder becomes a message task to its agent (metadata ``reminder``: its
 name), accepted like any message, so it activates the agent, runs once per
 firing (at least once), and is journaled. A reminder of an agent type no pool
-runs waits for one (it is tried again every :data:`RETRY_SECONDS`).
+runs waits for one (it is tried again after :data:`RETRY_SECONDS`, doubling up to
+:data:`MAX_RETRY_SECONDS`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ logger = logging.getLogger("hive_ray.orchestrator")
 
 #: How long a reminder that could not be sent (no pool runs its type, a full queue) waits to try again.
 RETRY_SECONDS = 5.0
+#: The longest wait between tries of a reminder that cannot be sent.
+MAX_RETRY_SECONDS = 300.0
 
 
 class Reminders:
@@ -34,6 +37,7 @@ class Reminders:
     def _init_reminders(self) -> None:
         self._reminders = ReminderBook()
         self._reminder_wakeup: asyncio.Event | None = None
+        self._reminder_retries: dict[tuple[str, str, str], float] = {}  # failing ones: their next wait
 
     def _recover_reminders(self) -> None:
         if self._journal is None:
@@ -64,6 +68,7 @@ class Reminders:
         """Remove a reminder; False when there was none of that name."""
         await self._ensure_started()  # type: ignore[attr-defined]
         gone = self._reminders.cancel(agent_type, key, name)
+        self._reminder_retries.pop((agent_type, key, name), None)
         if gone is not None and self._journal is not None:
             self._journal.record_reminder(agent_type, key, name, None)
             await self._journal.durable()
@@ -97,15 +102,18 @@ class Reminders:
                 {"agent_type": reminder.agent_type, "affinity_key": reminder.key,
                  "metadata": {"reminder": reminder.name}}, [None], None)
         except HiveError as error:  # no pool runs the type, a full queue, the journal: later
+            wait = self._reminder_retries.get(reminder.identity, RETRY_SECONDS)
+            self._reminder_retries[reminder.identity] = min(MAX_RETRY_SECONDS, wait * 2)
             logger.warning("reminder %s of %s/%s could not be sent (%s); trying again in %g s", reminder.name,
-                           reminder.agent_type, reminder.key, error, RETRY_SECONDS)
-            retry = Reminder(reminder.agent_type, reminder.key, reminder.name, time.time() + RETRY_SECONDS,
+                           reminder.agent_type, reminder.key, error, wait)
+            retry = Reminder(reminder.agent_type, reminder.key, reminder.name, time.time() + wait,
                              reminder.period)
             later = self._reminders.get(reminder.identity)
             if later is None or later.due_at > retry.due_at:
                 self._reminders.set(retry)
         else:
             self._counters["reminders_fired"] += 1
+            self._reminder_retries.pop(reminder.identity, None)
         moved = self._reminders.get(reminder.identity)  # periodic: its next time (or set anew meanwhile)
         if self._journal is not None:
             when = None if moved is None else (moved.due_at, moved.period)
