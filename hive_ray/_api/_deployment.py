@@ -82,6 +82,21 @@ class HiveAPI:
 
         return await _grpc.get_agent(self.service, request, grpc_context)
 
+    async def Publish(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        return await _grpc.publish(self.service, request, grpc_context)
+
+    async def Subscribe(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        return await _grpc.subscribe(self.service, request, grpc_context)
+
+    async def Unsubscribe(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        return await _grpc.unsubscribe(self.service, request, grpc_context)
+
     async def StreamEvents(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
         from hive_ray._api import _grpc
 
@@ -98,6 +113,12 @@ class HiveAPI:
         from hive_ray._api import _grpc
 
         async for reply in _grpc.stream_parts(self.service, request, grpc_context):
+            yield reply
+
+    async def FollowTopic(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        from hive_ray._api import _grpc
+
+        async for reply in _grpc.follow_topic(self.service, request, grpc_context):
             yield reply
 
 

@@ -24,7 +24,7 @@ from hive_ray._api._keys import KeyRing, bearer_token
 from hive_ray._api._middleware import request_span
 from hive_ray._api._problems import ProblemError, field_errors, status_of
 from hive_ray._api._service import ApiService, dumps
-from hive_ray._api._streams import task_events, task_parts
+from hive_ray._api._streams import task_events, task_parts, topic_messages
 from hive_ray._api._trace_ingress import (
     finish_grpc_span,
     grpc_server_span,
@@ -33,6 +33,7 @@ from hive_ray._api._trace_ingress import (
 )
 from hive_ray._errors import HiveError
 from hive_ray._models import TaskSpec
+from hive_ray._topics import check_topic
 from hive_ray._virtual import check_key
 
 #: The service's full name in ``hive.proto``: gRPC span names are ``<SERVICE>/<method>``.
@@ -309,3 +310,88 @@ async def _parts(service: ApiService, task_id: str, after: int, *, cancel_on_dis
     finally:
         if not ended and cancel_on_disconnect:
             service.cancel_soon(task_id)  # the caller cancelled the call before the end
+
+
+# ---------------------------------------------------------------------- topics
+def _message_json(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError as error:
+        raise ProblemError(422, f"message_json is not JSON: {error}") from None
+
+
+async def publish(service: ApiService, request: Any, context: Any) -> Any:
+    """A message to every agent subscribed to a topic; the orchestrator checks the topic's name."""
+
+    async def work() -> Any:
+        message = _message_json(request.message_json)
+        span = request_span.get()
+        trace_context = span.context() if span is not None else None
+        answer = await service.publish(request.topic, message, request.source or None,
+                                       request.message_id or None, trace_context)
+        return hive_pb2.PublishReply(
+            topic=answer["topic"], sequence=answer["sequence"], deliveries=answer["deliveries"],
+            task_ids=answer["task_ids"], duplicate=answer["duplicate"],
+            undeliverable=[hive_pb2.AgentAddress(**address) for address in answer["undeliverable"]])
+
+    return await _guarded(service, context, "admin", work, hive_pb2.PublishReply(), "Publish")
+
+
+def _subscriber(request: Any) -> tuple[str, str]:
+    """The request's ``(agent_type, key)``, or a 422 that says which is wrong."""
+    if not request.agent_type:
+        raise ProblemError(422, "agent_type is empty: name a virtual agent type, e.g. cart")
+    try:
+        return request.agent_type, check_key(request.key)
+    except ValueError as error:
+        raise ProblemError(422, str(error)) from None
+
+
+def _subscription_reply(answer: dict[str, Any]) -> Any:
+    return hive_pb2.SubscriptionReply(
+        topic=answer["topic"], agent_type=answer["agent_type"], key=answer["key"],
+        added=answer.get("added", False), removed=answer.get("removed", False))
+
+
+async def subscribe(service: ApiService, request: Any, context: Any) -> Any:
+    async def work() -> Any:
+        return _subscription_reply(await service.subscribe(request.topic, *_subscriber(request)))
+
+    return await _guarded(service, context, "admin", work, hive_pb2.SubscriptionReply(), "Subscribe")
+
+
+async def unsubscribe(service: ApiService, request: Any, context: Any) -> Any:
+    async def work() -> Any:
+        _checked_topic(request.topic)
+        return _subscription_reply(await service.unsubscribe(request.topic, *_subscriber(request)))
+
+    return await _guarded(service, context, "admin", work, hive_pb2.SubscriptionReply(),
+                          "Unsubscribe")
+
+
+def _checked_topic(topic: str) -> str:
+    try:
+        return check_topic(topic)
+    except ValueError as error:
+        raise ProblemError(422, str(error)) from None
+
+
+async def follow_topic(service: ApiService, request: Any, context: Any) -> AsyncIterator[Any]:
+    """A topic's messages after ``request.after``, for ``api_stream_max_seconds``."""
+
+    async def opening() -> None:
+        _checked_topic(request.topic)  # INVALID_ARGUMENT before streaming
+
+    await _opened(service, context, "read", opening)
+    async for item in topic_messages(service.call, request.topic, after=request.after,
+                                     max_seconds=service.settings.api_stream_max_seconds):
+        if item is None:
+            continue  # gRPC has its own keepalives
+        kind, data = item
+        if kind == "missed":
+            yield hive_pb2.TopicMessage(kind=kind, topic=data["topic"])
+            continue
+        yield hive_pb2.TopicMessage(
+            kind=kind, sequence=data["sequence"], time=data["time"], topic=data["topic"],
+            source=data["source"] or "", message_id=data["message_id"] or "",
+            message_json=dumps(data["message"]).decode(), deliveries=data["deliveries"])

@@ -165,8 +165,10 @@ def build_http_app(service: ApiService) -> FastAPI:
         return _json(body, headers={"X-Cache": "hit" if hit else "miss"})
 
     @app.patch("/v1/pools/{name}", tags=["pools"], dependencies=admin, response_model=PoolInfo,
-               responses={**auth_errors, **_problem_responses(404, 422)},
-               summary="Scale a pool to `count` agents")
+               responses={**auth_errors, **_problem_responses(404, 409, 422)},
+               summary="Scale a pool to `count` agents",
+               description="A pool of virtual agents keeps its number of shards (they own its keys): "
+               "another `count` is a 409, and its own count restarts failed shards.")
     async def scale_pool(name: PoolName, scale: PoolScale) -> Response:  # type: ignore[valid-type]
         return _json(dumps(await service.scale_pool(name, scale.count)))  # type: ignore[attr-defined]
 

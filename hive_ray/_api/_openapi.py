@@ -29,15 +29,16 @@ _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _DESCRIPTIONS = {
     400: "The body is not valid JSON.",
     401: "No API key, or an unknown one: send `Authorization: Bearer <key>`.",
-    403: "The key's scope does not allow this (pool changes, submissions and messages to agents need "
-         "an admin key).",
+    403: "The key's scope does not allow this (pool changes, submissions, messages to agents, "
+         "publishing and subscribing need an admin key).",
     404: "The pool, agent type, capability or task named does not exist (for a virtual agent: no pool "
     "runs its type as virtual agents); the problem's `known` or detail lists what does, where that applies.",
-    409: "Conflict with the current state: an Idempotency-Key reused with another body, or a pool "
-    "that runs another agent type or would pass max_agents_per_pool.",
+    409: "Conflict with the current state: an Idempotency-Key (or a topic's message_id) reused with "
+    "another body, or a pool that runs another agent type or would pass max_agents_per_pool.",
     413: "The body is larger than the api_max_body_bytes setting.",
     422: "A parameter or body field is invalid; the problem's `errors` names each one.",
-    429: "The pool's queue is full; retry after the Retry-After header's seconds.",
+    429: "The pool's queue is full (for a publish: a subscriber's pool); retry after the "
+         "Retry-After header's seconds.",
     503: "The orchestrator is not reachable (starting or restarting; retry after a few seconds), "
          "or its journal cannot record tasks (`reason`: full, locked, io, ...; an admin must act).",
     504: "`wait` ran out before the task ended; the task keeps running.",

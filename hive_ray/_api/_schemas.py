@@ -3,7 +3,8 @@
 Task and pool bodies reuse the public models (:class:`hive_ray.TaskSpec`,
 :class:`hive_ray.PoolSpec`, :class:`hive_ray.PoolInfo`, :class:`hive_ray.TaskRecord`);
 these are the few shapes the API adds (a message to a virtual agent and its
-state among them). Unknown fields are refused.
+state, a message published to a topic and its subscriptions among them).
+Unknown fields are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, create_model
 
 from hive_ray._models import INTEGER_ONLY, AutoscaleSpec, PoolSpec
+from hive_ray._virtual import MAX_KEY_LENGTH
+
+#: A path segment cannot hold "/" (clients and proxies read %2F as one): agent types and keys
+#: the API names in a path, or subscribes so that a path can remove them again, have none.
+NO_SLASH = r"^[^/]+$"
 
 
 class _Body(BaseModel):
@@ -106,6 +112,75 @@ class AgentState(_Body):
     activation: dict[str, Any] | None = Field(
         ..., description="Where it is active now (activation id, version, turns, idle_seconds); null: not "
         "active (its next message activates it).")
+
+
+class TopicMessage(_Body):
+    """A message published to a topic: one message task per subscribed virtual agent."""
+
+    message: Any = Field(..., description="The message as JSON: each subscriber's handle() gets it as "
+                         "task.payload, with the topic in task.metadata[\"topic\"].")
+    source: str | None = Field(
+        None, min_length=1, max_length=MAX_KEY_LENGTH, description="Where it comes from (AutoGen's "
+        "TopicId source): in every agent type subscribed to the topic by type, the agent whose key "
+        "is `source` receives it. Without it, only agents subscribed one by one receive it.")
+    message_id: str | None = Field(
+        None, min_length=1, max_length=256, description="A message published again to the topic with "
+        "this id is not delivered again: the first publish's answer comes back, with `duplicate` "
+        "true. The Idempotency-Key header is the same.")
+
+
+class AgentAddress(_Body):
+    """One virtual agent: its type and key."""
+
+    agent_type: str
+    key: str
+
+
+class TopicPublished(_Body):
+    """What ``POST /v1/topics/{topic}/messages`` answers once every delivery is accepted (journaled)."""
+
+    topic: str
+    sequence: int = Field(..., description="The message's number in the topic's log: the `id` of its "
+                          "event in GET /v1/topics/{topic}/events.")
+    deliveries: int = Field(..., description="Message tasks made: one per subscribed agent.")
+    task_ids: list[str] = Field(..., description="Those tasks (GET /v1/tasks/{task_id} reads each).")
+    undeliverable: list[AgentAddress] = Field(
+        ..., description="Subscribers whose type no pool runs as virtual agents now: not delivered.")
+    duplicate: bool = Field(..., description="True when `message_id` was published to the topic before: "
+                            "this is the first publish's answer, and nothing was delivered again.")
+
+
+class SubscriptionRequest(_Body):
+    """One virtual agent to subscribe to every message of a topic."""
+
+    agent_type: str = Field(..., min_length=1, max_length=200, pattern=NO_SLASH, examples=["cart"],
+                            description="A virtual agent type (a VirtualAgent subclass), e.g. `cart`.")
+    key: str = Field(..., min_length=1, max_length=MAX_KEY_LENGTH, pattern=NO_SLASH, examples=["user-42"],
+                     description=f"The agent's key: 1 to {MAX_KEY_LENGTH} characters, without `/`.")
+
+
+class SubscriptionAdded(_Body):
+    topic: str
+    agent_type: str
+    key: str
+    added: bool = Field(..., description="False when the agent was subscribed already.")
+
+
+class SubscriptionRemoved(_Body):
+    topic: str
+    agent_type: str
+    key: str
+    removed: bool = Field(..., description="False when there was no such subscription.")
+
+
+class TopicSubscriptions(_Body):
+    """Who receives a topic's messages."""
+
+    topic: str
+    agent_types: list[str] = Field(..., description="Virtual types subscribed by type (their pools' "
+                                   "`subscriptions`): a message with source `s` goes to their agent `s`.")
+    agents: list[AgentAddress] = Field(..., description="Agents subscribed one by one: every message of "
+                                       "the topic goes to each.")
 
 
 class Problem(_Body):

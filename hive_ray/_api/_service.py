@@ -21,7 +21,12 @@ from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import ApiMetrics
 from hive_ray._api._perf import PerfReader
 from hive_ray._api._telemetry import TERMINAL, TaskWindow, follow_events
-from hive_ray._errors import IdempotencyConflictError, ResultLostError
+from hive_ray._errors import (
+    ConfigurationError,
+    HiveError,
+    IdempotencyConflictError,
+    ResultLostError,
+)
 from hive_ray._results import StoredResult, resolve_async
 from hive_ray._settings import Settings
 
@@ -35,6 +40,33 @@ AGENT_FIELDS = ("agent_type", "key", "pool", "owner", "version", "state", "activ
 def dumps(value: Any) -> bytes:
     """Compact JSON; values JSON cannot hold (a result object) become their str()."""
     return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def _fingerprint(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def subscriber_refusal(agent_type: str) -> str | None:
+    """Why ``agent_type`` cannot subscribe to a topic, if this process knows it as a type that is
+    not virtual; None otherwise (virtual, or unknown here: a type defined in a driver's script
+    is known to the orchestrator only, and a subscription may come before its pool).
+
+    Only names registered or installed are looked at: a ``module:Class`` name is never imported
+    on a request's behalf."""
+    from hive_ray._registry import known_agent_types, load_agent_class
+
+    if agent_type not in known_agent_types():
+        return None
+    try:
+        cls = load_agent_class(agent_type)
+    except HiveError:
+        return None
+    virtual = bool(getattr(cls, "is_virtual", lambda: False)())
+    if virtual:
+        return None
+    return (f"agent type {agent_type!r} is not virtual: only virtual agent types (VirtualAgent "
+            "subclasses, such as cart) subscribe to topics, since a delivery is a message to one "
+            "agent, addressed by its key")
 
 
 def _check_subscriber(agent_type: str) -> None:
@@ -71,6 +103,8 @@ class ApiService:
         self._pools_cache: TtlCache[bytes] = TtlCache(settings.api_pool_cache_seconds)
         self._finished: BoundedMap[bytes] = BoundedMap(settings.api_cache_entries)
         self._idempotency: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
+        # Topic message ids, apart from task keys: an id is unique per topic, not across the cluster.
+        self._message_ids: BoundedMap[str] = BoundedMap(settings.api_cache_entries)
         # Agent types known to run as virtual agents. Only "yes" is kept, and never expires: a
         # type is virtual by its class; if its pool is stopped, messages fail at the orchestrator.
         self._virtual_types: BoundedMap[bool] = BoundedMap(settings.api_cache_entries)
@@ -161,11 +195,25 @@ class ApiService:
                 "fewer, or have an admin raise the setting", slug="too-many-agents", pool=name)
 
     async def scale_pool(self, name: str, count: int) -> dict[str, Any]:
+        await self._check_virtual_size(name, count)
         try:
             info = await self.blocking("scale", name, count, wait_seconds=self.settings.api_spawn_wait_seconds)
         finally:
             self._pools_cache.clear()
         return info.model_dump(mode="json")
+
+    async def _check_virtual_size(self, name: str, count: int) -> None:
+        """A virtual pool keeps its number of shards (they own its keys): another count is a 409,
+        a conflict with the pool's state, where the orchestrator would refuse it in words alone."""
+        from hive_ray._api._problems import ProblemError
+
+        pool = await self.call("pool", name)  # an unknown pool is a 404
+        shards = pool["desired"]
+        if pool.get("virtual") is not None and count != shards:
+            raise ProblemError(
+                409, f"pool {name!r} runs virtual agents: its {shards} shard(s) own their keys, so its size "
+                f"is fixed; scaling it to {shards} restarts failed shards. To change the number of shards, "
+                "delete the pool and create it again (states are kept)", slug="virtual-pool-size", pool=name)
 
     async def stop_pool(self, name: str) -> dict[str, Any]:
         try:
@@ -181,7 +229,7 @@ class ApiService:
         Raises:
             IdempotencyConflictError: the key was used before with a different body.
         """
-        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+        fingerprint = _fingerprint(body)
         seen = self._idempotency.get(key)
         if seen is None:
             self._idempotency.put(key, fingerprint)
@@ -194,11 +242,49 @@ class ApiService:
         return True
 
     async def submit(self, template: dict[str, Any], payload: Any) -> dict[str, Any]:
-        return await self.call("submit", template, payload)
+        try:
+            return await self.call("submit", template, payload)
+        except ConfigurationError:
+            await self._refuse_keyless_virtual(template)
+            raise
 
     async def run(self, template: dict[str, Any], payload: Any, wait: float) -> tuple[str, tuple[str, Any, Any]]:
-        task_id, (state, result, error) = await self.call("run", template, payload, wait)
+        try:
+            task_id, (state, result, error) = await self.call("run", template, payload, wait)
+        except ConfigurationError:
+            await self._refuse_keyless_virtual(template)
+            raise
         return task_id, (state, await self.resolve(task_id, result), error)
+
+    async def _refuse_keyless_virtual(self, template: dict[str, Any]) -> None:
+        """After the orchestrator refused a task: if its target runs virtual agents and it has no
+        affinity key (the agent's key), say so as a 422 naming both fields, which no schema can
+        state. Asked only on that error path, so ordinary submissions pay nothing for it.
+
+        Raises:
+            ProblemError: 422, the task's agent type or pool is virtual and it names no key.
+        """
+        from hive_ray._api._problems import ProblemError
+
+        if template.get("affinity_key") is not None:
+            return
+        for field in ("agent_type", "pool"):
+            target = template.get(field)
+            if target is None:
+                continue
+            try:
+                if field == "agent_type":
+                    await self.ensure_virtual(target, "any")
+                elif (await self.call("pool", target)).get("virtual") is None:
+                    return
+            except HiveError:
+                return  # not virtual, or unknown: the orchestrator's own refusal stands
+            message = (f"{field} {target!r} runs virtual agents: each message goes to one agent, named by "
+                       "its key; give the task an affinity_key (the agent's key), or send it with POST "
+                       "/v1/agents/{agent_type}/{key}/messages")
+            raise ProblemError(422, message, slug="validation", errors=[
+                {"field": name, "in": "body", "message": message, "code": "fields_disagree"}
+                for name in (field, "affinity_key")])
 
     async def resolve(self, task_id: str, result: Any) -> Any:
         """A result kept in Ray's object store (too large for the task stream), fetched."""
@@ -275,6 +361,64 @@ class ApiService:
             state = repr(state)
         # The documented fields only (the AgentState schema): what the orchestrator adds is not API.
         return {**{name: answer.get(name) for name in AGENT_FIELDS}, "state": state}
+
+    # ------------------------------------------------------------------ topics
+    async def publish(self, topic: str, message: Any, source: str | None, message_id: str | None,
+                      trace_context: dict[str, str] | None) -> dict[str, Any]:
+        """Deliver ``message`` to the topic's subscribers (see :mod:`hive_ray._topics`).
+
+        A ``message_id`` is checked here first: the orchestrator answers an id it has seen
+        with the first publish's answer whatever was sent, so another message or source
+        under a known id is refused (409) rather than silently dropped, as for tasks.
+
+        Raises:
+            ProblemError: 422, ``topic`` is not a topic's name.
+            IdempotencyConflictError: ``message_id`` was published to ``topic`` with another
+                message or source (seen by this replica).
+        """
+        from hive_ray._api._problems import ProblemError
+        from hive_ray._topics import check_topic
+
+        try:
+            check_topic(topic)
+        except ValueError as error:
+            raise ProblemError(422, str(error)) from None
+        if message_id is not None:
+            fingerprint = _fingerprint({"message": message, "source": source})
+            name = f"{topic}\n{message_id}"  # a topic holds no newline
+            seen = self._message_ids.get(name)
+            if seen is None:
+                self._message_ids.put(name, fingerprint)
+            elif seen != fingerprint:
+                raise IdempotencyConflictError(
+                    f"message_id {message_id!r} was published to topic {topic!r} before with another "
+                    "message or source; use a new id for a new message, or send the original again "
+                    "to get the first publish's answer")
+        return await self.call("publish", topic, message, source, message_id, trace_context)
+
+    async def subscribe(self, topic: str, agent_type: str, key: str) -> dict[str, Any]:
+        """Subscribe the virtual agent ``(agent_type, key)`` to every message of ``topic``.
+
+        Raises:
+            ProblemError: 422, ``agent_type`` is a type this replica knows not to be virtual (a
+                ``fields_disagree`` of ``agent_type`` and ``key``).
+        """
+        from hive_ray._api._problems import ProblemError
+
+        refusal = subscriber_refusal(agent_type)
+        if refusal is not None:
+            # As for a pool's subscriptions: each field is valid, not together (a type that is not
+            # virtual has no agents by key), which no schema can state.
+            raise ProblemError(422, refusal + "; subscribe an agent of a virtual type", slug="validation",
+                               errors=[{"field": field, "in": "body", "message": refusal,
+                                        "code": "fields_disagree"} for field in ("agent_type", "key")])
+        return await self.call("subscribe", topic, agent_type, key)
+
+    async def unsubscribe(self, topic: str, agent_type: str, key: str) -> dict[str, Any]:
+        return await self.call("unsubscribe", topic, agent_type, key)
+
+    async def subscriptions(self, topic: str | None = None) -> list[dict[str, Any]]:
+        return await self.call("subscriptions", topic)
 
     # ------------------------------------------------------------------ health, metrics, overview
     async def ready(self) -> dict[str, Any]:

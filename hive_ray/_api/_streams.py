@@ -1,9 +1,11 @@
-"""Task event streams and streaming tasks' parts, shared by Server-Sent Events and gRPC.
+"""Task event streams, streaming tasks' parts and topics' messages, shared by SSE and gRPC.
 
 :func:`task_events` long-polls the orchestrator's ``events(after, timeout,
 task_id)`` and yields events in sequence order, a ``None`` heartbeat when a
 poll found nothing, and stops after ``max_seconds`` (the client resumes from
 the last sequence it saw) or, for one task's stream, after its final event.
+:func:`task_parts` and :func:`topic_messages` do the same over a streaming
+task's parts and a topic's log.
 """
 
 from __future__ import annotations
@@ -96,5 +98,46 @@ def sse_part_frame(item: tuple[str, int | None, Any] | None) -> bytes:
         return b": heartbeat\n\n"
     kind, sequence, data = item
     head = f"id: {sequence}\n" if sequence is not None else ""
+    body = json.dumps(data, separators=(",", ":"), default=str)
+    return f"{head}event: {kind}\ndata: {body}\n\n".encode()
+
+
+async def topic_messages(call: Callable[..., Any], topic: str, *, after: int = 0,
+                         max_seconds: float = 60.0) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+    """A topic's messages numbered above ``after``, as they are published, for SSE and gRPC.
+
+    Yields ``("message", message)`` (the orchestrator's record: ``topic``,
+    ``sequence``, ``time``, ``source``, ``message_id``, ``message``,
+    ``deliveries``), ``("missed", {"topic", "after", "next"})`` when messages
+    after ``after`` were dropped before this follower read them (a topic's log
+    keeps its last 1,000, and none from before an orchestrator restart; ``next``
+    is the oldest kept, which follows), and ``None`` when a poll found nothing
+    (a heartbeat). Each poll waits at most :data:`POLL_SECONDS`; stops after
+    ``max_seconds`` (the client resumes after the last sequence it saw).
+    """
+    deadline = time.monotonic() + max_seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        answer = await call("topic_messages", topic, after, min(POLL_SECONDS, remaining), 1000)
+        messages = answer["messages"]
+        if answer["missed"] and messages:
+            yield ("missed", {"topic": topic, "after": after, "next": messages[0]["sequence"]})
+        if not messages:
+            yield None
+            continue
+        for message in messages:
+            yield ("message", message)
+        after = messages[-1]["sequence"]
+
+
+def sse_topic_frame(item: tuple[str, dict[str, Any]] | None) -> bytes:
+    """One Server-Sent Events frame of :func:`topic_messages`: a message's ``id`` is its
+    sequence (Last-Event-ID resumes after it); a ``missed`` marker has none."""
+    if item is None:
+        return b": heartbeat\n\n"
+    kind, data = item
+    head = f"id: {data['sequence']}\n" if kind == "message" else ""
     body = json.dumps(data, separators=(",", ":"), default=str)
     return f"{head}event: {kind}\ndata: {body}\n\n".encode()

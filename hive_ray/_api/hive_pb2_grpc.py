@@ -74,6 +74,26 @@ class HiveStub:
                 request_serializer=hive__ray_dot___api_dot_hive__pb2.GetAgentRequest.SerializeToString,
                 response_deserializer=hive__ray_dot___api_dot_hive__pb2.AgentReply.FromString,
                 _registered_method=True)
+        self.Publish = channel.unary_unary(
+                '/hive.v1.Hive/Publish',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.PublishRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.PublishReply.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/hive.v1.Hive/Subscribe',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionReply.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/hive.v1.Hive/Unsubscribe',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionReply.FromString,
+                _registered_method=True)
+        self.FollowTopic = channel.unary_stream(
+                '/hive.v1.Hive/FollowTopic',
+                request_serializer=hive__ray_dot___api_dot_hive__pb2.FollowTopicRequest.SerializeToString,
+                response_deserializer=hive__ray_dot___api_dot_hive__pb2.TopicMessage.FromString,
+                _registered_method=True)
 
 
 class HiveServicer:
@@ -138,6 +158,36 @@ class HiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Publish(self, request, context):
+        """Publish a message to a topic: one message task per subscribed virtual agent, all accepted
+        (journaled) when it answers. A message_id published to the topic again is not delivered again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Subscribe one virtual agent to every message of a topic (journaled).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Remove one agent's subscription to a topic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowTopic(self, request, context):
+        """A topic's messages after a sequence (those kept, then each as it is published), for
+        api_stream_max_seconds; call again with after = the last sequence received to go on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HiveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +230,26 @@ def add_HiveServicer_to_server(servicer, server):
                     servicer.GetAgent,
                     request_deserializer=hive__ray_dot___api_dot_hive__pb2.GetAgentRequest.FromString,
                     response_serializer=hive__ray_dot___api_dot_hive__pb2.AgentReply.SerializeToString,
+            ),
+            'Publish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.PublishRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.PublishReply.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionReply.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.SubscriptionReply.SerializeToString,
+            ),
+            'FollowTopic': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowTopic,
+                    request_deserializer=hive__ray_dot___api_dot_hive__pb2.FollowTopicRequest.FromString,
+                    response_serializer=hive__ray_dot___api_dot_hive__pb2.TopicMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +468,114 @@ class Hive:
             '/hive.v1.Hive/GetAgent',
             hive__ray_dot___api_dot_hive__pb2.GetAgentRequest.SerializeToString,
             hive__ray_dot___api_dot_hive__pb2.AgentReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hive.v1.Hive/Publish',
+            hive__ray_dot___api_dot_hive__pb2.PublishRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.PublishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hive.v1.Hive/Subscribe',
+            hive__ray_dot___api_dot_hive__pb2.SubscriptionRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.SubscriptionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hive.v1.Hive/Unsubscribe',
+            hive__ray_dot___api_dot_hive__pb2.SubscriptionRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.SubscriptionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hive.v1.Hive/FollowTopic',
+            hive__ray_dot___api_dot_hive__pb2.FollowTopicRequest.SerializeToString,
+            hive__ray_dot___api_dot_hive__pb2.TopicMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -91,7 +91,9 @@ def test_schemathesis_finds_nothing_with_every_check_and_phase(fuzzed: SimpleNam
     assert "Stateful" in output and "Coverage" in output and "Fuzzing" in output, output[-3000:]
     for operation in ("POST /v1/pools", "PATCH /v1/pools/{name}", "DELETE /v1/pools/{name}",
                       "POST /v1/tasks", "POST /v1/agents/{agent_type}/{key}/messages",
-                      "GET /v1/agents/{agent_type}/{key}"):
+                      "GET /v1/agents/{agent_type}/{key}", "POST /v1/topics/{topic}/messages",
+                      "GET /v1/topics/{topic}/events", "POST /v1/topics/{topic}/subscriptions",
+                      "DELETE /v1/topics/{topic}/subscriptions/{agent_type}/{key}", "GET /v1/topics"):
         assert operation in report.read_text(), f"{operation} was not fuzzed"
 
 

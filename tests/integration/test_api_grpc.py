@@ -202,3 +202,90 @@ def test_virtual_agent_calls_map_errors_to_status_codes(stub: hive_pb2_grpc.Hive
             call()
         assert failed.value.code() == code, failed.value.details()
         assert words in failed.value.details()
+
+
+# ---------------------------------------------------------------------- topics
+def test_publish_subscribe_and_follow_a_topic(stub: hive_pb2_grpc.HiveStub, api: ApiServer, admin_client: object,
+                                              unique_name: str, wait_until) -> None:
+    topic = f"grpc.{unique_name}"
+    created = admin_client.post("/v1/pools", json={"name": unique_name, "agent_type": "cart", "count": 1,  # type: ignore[attr-defined]
+                                                   "subscriptions": [topic]})
+    assert created.status_code == 201, created.text
+    ann, cat = f"ann-{unique_name}", f"cat-{unique_name}"
+    subscription = hive_pb2.SubscriptionRequest(topic=topic, agent_type="cart", key=ann)
+    added = stub.Subscribe(subscription, metadata=auth(api.admin_key), timeout=30)
+    assert (added.topic, added.agent_type, added.key, added.added) == (topic, "cart", ann, True)
+    assert not stub.Subscribe(subscription, metadata=auth(api.admin_key), timeout=30).added
+
+    publish = hive_pb2.PublishRequest(topic=topic, message_json='{"op": "add", "item": "coupon"}', source=cat,
+                                      message_id=f"spring-{unique_name}")
+    first = stub.Publish(publish, metadata=auth(api.admin_key), timeout=30)
+    assert first.deliveries == 2 and len(first.task_ids) == 2 and not first.duplicate and first.topic == topic
+    again = stub.Publish(publish, metadata=auth(api.admin_key), timeout=30)
+    assert again.duplicate and list(again.task_ids) == list(first.task_ids) and again.sequence == first.sequence
+    for task_id in first.task_ids:
+        assert wait_until(lambda t=task_id: admin_client.get(f"/v1/tasks/{t}").json()["state"] == "succeeded", 30)  # type: ignore[attr-defined]
+    for key in (ann, cat):
+        agent = stub.GetAgent(hive_pb2.GetAgentRequest(agent_type="cart", key=key), metadata=auth(api.read_key),
+                              timeout=30)
+        assert json.loads(agent.state_json) == {"items": {"coupon": 1}}, key
+
+    # Following: the message kept, then one published while following; resumed after the first.
+    follow = stub.FollowTopic(hive_pb2.FollowTopicRequest(topic=topic), metadata=auth(api.read_key), timeout=60)
+    kept = next(follow)
+    assert (kept.kind, kept.sequence, kept.topic, kept.source, kept.message_id, kept.deliveries) == (
+        "message", first.sequence, topic, cat, f"spring-{unique_name}", 2)
+    assert json.loads(kept.message_json) == {"op": "add", "item": "coupon"} and kept.time > 0
+    live = stub.Publish(hive_pb2.PublishRequest(topic=topic, message_json='"hello"'), metadata=auth(api.admin_key),
+                        timeout=30)
+    assert live.deliveries == 1  # ann only: no source
+    arrived = next(follow)
+    assert (arrived.kind, arrived.sequence, json.loads(arrived.message_json), arrived.source) == (
+        "message", live.sequence, "hello", "")
+    follow.cancel()
+    resumed = stub.FollowTopic(hive_pb2.FollowTopicRequest(topic=topic, after=first.sequence),
+                               metadata=auth(api.read_key), timeout=60)
+    assert next(resumed).sequence == live.sequence
+    resumed.cancel()
+
+    removed = stub.Unsubscribe(subscription, metadata=auth(api.admin_key), timeout=30)
+    assert removed.removed and not removed.added
+    assert not stub.Unsubscribe(subscription, metadata=auth(api.admin_key), timeout=30).removed
+    assert stub.Publish(hive_pb2.PublishRequest(topic=topic, message_json="1"), metadata=auth(api.admin_key),
+                        timeout=30).deliveries == 0
+    admin_client.delete(f"/v1/pools/{unique_name}")  # type: ignore[attr-defined]
+
+
+def test_topic_calls_map_errors_to_status_codes(stub: hive_pb2_grpc.HiveStub, api: ApiServer) -> None:
+    admin, read = auth(api.admin_key), auth(api.read_key)
+    cases = [
+        (lambda: stub.Publish(hive_pb2.PublishRequest(topic="no spaces"), metadata=admin, timeout=30),
+         grpc.StatusCode.INVALID_ARGUMENT, "a topic is 1 to 200 letters, digits or _ . : -"),
+        (lambda: stub.Publish(hive_pb2.PublishRequest(topic="t", message_json="{bad"), metadata=admin, timeout=30),
+         grpc.StatusCode.INVALID_ARGUMENT, "message_json is not JSON"),
+        (lambda: stub.Publish(hive_pb2.PublishRequest(topic="t", source="k" * 257), metadata=admin, timeout=30),
+         grpc.StatusCode.INVALID_ARGUMENT, "at most 256"),
+        (lambda: stub.Publish(hive_pb2.PublishRequest(topic="t"), metadata=read, timeout=30),
+         grpc.StatusCode.PERMISSION_DENIED, "admin key"),
+        (lambda: stub.Publish(hive_pb2.PublishRequest(topic="t"), timeout=30),
+         grpc.StatusCode.UNAUTHENTICATED, "key"),
+        (lambda: stub.Subscribe(hive_pb2.SubscriptionRequest(topic="t", agent_type="echo", key="k"), metadata=admin,
+                                timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "agent type 'echo' is not virtual"),
+        (lambda: stub.Subscribe(hive_pb2.SubscriptionRequest(topic="t", agent_type="", key="k"), metadata=admin,
+                                timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "agent_type"),
+        (lambda: stub.Subscribe(hive_pb2.SubscriptionRequest(topic="t/x", agent_type="cart", key="k"),
+                                metadata=admin, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "a topic is"),
+        (lambda: stub.Unsubscribe(hive_pb2.SubscriptionRequest(topic="", agent_type="cart", key="k"),
+                                  metadata=admin, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "a topic is"),
+        (lambda: stub.Unsubscribe(hive_pb2.SubscriptionRequest(topic="t", agent_type="cart", key="k"),
+                                  metadata=read, timeout=30), grpc.StatusCode.PERMISSION_DENIED, "admin key"),
+        (lambda: list(stub.FollowTopic(hive_pb2.FollowTopicRequest(topic="bad topic"), metadata=read, timeout=30)),
+         grpc.StatusCode.INVALID_ARGUMENT, "a topic is"),
+        (lambda: list(stub.FollowTopic(hive_pb2.FollowTopicRequest(topic="t"), timeout=30)),
+         grpc.StatusCode.UNAUTHENTICATED, "key"),
+    ]
+    for call, code, words in cases:
+        with pytest.raises(grpc.RpcError) as failed:
+            call()
+        assert failed.value.code() == code, failed.value.details()
+        assert words in failed.value.details()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -378,6 +379,147 @@ def test_virtual_agent_errors_are_problems(api: ApiServer, admin_client: httpx.C
                                                     json={"message": {"op": "view"}}), 403)["detail"]
     assert httpx.get(api.base_url + "/v1/agents/cart/k", headers=read).status_code == 200
     assert_problem(httpx.get(api.base_url + "/v1/agents/cart/k"), 401)
+
+
+# ---------------------------------------------------------------------- topics
+def as_documented(client: httpx.Client, response: httpx.Response, method: str, path: str) -> Any:
+    """``response``'s body, checked against what the OpenAPI document says ``method path``
+    answers with the response's status (references resolved against the whole document)."""
+    import jsonschema
+
+    document = client.get("/openapi.json").json()
+    answer = document["paths"][path][method]["responses"][str(response.status_code)]
+    schema = answer["content"]["application/json"]["schema"]
+    jsonschema.validate(response.json(), {**schema, "components": document["components"]})
+    return response.json()
+
+
+def topic_stream(client: httpx.Client, path: str, *, count: int, headers: dict[str, str] | None = None,
+                 params: dict[str, Any] | None = None, on_open: Callable[[], None] = lambda: None,
+                 limit_seconds: float = 30) -> list[dict[str, Any]]:
+    """The first ``count`` frames (``{"id", "event", "data"}``) of a topic's event stream;
+    ``on_open`` runs once the stream answered (to publish while following)."""
+    frames: list[dict[str, Any]] = []
+    frame: dict[str, Any] = {}
+    deadline = time.monotonic() + limit_seconds
+    with client.stream("GET", path, headers=headers, params=params) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        on_open()
+        for line in response.iter_lines():
+            name, _, value = line.partition(": ")
+            if name in ("id", "event"):
+                frame[name] = value
+            elif name == "data":
+                frame["data"] = json.loads(value)
+            elif line == "" and frame:
+                frames.append(frame)
+                frame = {}
+            if len(frames) >= count or time.monotonic() > deadline:
+                break
+    return frames
+
+
+def test_a_topic_reaches_carts_by_type_and_one_by_one_once_per_message_id(
+        admin_client: httpx.Client, unique_name: str, wait_until: Callable[..., bool]) -> None:
+    topic, pool = f"deals.{unique_name}", f"{unique_name}-cart"
+    created = admin_client.post("/v1/pools", json={"name": pool, "agent_type": "cart", "count": 1,
+                                                   "subscriptions": [topic]})
+    assert created.status_code == 201, created.text
+    ann, ben, cat = (f"{name}-{unique_name}" for name in ("ann", "ben", "cat"))
+    subscriptions = f"/v1/topics/{topic}/subscriptions"
+    for key in (ann, ben):
+        added = admin_client.post(subscriptions, json={"agent_type": "cart", "key": key})
+        assert added.status_code == 201, added.text
+        assert as_documented(admin_client, added, "post", "/v1/topics/{topic}/subscriptions")["added"]
+    again = admin_client.post(subscriptions, json={"agent_type": "cart", "key": ann})
+    assert again.status_code == 200 and again.json()["added"] is False
+    listed = as_documented(admin_client, admin_client.get(subscriptions), "get", "/v1/topics/{topic}/subscriptions")
+    assert listed == [{"topic": topic, "agent_types": ["cart"],
+                       "agents": [{"agent_type": "cart", "key": ann}, {"agent_type": "cart", "key": ben}]}]
+    everything = as_documented(admin_client, admin_client.get("/v1/topics"), "get", "/v1/topics")
+    assert listed[0] in everything
+
+    # By type, the source names the key (cat); one by one, ann and ben: three carts, one coupon each.
+    coupon = {"message": {"op": "add", "item": "coupon"}, "source": cat, "message_id": uuid.uuid4().hex}
+    published = admin_client.post(f"/v1/topics/{topic}/messages", json=coupon)
+    assert published.status_code == 202, published.text
+    first = as_documented(admin_client, published, "post", "/v1/topics/{topic}/messages")
+    assert first["deliveries"] == 3 and len(first["task_ids"]) == 3 and first["undeliverable"] == []
+    assert first["duplicate"] is False and first["topic"] == topic
+    replayed = admin_client.post(f"/v1/topics/{topic}/messages", headers={"Idempotency-Key": coupon["message_id"]},
+                                 json={"message": coupon["message"], "source": cat})
+    assert replayed.status_code == 202 and replayed.json() == {**first, "duplicate": True}
+    conflict = admin_client.post(f"/v1/topics/{topic}/messages",
+                                 json={**coupon, "message": {"op": "add", "item": "two coupons"}})
+    assert "was published to topic" in assert_problem(conflict, 409)["detail"]
+    for task_id in first["task_ids"]:
+        assert wait_until(lambda t=task_id: admin_client.get(f"/v1/tasks/{t}").json()["state"] == "succeeded", 30)
+        record = admin_client.get(f"/v1/tasks/{task_id}").json()
+        assert record["metadata"]["topic"] == topic and record["pool"] == pool
+    for key in (ann, ben, cat):
+        assert admin_client.get(f"/v1/agents/cart/{key}").json()["state"] == {"items": {"coupon": 1}}, key
+
+    # Without a source, only the agents subscribed one by one; unsubscribed, only ben.
+    assert admin_client.post(f"/v1/topics/{topic}/messages", json={"message": {"op": "view"}}).json()[
+        "deliveries"] == 2
+    removed = admin_client.delete(f"{subscriptions}/cart/{ann}")
+    assert as_documented(admin_client, removed, "delete", "/v1/topics/{topic}/subscriptions/{agent_type}/{key}")[
+        "removed"] is True
+    assert admin_client.delete(f"{subscriptions}/cart/{ann}").json()["removed"] is False
+    only_ben = admin_client.post(f"/v1/topics/{topic}/messages", json={"message": {"op": "view"}}).json()
+    assert only_ben["deliveries"] == 1
+    # A subscriber whose type no pool runs is named, not silently skipped.
+    admin_client.post(subscriptions, json={"agent_type": f"ghost-{unique_name}", "key": "k"})
+    ghost = admin_client.post(f"/v1/topics/{topic}/messages", json={"message": {"op": "view"}}).json()
+    assert ghost["undeliverable"] == [{"agent_type": f"ghost-{unique_name}", "key": "k"}]
+    admin_client.delete(f"/v1/pools/{pool}")
+
+
+def test_a_topic_is_followed_as_server_sent_events_and_resumed(
+        admin_client: httpx.Client, unique_name: str) -> None:
+    topic = f"news:{unique_name}"
+    sequences = [admin_client.post(f"/v1/topics/{topic}/messages", json={"message": {"n": n}}).json()["sequence"]
+                 for n in range(3)]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    path = f"/v1/topics/{topic}/events"
+    kept = topic_stream(admin_client, path, count=3)
+    assert [(f["event"], int(f["id"])) for f in kept] == [("message", s) for s in sequences]
+    assert [f["data"]["message"] for f in kept] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert {f["data"]["topic"] for f in kept} == {topic} and all(f["data"]["deliveries"] == 0 for f in kept)
+    # Resumed after the second, as a reconnecting EventSource does; then one published while following.
+    later = threading.Timer(0.5, lambda: admin_client.post(f"/v1/topics/{topic}/messages", json={
+        "message": "live", "source": "someone", "message_id": "live-1"}))
+    resumed = topic_stream(admin_client, path, count=2, headers={"Last-Event-ID": str(sequences[1])},
+                           on_open=later.start)
+    later.join()
+    assert [f["data"]["message"] for f in resumed] == [{"n": 2}, "live"]
+    assert resumed[1]["data"]["source"] == "someone" and resumed[1]["data"]["message_id"] == "live-1"
+    assert int(resumed[1]["id"]) > sequences[2]
+    after = topic_stream(admin_client, path, count=1, params={"after": resumed[0]["id"]})
+    assert after[0]["data"]["message"] == "live"
+
+
+def test_topic_errors_are_problems(api: ApiServer, admin_client: httpx.Client, unique_name: str) -> None:
+    for method, path in (("POST", "/v1/topics/no spaces please/messages"), ("GET", "/v1/topics/a+b/events"),
+                         ("POST", f"/v1/topics/{'t' * 201}/subscriptions"),
+                         ("GET", "/v1/topics/café/subscriptions")):
+        body = {"message": 1} if path.endswith("messages") else {"agent_type": "cart", "key": "k"}
+        answer = assert_problem(admin_client.request(method, path, json=body if method == "POST" else None), 422)
+        assert "a topic is 1 to 200 letters, digits or _ . : - (no spaces or slashes)" in answer["detail"], path
+        assert answer["errors"][0]["field"] == "topic" and answer["errors"][0]["in"] == "path"
+    not_virtual = assert_problem(admin_client.post("/v1/topics/t/subscriptions",
+                                                   json={"agent_type": "echo", "key": "k"}), 422)
+    assert "agent type 'echo' is not virtual" in not_virtual["detail"]
+    missing = assert_problem(admin_client.post("/v1/topics/t/messages", json={"mesage": 1}), 422)
+    assert {e["field"] for e in missing["errors"]} == {"message", "mesage"}
+    read = api.headers("read")
+    topic = f"t-{unique_name}"
+    assert "admin key" in assert_problem(httpx.post(api.base_url + f"/v1/topics/{topic}/messages", headers=read,
+                                                    json={"message": 1}), 403)["detail"]
+    assert_problem(httpx.delete(api.base_url + f"/v1/topics/{topic}/subscriptions/cart/k", headers=read), 403)
+    assert httpx.get(api.base_url + f"/v1/topics/{topic}/subscriptions", headers=read).status_code == 200
+    assert_problem(httpx.get(api.base_url + "/v1/topics"), 401)
 
 
 # ---------------------------------------------------------------------- event streams

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hive_ray._errors import UnknownAgentTypeError
+from hive_ray._errors import ConfigurationError, UnknownAgentTypeError, UnknownPoolError
 
 PROBLEM = "application/problem+json"
 ADMIN = {"Authorization": "Bearer admin-key"}
@@ -42,10 +42,19 @@ class FakeOrchestrator:
             return {"agent_type": "cart", "key": key, "pool": "carts", "owner": "carts-0",
                     "version": 3 if saved else 0,
                     "state": self.states[key] if saved else None, "activation": None, **self.more}
+        if method in ("submit", "run") and args[0].get("affinity_key") is None and (
+                args[0].get("agent_type") == "cart" or args[0].get("pool") == "carts"):
+            raise ConfigurationError("agent type 'cart' is virtual: each message goes to one agent, named by "
+                                     "its key")  # the orchestrator's refusal, in words alone
         if method == "submit":
             return {"task_id": "t-1", "pool": "carts", "state": "queued"}
         if method == "run":
             return "t-1", self.outcome
+        if method == "pool":
+            if args[0] not in ("carts", "echo"):
+                raise UnknownPoolError(pool=args[0], known=["carts", "echo"])
+            virtual = {"active": 0} if args[0] == "carts" else None
+            return {"name": args[0], "agent_type": "cart", "desired": 2, "virtual": virtual}
         raise AssertionError(f"the orchestrator should not be asked {method}{args}")
 
     def of(self, method: str) -> list[tuple[Any, ...]]:
@@ -211,3 +220,26 @@ def test_only_the_documented_fields_are_answered(client: Any, orchestrator: Fake
     orchestrator.more = {"reminders": [], "internal": b"x"}  # what the orchestrator adds is not API
     answer = client.get("/v1/agents/cart/k", headers=READ).json()
     assert tuple(answer) == AGENT_FIELDS
+
+
+# ---------------------------------------------------------------------- rules no schema can state
+@pytest.mark.parametrize(("target", "field"), [({"agent_type": "cart"}, "agent_type"), ({"pool": "carts"}, "pool")])
+@pytest.mark.parametrize("wait", [None, 5])
+def test_a_task_for_virtual_agents_without_a_key_is_a_422_naming_both_fields(
+        client: Any, orchestrator: FakeOrchestrator, target: dict[str, str], field: str, wait: int | None) -> None:
+    answer = problem(client.post("/v1/tasks", params={"wait": wait} if wait else {}, json=target, headers=ADMIN), 422)
+    assert [(e["field"], e["code"]) for e in answer["errors"]] == [(field, "fields_disagree"),
+                                                                   ("affinity_key", "fields_disagree")]
+    assert "runs virtual agents: each message goes to one agent, named by its key" in answer["detail"]
+    assert "/v1/agents/{agent_type}/{key}/messages" in answer["detail"]
+    keyed = client.post("/v1/tasks", json={**target, "affinity_key": "user-42"}, headers=ADMIN)
+    assert keyed.status_code == 202
+
+
+def test_a_virtual_pool_keeps_its_size_and_another_count_is_a_409(client: Any, orchestrator: FakeOrchestrator) -> None:
+    answer = problem(client.patch("/v1/pools/carts", json={"count": 3}, headers=ADMIN), 409)
+    assert "pool 'carts' runs virtual agents: its 2 shard(s) own their keys" in answer["detail"]
+    assert answer["pool"] == "carts" and "delete the pool and create it again" in answer["detail"]
+    problem(client.patch("/v1/pools/nope", json={"count": 3}, headers=ADMIN), 404)
+    assert [name for name, _ in orchestrator.calls] == ["pool", "pool"]  # no scale was asked
+
