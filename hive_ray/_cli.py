@@ -18,6 +18,14 @@
     hive agent tell TYPE KEY MESSAGE_JSON [--message-id ID]
                                     send it without waiting; print the message's task id
     hive agent state TYPE KEY       its saved state, version, owner and activation (JSON)
+    hive topic publish TOPIC MESSAGE_JSON [--source KEY] [--message-id ID]
+                                    deliver a message to every agent subscribed to TOPIC
+    hive topic subscribe|unsubscribe TOPIC TYPE KEY
+                                    (un)subscribe one virtual agent to every message of TOPIC
+    hive topic subscriptions [TOPIC]
+                                    who receives each topic's messages (JSON)
+    hive topic follow TOPIC [--after N] [--idle-timeout S]
+                                    print its messages as they come, one JSON line each
     hive perf report [--html F] [--json] | perf baseline save [F] | perf baseline compare [F]
 
 Every command takes ``--verbose`` (``-v``): without it, Ray's own log lines go to
@@ -171,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hive_ray._cli_agent import register as register_agent
 
     register_agent(commands, parents=[common])  # hive agent ask | tell | state
+
+    from hive_ray._cli_topic import register as register_topic
+
+    register_topic(commands, parents=[common])  # hive topic publish | subscribe | unsubscribe | ...
 
     from hive_ray._perf_cli import register as register_perf
 

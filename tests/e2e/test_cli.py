@@ -342,6 +342,58 @@ def test_agent_commands_ask_tell_and_read_a_virtual_cart(cluster):
     assert hive("agent", env=cluster.env).returncode == 2  # the group alone: its usage
 
 
+def test_topic_commands_publish_subscribe_and_follow(cluster):
+    """`hive topic`: a cart subscribed to a topic, its messages published and followed, as a user types it."""
+    pools = json.loads(hive("status", "--json", env=cluster.env).stdout)["pools"]
+    if not any(pool["agent_type"] == "cart" for pool in pools):  # the agent test may have spawned it
+        assert hive("spawn", "cart", env=cluster.env).returncode == 0
+    subscribed = hive("topic", "subscribe", "promotions", "cart", "topic-ann", env=cluster.env)
+    assert subscribed.returncode == 0, subscribed.stderr
+    assert json.loads(subscribed.stdout) == {"topic": "promotions", "agent_type": "cart", "key": "topic-ann",
+                                             "added": True}
+    assert json.loads(hive("topic", "subscribe", "promotions", "cart", "topic-ann", env=cluster.env).stdout)[
+        "added"] is False
+    line = """hive topic publish promotions '{"op": "add", "item": "coupon"}' --message-id spring-1"""
+    published = shell(line, cluster.env)
+    assert published.returncode == 0, published.stderr
+    answer = json.loads(published.stdout)
+    assert answer["deliveries"] == 1 and answer["undeliverable"] == [] and answer["duplicate"] is False
+    again = json.loads(shell(line, cluster.env).stdout)
+    assert again["duplicate"] is True and again["task_ids"] == answer["task_ids"]  # not delivered twice
+    viewed = hive("agent", "ask", "cart", "topic-ann", '{"op": "view"}', "--timeout", "30", env=cluster.env)
+    assert json.loads(viewed.stdout)["items"] == {"coupon": 1}, viewed.stderr
+    by_source = shell("""hive topic publish promotions '{"op": "view"}' --source topic-bob""", cluster.env)
+    assert json.loads(by_source.stdout)["deliveries"] == 1  # ann alone: no type subscribes by source
+
+    listed = json.loads(hive("topic", "subscriptions", env=cluster.env).stdout)
+    assert {"topic": "promotions", "agent_types": [], "agents": [{"agent_type": "cart", "key": "topic-ann"}]} in listed
+    assert json.loads(hive("topic", "subscriptions", "promotions", env=cluster.env).stdout) == [
+        {"topic": "promotions", "agent_types": [], "agents": [{"agent_type": "cart", "key": "topic-ann"}]}]
+
+    followed = hive("topic", "follow", "promotions", "--idle-timeout", "1", env=cluster.env)
+    assert followed.returncode == 0, followed.stderr
+    lines = [json.loads(each) for each in followed.stdout.splitlines()]
+    assert [m["message"] for m in lines] == [{"op": "add", "item": "coupon"}, {"op": "view"}]
+    assert lines[0]["sequence"] == answer["sequence"] and lines[0]["message_id"] == "spring-1"
+    assert lines[1]["source"] == "topic-bob"
+    resumed = hive("topic", "follow", "promotions", "--after", str(lines[0]["sequence"]), "--idle-timeout", "1",
+                   env=cluster.env)
+    assert [json.loads(each)["source"] for each in resumed.stdout.splitlines()] == ["topic-bob"]
+
+    removed = hive("topic", "unsubscribe", "promotions", "cart", "topic-ann", env=cluster.env)
+    assert removed.returncode == 0 and json.loads(removed.stdout)["removed"] is True
+    assert json.loads(hive("topic", "publish", "promotions", "1", env=cluster.env).stdout)["deliveries"] == 0
+
+    bad = hive("topic", "publish", "no spaces", "1", env=cluster.env)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("hive: a topic is 1 to 200 letters, digits or _ . : - (no spaces or slashes)")
+    not_json = hive("topic", "publish", "promotions", "{oops", env=cluster.env)
+    assert not_json.returncode == 1 and "the message must be JSON" in not_json.stderr
+    not_virtual = hive("topic", "subscribe", "promotions", "echo", "k", env=cluster.env)
+    assert not_virtual.returncode == 1 and "agent type 'echo' is not virtual" in not_virtual.stderr
+    assert hive("topic", env=cluster.env).returncode == 2  # the group alone: its usage
+
+
 def test_verbose_shows_what_quiet_keeps_in_the_log(cluster):
     """A second `hive up` attaches to the running cluster; with --verbose Ray's own lines
     (Serve reconnecting) are on its output, without it they are not."""
