@@ -72,7 +72,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser] | None = None
          "agent types subscribed by type, and agents subscribed one by one", topic_optional=True)
     follow = verb("follow", _follow, "print TOPIC's messages as they are published, one JSON line each "
                   "(sequence, time, source, message_id, message, deliveries), starting with those kept "
-                  "(the last 1,000); Ctrl-C stops")
+                  "(the last 1,000), and a {\"missed\": true} line when some after --after are no "
+                  "longer kept; Ctrl-C stops")
     follow.add_argument("--after", type=_sequence, default=0, metavar="N",
                         help="only messages numbered above N (a sequence printed before: resumes there)")
     follow.add_argument("--idle-timeout", type=_seconds, metavar="S",

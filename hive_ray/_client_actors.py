@@ -64,12 +64,16 @@ class ActorModelCalls:
     def follow(self, topic: str, *, after: int = 0, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Iterate ``topic``'s messages as they are published (from the ones kept, after ``after``);
         stops after ``idle_timeout`` seconds without one (None: never). Each is a dict with
-        ``sequence``, ``time``, ``source``, ``message_id``, ``message``, ``deliveries``."""
+        ``sequence``, ``time``, ``source``, ``message_id``, ``message``, ``deliveries``; a dict
+        ``{"topic": ..., "missed": True}`` comes first when messages after ``after`` were no longer
+        kept (the follower fell behind, or the orchestrator restarted)."""
         waited = 0.0
         while True:
             poll = 10.0 if idle_timeout is None else max(0.0, min(10.0, idle_timeout - waited))
             started = time.monotonic()
             page = self._call("topic_messages", topic, after, poll, 1000, timeout=poll)
+            if page["missed"]:
+                yield {"topic": topic, "missed": True}
             for message in page["messages"]:
                 after = message["sequence"]
                 yield message

@@ -213,8 +213,8 @@ async def ask_agent(service: ApiService, request: Any, context: Any) -> Any:
         await service.ensure_virtual(agent_type, key)
         replayed = False
         if spec.idempotency_key:
-            replayed = service.check_idempotency(
-                spec.idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
+            replayed = service.check_message_id(agent_type, key, spec.idempotency_key,
+                                                spec.model_dump(mode="json", exclude={"idempotency_key"}))
         template = inject_into(spec.template(), request_span.get())
         return await _submitted(service, template, message, request.wait, replayed)
 

@@ -316,9 +316,8 @@ def build_http_app(service: ApiService) -> FastAPI:
         await service.ensure_virtual(agent_type, key)
         replayed = False
         if message_id is not None:
-            replayed = service.check_idempotency(  # message ids are per agent, like the orchestrator's
-                f"agent\x1f{agent_type}\x1f{key}\x1f{message_id}",
-                spec.model_dump(mode="json", exclude={"idempotency_key"}))
+            replayed = service.check_message_id(agent_type, key, message_id,
+                                                spec.model_dump(mode="json", exclude={"idempotency_key"}))
         template = inject_into(spec.template(), request_span.get())
         return await accepted_or_ended(template, body.message, wait, replayed)
 

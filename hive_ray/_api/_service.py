@@ -241,6 +241,16 @@ class ApiService:
             )
         return True
 
+    def check_message_id(self, agent_type: str, key: str, message_id: str, body: dict[str, Any]) -> bool:
+        """:meth:`check_idempotency` for a message to a virtual agent: its id is its agent's own
+        (two agents may be sent messages with the same id, as in the orchestrator)."""
+        try:
+            return self.check_idempotency(f"agent\x1f{agent_type}\x1f{key}\x1f{message_id}", body)
+        except IdempotencyConflictError:
+            raise IdempotencyConflictError(
+                f"message id {message_id!r} was sent to {agent_type}/{key} before with another message; use a "
+                "new id for a new message, or resend the original to get its task") from None
+
     async def submit(self, template: dict[str, Any], payload: Any) -> dict[str, Any]:
         try:
             return await self.call("submit", template, payload)

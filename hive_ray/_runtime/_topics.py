@@ -98,6 +98,11 @@ class Topics:
         """Subscribe one virtual agent to every message of ``topic``; durable when it answers."""
         await self._ensure_started()  # type: ignore[attr-defined]
         topic, key = _checked(check_topic, topic), _checked(check_key, key)
+        running = [p for p in self._pools.values() if p.spec["agent_type"] == agent_type]
+        if running and not any(p.info.virtual for p in running):
+            raise ConfigurationError(
+                f"agent type {agent_type!r} is not virtual: only virtual agent types (VirtualAgent subclasses) "
+                f"subscribe to topics. A type whose pool is not running yet may be subscribed ahead")
         try:
             added = self._subscriptions.subscribe(topic, agent_type, key)
         except ValueError as error:
@@ -110,6 +115,7 @@ class Topics:
     async def unsubscribe(self, topic: str, agent_type: str, key: str) -> dict[str, Any]:
         """Undo :meth:`subscribe`; ``removed`` is False when there was no such subscription."""
         await self._ensure_started()  # type: ignore[attr-defined]
+        topic = _checked(check_topic, topic)
         removed = self._subscriptions.unsubscribe(topic, agent_type, key)
         if removed and self._journal is not None:
             self._journal.record_subscription(topic, agent_type, key, present=False)

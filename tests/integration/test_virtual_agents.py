@@ -144,6 +144,11 @@ def test_topics_reach_type_and_agent_subscribers_once_each_and_in_order(hive, wa
     assert hive.unsubscribe(topic, Follower, "ann")["removed"]
     assert hive.publish(topic, 99)["deliveries"] == 1
     assert [m["message"] for m in hive.follow(topic, idle_timeout=0.5)] == [*range(50), 99]
+    # A follower whose position is older than what is kept is told so before the rest.
+    assert next(iter(hive.follow(topic, after=1, idle_timeout=0.5))) == {"topic": topic, "missed": True}
+    hive.spawn("echo", 1, pool=_type("echo-sub"))
+    with pytest.raises(ConfigurationError, match="not virtual"):
+        hive.subscribe(topic, "echo", "k")
     with pytest.raises(ConfigurationError, match="topic"):
         hive.publish("no spaces please", 1)
 

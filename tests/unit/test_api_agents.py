@@ -137,7 +137,7 @@ def test_the_idempotency_key_header_is_the_message_id(client: Any, orchestrator:
     assert not first.json()["replayed"] and again.json()["replayed"]
     assert [template["idempotency_key"] for template, _ in orchestrator.of("submit")] == ["m-9", "m-9"]
     other = problem(client.post(path, json={"message": {"op": "checkout"}, "message_id": "m-9"}, headers=ADMIN), 409)
-    assert "different request body" in other["detail"]
+    assert "before with another message" in other["detail"]
     differ = problem(client.post(path, json={"message": 1, "message_id": "a"},
                                  headers={**ADMIN, "Idempotency-Key": "b"}), 422)
     assert differ["errors"] == [{"field": "message_id", "in": "body", "code": "fields_disagree",
