@@ -97,6 +97,14 @@ class AgentMessage(_Body):
         "again: the first sending's task is answered. The Idempotency-Key header is the same.")
 
 
+class AgentReminder(_Body):
+    """A virtual agent's durable reminder: ``on_reminder(name)`` runs when it is due."""
+
+    name: str
+    due_at: float = Field(..., description="When it is due next (seconds since the epoch).")
+    period_seconds: float | None = Field(..., description="Its period; null: it fires once.")
+
+
 class AgentState(_Body):
     """One virtual agent as ``GET /v1/agents/{agent_type}/{key}`` answers it."""
 
@@ -110,8 +118,10 @@ class AgentState(_Body):
                        "hold are their str() text, and a state JSON cannot hold at all (keys that are not "
                        "strings) is its repr() text.")
     activation: dict[str, Any] | None = Field(
-        ..., description="Where it is active now (activation id, version, turns, idle_seconds); null: not "
-        "active (its next message activates it).")
+        ..., description="Where it is active now (activation id, version, turns, idle_seconds, timers); "
+        "null: not active (its next message activates it).")
+    reminders: list[AgentReminder] = Field(
+        default_factory=list, description="Its durable reminders (set with set_reminder in the agent).")
 
 
 class TopicMessage(_Body):

@@ -34,7 +34,7 @@ logger = logging.getLogger("hive_ray.api")
 
 READINESS_TIMEOUT_SECONDS = 5.0
 #: What GET /v1/agents/{agent_type}/{key} and GetAgent answer (the AgentState schema).
-AGENT_FIELDS = ("agent_type", "key", "pool", "owner", "version", "state", "activation")
+AGENT_FIELDS = ("agent_type", "key", "pool", "owner", "version", "state", "activation", "reminders")
 
 
 def dumps(value: Any) -> bytes:
@@ -370,7 +370,8 @@ class ApiService:
         except (TypeError, ValueError):  # keys JSON cannot hold, or a reference cycle
             state = repr(state)
         # The documented fields only (the AgentState schema): what the orchestrator adds is not API.
-        return {**{name: answer.get(name) for name in AGENT_FIELDS}, "state": state}
+        return {**{name: answer.get(name) for name in AGENT_FIELDS}, "state": state,
+                "reminders": answer.get("reminders") or []}
 
     # ------------------------------------------------------------------ topics
     async def publish(self, topic: str, message: Any, source: str | None, message_id: str | None,

@@ -170,7 +170,7 @@ def test_messages_need_an_admin_key_and_states_a_read_key(client: Any, orchestra
 def test_a_state_is_unpickled_and_answered_as_json(client: Any, orchestrator: FakeOrchestrator) -> None:
     assert client.get("/v1/agents/cart/new", headers=READ).json() == {
         "agent_type": "cart", "key": "new", "pool": "carts", "owner": "carts-0", "version": 0, "state": None,
-        "activation": None}
+        "activation": None, "reminders": []}
     orchestrator.states["user-42"] = pickle.dumps({"items": {"apple": 2}, "orders": 1})
     answer = client.get("/v1/agents/cart/user-42", headers=READ)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
@@ -217,9 +217,10 @@ def test_the_document_states_both_operations(client: Any) -> None:
 def test_only_the_documented_fields_are_answered(client: Any, orchestrator: FakeOrchestrator) -> None:
     from hive_ray._api._service import AGENT_FIELDS
 
-    orchestrator.more = {"reminders": [], "internal": b"x"}  # what the orchestrator adds is not API
+    orchestrator.more = {"reminders": [{"name": "nudge", "due_at": 1.0, "period_seconds": None}],
+                         "internal": b"x"}  # what the orchestrator adds beyond them is not API
     answer = client.get("/v1/agents/cart/k", headers=READ).json()
-    assert tuple(answer) == AGENT_FIELDS
+    assert tuple(answer) == AGENT_FIELDS and answer["reminders"][0]["name"] == "nudge"
 
 
 # ---------------------------------------------------------------------- rules no schema can state
