@@ -314,7 +314,8 @@ def test_a_cart_keeps_what_its_messages_add_and_refuses_a_bad_one(
     assert never.status_code == 200, never.text
     documented(admin_client, never, "AgentState")
     assert never.json() | {"owner": None} == {"agent_type": "cart", "key": key, "pool": cart_pool, "owner": None,
-                                              "version": 0, "state": None, "activation": None}
+                                              "version": 0, "state": None, "activation": None,
+                                              "reminders": []}
     assert never.json()["owner"].startswith(cart_pool)
 
     added = admin_client.post(f"{path}/messages", params={"wait": 10},
