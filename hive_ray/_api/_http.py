@@ -27,7 +27,7 @@ from hive_ray._api._keys import KeyRing
 from hive_ray._api._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hive_ray._api._middleware import ApiMiddleware, request_span
 from hive_ray._api._openapi import openapi_document
-from hive_ray._api._problems import ProblemError
+from hive_ray._api._problems import ProblemError, from_header_or_body
 from hive_ray._api._schemas import (
     AgentMessage,
     AgentState,
@@ -208,13 +208,8 @@ def build_http_app(service: ApiService) -> FastAPI:
         template = inject_into(spec.template(), request_span.get())
         replayed = False
         if idempotency_key is not None:
-            if spec.idempotency_key not in (None, idempotency_key):
-                raise ProblemError(422, "the Idempotency-Key header and the body's idempotency_key "
-                                   "differ; send one of them", slug="validation",
-                                   errors=[{"field": "idempotency_key", "in": "body",
-                                            "message": "differs from the Idempotency-Key header",
-                                            "code": "fields_disagree"}])
-            template["idempotency_key"] = idempotency_key
+            template["idempotency_key"] = from_header_or_body(idempotency_key, spec.idempotency_key,
+                                                              "idempotency_key")
             replayed = service.check_idempotency(
                 idempotency_key, spec.model_dump(mode="json", exclude={"idempotency_key"}))
         if stream:
@@ -302,15 +297,7 @@ def build_http_app(service: ApiService) -> FastAPI:
                                             "answer.")] = None,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
     ) -> Response:
-        message_id = body.message_id
-        if idempotency_key is not None:
-            if message_id not in (None, idempotency_key):
-                raise ProblemError(422, "the Idempotency-Key header and the body's message_id differ; "
-                                   "send one of them", slug="validation",
-                                   errors=[{"field": "message_id", "in": "body",
-                                            "message": "differs from the Idempotency-Key header",
-                                            "code": "fields_disagree"}])
-            message_id = idempotency_key
+        message_id = from_header_or_body(idempotency_key, body.message_id, "message_id")
         spec = TaskSpec(agent_type=agent_type, affinity_key=key, idempotency_key=message_id,
                         payload=body.message)
         await service.ensure_virtual(agent_type, key)

@@ -25,7 +25,7 @@ from hive_ray._api._http import (
     resume_point,
 )
 from hive_ray._api._middleware import request_span
-from hive_ray._api._problems import ProblemError
+from hive_ray._api._problems import from_header_or_body
 from hive_ray._api._schemas import (
     NO_SLASH,
     SubscriptionAdded,
@@ -92,15 +92,7 @@ def add_topic_routes(app: FastAPI, service: ApiService, *, read: list[Any], admi
         body: TopicMessage,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=256)] = None,
     ) -> Response:
-        message_id = body.message_id
-        if idempotency_key is not None:
-            if message_id not in (None, idempotency_key):
-                raise ProblemError(422, "the Idempotency-Key header and the body's message_id differ; "
-                                   "send one of them", slug="validation",
-                                   errors=[{"field": "message_id", "in": "body",
-                                            "message": "differs from the Idempotency-Key header",
-                                            "code": "fields_disagree"}])
-            message_id = idempotency_key
+        message_id = from_header_or_body(idempotency_key, body.message_id, "message_id")
         span = request_span.get()
         answer = await service.publish(topic, body.message, body.source, message_id,
                                        span.context() if span is not None else None)

@@ -99,6 +99,22 @@ def problem(status: int, detail: str, *, instance: str | None = None, slug: str 
                     headers=headers)
 
 
+def from_header_or_body(header: str | None, body: str | None, field: str) -> str | None:
+    """The id a request gives in the ``Idempotency-Key`` header or in its body's ``field``.
+
+    Raises:
+        ProblemError: 422 when it gives both and they differ.
+    """
+    if header is None:
+        return body
+    if body not in (None, header):
+        raise ProblemError(422, f"the Idempotency-Key header and the body's {field} differ; send one of them",
+                           slug="validation", errors=[{"field": field, "in": "body",
+                                                       "message": "differs from the Idempotency-Key header",
+                                                       "code": "fields_disagree"}])
+    return header
+
+
 def status_of(error: HiveError) -> int:
     for kind, status in _STATUS:
         if isinstance(error, kind):
