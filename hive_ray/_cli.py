@@ -221,7 +221,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("hive demo: starting an embedded local Ray (about 5 s) ...", flush=True)
     with Hive.connect() as hive:
         print(f"  connected in {time.perf_counter() - started:.1f} s")
-        for agent_type, count in (("echo", 4), ("compute", 2), ("sleep", 1), ("coordinator", 1)):
+        for agent_type, count in (("echo", 4), ("compute", 2), ("sleep", 1), ("coordinator", 1), ("cart", 2)):
             pool = hive.spawn(agent_type, count=count)
             print(f"  pool {pool.name!r}: {plural(pool.size, 'agent')} ready")
         print(f"\n1. echo: {args.tasks} tasks through 4 agents")
@@ -248,6 +248,12 @@ def _demo(args: argparse.Namespace) -> int:
         for handle in (slow, other):
             record = _wait_done(hive, handle.task_id)
             print(f"   task {handle.task_id[-8:]}: {record.state.value}")  # ids start with their time
+        print("\n5. cart: a virtual agent per user, its state saved with every message")
+        carts = hive.ask_many("cart", [(f"user-{n % 3}", {"op": "add", "item": item})
+                                       for n, item in enumerate(["apple", "pear", "fig", "apple", "kiwi", "plum"])],
+                              progress=False, timeout=60)
+        alice = hive.agent("cart", "user-0").state()
+        print(f"   3 carts; user-0 holds {carts[3]['items']} (version {alice.version}, on {alice.owner})")
         print("\nPools:")
         for pool in hive.pools():
             print(f"  {pool.name:<12} {plural(pool.size, 'agent'):<9} succeeded={pool.succeeded} failed={pool.failed}")
