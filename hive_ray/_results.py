@@ -14,6 +14,7 @@ value that Ray counts.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -137,4 +138,22 @@ async def resolve_async(task_id: str, value: Any,
         raise result_lost(task_id, value.size, f"Ray lost it ({type(error).__name__})") from None
 
 
-__all__ = ["PENDING", "StoredResult", "resolve", "resolve_async", "result_lost", "unwrap"]
+#: Longest error message an outcome carries (the traceback is cut to 4,000 characters).
+MAX_ERROR_MESSAGE = 10_000
+
+
+def describe_error(error: BaseException) -> dict[str, Any]:
+    """A structured, picklable description of an exception raised by a handler."""
+    cls = type(error)
+    qualified = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    message = str(error) or cls.__name__
+    if len(message) > MAX_ERROR_MESSAGE:  # it travels in the batch's frame, beside its siblings
+        message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message):,} characters in all)"
+    return {
+        "type": qualified,
+        "message": message,
+        "traceback": "".join(traceback.format_exception(cls, error, error.__traceback__))[-4000:],
+    }
+
+
+__all__ = ["PENDING", "StoredResult", "describe_error", "resolve", "resolve_async", "result_lost", "unwrap"]

@@ -43,7 +43,7 @@ import ray
 from hive_ray._agent import Agent, AgentContext, current_task_id
 from hive_ray._gc_pauses import freeze_long_lived, gc_pauses
 from hive_ray._registry import materialize
-from hive_ray._results import resolve_async, unwrap
+from hive_ray._results import describe_error, resolve_async, unwrap
 from hive_ray._runtime._endpoint import Endpoint
 from hive_ray._runtime._frames import MAX_FRAME_BYTES
 from hive_ray._runtime._host_adoption import HostAdoption
@@ -68,24 +68,6 @@ logger = logging.getLogger("hive_ray.host")
 SYNC_THREADS = 1024
 #: How often the host's event loop proves it runs; health answers carry the silence.
 LOOP_HEARTBEAT_SECONDS = 0.5
-#: Longest error message an outcome carries (the traceback is cut to 4,000 characters).
-MAX_ERROR_MESSAGE = 10_000
-
-
-def describe_error(error: BaseException) -> dict[str, Any]:
-    """A structured, picklable description of an exception raised by a handler."""
-    cls = type(error)
-    qualified = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    message = str(error) or cls.__name__
-    if len(message) > MAX_ERROR_MESSAGE:  # it travels in the batch's frame, beside its siblings
-        message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message):,} characters in all)"
-    return {
-        "type": qualified,
-        "message": message,
-        "traceback": "".join(traceback.format_exception(cls, error, error.__traceback__))[-4000:],
-    }
-
-
 class _Resident:
     """One agent inside a host: its instance, mailbox and running tasks."""
 
@@ -515,4 +497,4 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-__all__ = ["AgentHost", "describe_error"]
+__all__ = ["AgentHost"]

@@ -62,7 +62,7 @@ def test_unwrap_hands_a_stored_result_back_for_resolving():
 
 
 def test_an_error_message_too_long_for_a_frame_is_cut():
-    from hive_ray._runtime._host import MAX_ERROR_MESSAGE, describe_error
+    from hive_ray._results import MAX_ERROR_MESSAGE, describe_error
 
     described = describe_error(ValueError("x" * 1_000_000))
     assert len(described["message"]) < MAX_ERROR_MESSAGE + 100
