@@ -55,10 +55,16 @@ from hive_ray._runtime._host_streams import (
     drain,
     is_streaming,
 )
-from hive_ray._runtime._host_virtual import describe_identity, resident_agent, virtual_statistics
+from hive_ray._runtime._host_virtual import (
+    describe_identity,
+    resident_agent,
+    run_shard_batch,
+    virtual_statistics,
+)
 from hive_ray._runtime._large_results import ResultStash
 from hive_ray._task import Envelope, Outcome, Task
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
+from hive_ray._virtual_shard import VirtualShard
 
 logger = logging.getLogger("hive_ray.host")
 
@@ -72,7 +78,7 @@ class _Resident:
     """One agent inside a host: its instance, mailbox and running tasks."""
 
     __slots__ = ("agent", "lock", "semaphore", "running", "is_async", "streams", "concurrency", "last_used",
-                 "batches")
+                 "batches", "shard")
 
     def __init__(self, agent: Agent, concurrency: int) -> None:
         self.agent = agent
@@ -84,6 +90,7 @@ class _Resident:
         self.is_async = self.streams or inspect.iscoroutinefunction(agent.handle)
         self.last_used = time.monotonic()
         self.batches = 0  # batches in progress: a busy agent is never passivated
+        self.shard = isinstance(agent, VirtualShard)  # a virtual pool's: its batches run inline
 
 
 class AgentHost(HostAdoption):
@@ -287,6 +294,8 @@ class AgentHost(HostAdoption):
         return await self._results.prepare(outcomes)
 
     async def _run_resident(self, resident: _Resident, envelopes: list[Envelope]) -> list[Outcome]:
+        if resident.shard:
+            return await run_shard_batch(self, resident, envelopes)
         if resident.lock is not None:
             async with resident.lock:
                 if resident.is_async:

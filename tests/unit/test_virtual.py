@@ -492,3 +492,43 @@ def test_states_of_many_keys_are_read_at_once_with_buffered_ones_winning(tmp_pat
         found = journal.get_states("cart", [f"k{n}" for n in range(1200)] + ["nobody"])
         assert len(found) == 1199 and "k2" not in found and "nobody" not in found
         assert found["k1"] == StateRow(2, "b", b"newer") and found["k1100"].body == b"1100"
+
+
+# ---------------------------------------------------------------- a host's batch for a shard
+def test_a_shards_batch_runs_turns_inline_and_only_waiting_ones_as_tasks():
+    from types import SimpleNamespace
+
+    from hive_ray._runtime._host_virtual import run_shard_batch
+    from hive_ray._task import Envelope
+
+    class Waiting(Journaling):
+        async def handle(self, task: Task) -> Any:
+            if isinstance(task.payload, dict) and "fail" in task.payload:
+                raise ValueError("bad message")
+            return await super().handle(task)
+
+    async def scenario() -> None:
+        shard, _ = shard_with(FakeStore(), Waiting)
+        resident = SimpleNamespace(agent=shard, running={})
+        host = SimpleNamespace(_handled=0, _run_async=None)
+        gate = asyncio.Event()
+
+        def envelope(task_id: str, key: str, payload: Any) -> Envelope:
+            return Envelope(task_id=task_id, agent_id="journaling-0", payload=payload,
+                            metadata={KEY_FIELD: key, EXPECTED_FIELD: NO_STATE})
+
+        batch = asyncio.ensure_future(run_shard_batch(host, resident, [
+            envelope("t1", "a", 1), envelope("t2", "b", {"wait": gate}), envelope("t3", "b", 3),
+            envelope("t4", "c", {"fail": True}), envelope("t5", "d", {"wait": asyncio.Event()})]))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert set(resident.running) == {"t2", "t3", "t5"}  # waiting: on its gate, on b's turn, on its gate
+        resident.running["t5"].cancel()  # the host cancels a message that waits
+        gate.set()
+        outcomes = await batch
+        assert [o.status for o in outcomes] == ["ok", "ok", "ok", "error", "cancelled"]
+        assert outcomes[0].value == [1] and outcomes[2].value == ["special", 3]  # b's turns in order
+        assert outcomes[0].state is not None and outcomes[3].error["type"] == "ValueError"
+        assert resident.running == {} and host._handled == 5
+
+    asyncio.run(scenario())
