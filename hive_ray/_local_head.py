@@ -341,7 +341,8 @@ def stop_head(record: HeadRecord, child: subprocess.Popen[bytes] | None = None,
     whatever is left after ``grace_seconds`` is killed. ``child``: the head's
     :class:`subprocess.Popen` when this process started it (it is reaped here, never left a
     zombie). ``known``: :func:`head_processes` from while the head ran: if the head has
-    exited since, those of them still running are stopped (nothing else is).
+    exited since, those of them still running are stopped, with the processes still in its
+    session when no process holds its pid (then that session is provably still its own).
     """
     members = head_processes(record)
     if not members:
@@ -351,7 +352,12 @@ def stop_head(record: HeadRecord, child: subprocess.Popen[bytes] | None = None,
                 child.wait()
             return StopReport(False, reason=f"pid {record.pid} is now another process "
                                             f"({' '.join(observed['cmdline'])[:80]}), left alone")
-        left = _end(known or [], grace_seconds)
+        leftover = list(known or [])
+        if observed is None:
+            # Nothing holds the head's pid, so the processes in its session are still its own:
+            # with them, one it started after the last look (a dashboard agent) is stopped too.
+            leftover += _session_members(record.pid, exclude=None)
+        left = _end(list({process.pid: process for process in leftover}.values()), grace_seconds)
         if child is not None:
             child.wait()
         if left.processes:
