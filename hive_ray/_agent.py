@@ -236,13 +236,13 @@ class AgentRef:
                   metadata: dict[str, str] | None = None) -> Any:
         """Send ``message`` and return the agent's answer (raises its error as a TaskError)."""
         return await self._context.delegate(message, agent_type=self.agent_type, affinity_key=self.key,
-                                            timeout=timeout, metadata=_marked(metadata, self.key))
+                                            timeout=timeout, metadata=marked(metadata, self.key))
 
     async def tell(self, message: Any = None, *, metadata: dict[str, str] | None = None) -> str:
         """Send ``message`` without waiting for its answer; returns once it is accepted (its id)."""
         if self._context._teller is None:
             raise RuntimeError("this agent has no runtime to send through; it runs outside hive-ray")
-        template = _sub_task(self.agent_type, None, None, 0, None, self.key, _marked(metadata, self.key))
+        template = _sub_task(self.agent_type, None, None, 0, None, self.key, marked(metadata, self.key))
         [task_id] = await self._context._teller(template, [message])
         return task_id
 
@@ -250,8 +250,9 @@ class AgentRef:
         return f"<AgentRef {self.agent_type}/{self.key}>"
 
 
-def _marked(metadata: dict[str, str] | None, key: str) -> dict[str, str]:
-    """A message's metadata naming its agent's key: a pool that is not virtual refuses it."""
+def marked(metadata: dict[str, str] | None, key: str) -> dict[str, str]:
+    """A message's metadata naming its agent's key (``hive_ray._virtual.KEY_FIELD``): a pool
+    that is not virtual refuses it."""
     return {**(metadata or {}), "agent_key": key}
 
 

@@ -13,7 +13,8 @@ import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hive_ray._virtual import KEY_FIELD, check_key
+from hive_ray._agent import marked
+from hive_ray._virtual import check_key
 
 if TYPE_CHECKING:
     from hive_ray._agent import Agent
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 def _options(key: str, timeout: float | None, message_id: str | None,
              metadata: dict[str, str] | None) -> dict[str, Any]:
     # The key in the metadata marks a message to a virtual agent: a pool of another kind refuses it.
-    options: dict[str, Any] = {"affinity_key": key, "metadata": {**(metadata or {}), KEY_FIELD: key}}
+    options: dict[str, Any] = {"affinity_key": key, "metadata": marked(metadata, key)}
     if timeout is not None:
         options["timeout"] = timeout
     if message_id is not None:

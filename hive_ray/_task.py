@@ -175,6 +175,12 @@ class Task:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def task_of(envelope: Envelope) -> Task:
+    """The task as an agent's ``handle`` sees it, from the envelope it came in."""
+    return Task(task_id=envelope.task_id, payload=envelope.payload, attempt=envelope.attempt,
+                deadline=envelope.deadline, metadata=envelope.metadata)
+
+
 @dataclass(slots=True, kw_only=True, eq=False)
 class TaskEntry:
     """The orchestrator's mutable record of one task (its hot path: no pydantic).

@@ -62,7 +62,7 @@ from hive_ray._runtime._host_virtual import (
     virtual_statistics,
 )
 from hive_ray._runtime._large_results import ResultStash
-from hive_ray._task import Envelope, Outcome, Task
+from hive_ray._task import Envelope, Outcome, task_of
 from hive_ray._tracing import current_trace_context, end_handle_span, host_tracer
 from hive_ray._virtual_shard import VirtualShard
 
@@ -327,7 +327,7 @@ class AgentHost(HostAdoption):
         # Sub-tasks the handler delegates become children of its span (see _delegate).
         trace_token = None if span is None else current_trace_context.set(span.context())
         try:
-            produced = resident.agent.handle(_task_of(envelope))
+            produced = resident.agent.handle(task_of(envelope))
             if resident.streams:
                 if self._part_mux is None:
                     self._part_mux = PartMux(self._orchestrator, lambda: self._link)
@@ -382,7 +382,7 @@ class AgentHost(HostAdoption):
                 tracer.start_handle_span(self._pool, self._agent_type, envelope)
             token = current_task_id.set(envelope.task_id)
             try:
-                value = handle(_task_of(envelope))
+                value = handle(task_of(envelope))
                 outcome = Outcome(task_id=envelope.task_id, status="ok", value=value,
                                   started_at=started, finished_at=time.time(),
                                   usage=context.take_usage(envelope.task_id))
@@ -493,11 +493,6 @@ class AgentHost(HostAdoption):
 
     def _report_progress(self, task_id: str, fraction: float, message: str | None) -> None:
         self._orchestrator.report_progress.remote(task_id, fraction, message)
-
-
-def _task_of(envelope: Envelope) -> Task:
-    return Task(task_id=envelope.task_id, payload=envelope.payload, attempt=envelope.attempt,
-                deadline=envelope.deadline, metadata=envelope.metadata)
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 from hive_ray._agent import Agent, AgentContext, current_task_id
 from hive_ray._journal_states import StateRow
 from hive_ray._results import describe_error
-from hive_ray._task import Envelope, Outcome, Task
+from hive_ray._task import Envelope, Outcome, task_of
 from hive_ray._virtual import StateSave, Verdict
 from hive_ray._virtual_shard import VirtualShard
 
@@ -176,7 +176,7 @@ async def run_shard_batch(host: Any, resident: Any, envelopes: list[Envelope]) -
             continue
         token = current_task_id.set(task_id)
         try:
-            coro = shard.handle(_message(envelope))
+            coro = shard.handle(task_of(envelope))
             try:
                 yielded = coro.send(None)
             except StopIteration as done:
@@ -217,8 +217,3 @@ def _ended(context: AgentContext, task_id: str, status: str, value: Any, error: 
            started: float) -> Outcome:
     return Outcome(task_id=task_id, status=status, value=value, error=error, started_at=started,
                    finished_at=time.time(), usage=context.take_usage(task_id), state=context.take_state(task_id))
-
-
-def _message(envelope: Envelope) -> Task:
-    return Task(task_id=envelope.task_id, payload=envelope.payload, attempt=envelope.attempt,
-                deadline=envelope.deadline, metadata=envelope.metadata)
