@@ -41,9 +41,7 @@ def test_dashboard_shows_agents_and_charts_in_a_browser(
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(api.base_url + "/dashboard")
-            page.fill("#key", api.read_key)
-            page.click("#login-form button")
+            _log_in(page, api)
             page.wait_for_selector(f'tr[data-pool="{unique_name}"]', timeout=15_000)
             agents = page.locator(f'tr[data-pool="{unique_name}"] .agent')
             assert agents.count() == 2
@@ -86,9 +84,7 @@ def test_the_dashboard_shows_tokens_and_cost_per_pool_and_model(api: ApiServer, 
             browser = _browser(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
-                page.goto(api.base_url + "/dashboard")
-                page.fill("#key", api.read_key)
-                page.click("#login-form button")
+                _log_in(page, api)
                 row = page.locator('tr[data-usage="metered-dashboard fake"]')
                 row.wait_for(timeout=15_000)
                 cells = row.locator("td").all_inner_texts()
@@ -99,6 +95,13 @@ def test_the_dashboard_shows_tokens_and_cost_per_pool_and_model(api: ApiServer, 
                 browser.close()  # type: ignore[attr-defined]
     finally:
         hive.stop("metered-dashboard")  # type: ignore[attr-defined]
+
+
+def _log_in(page: object, api: ApiServer) -> None:
+    """Open the dashboard and log in with the read key, as a user does."""
+    page.goto(api.base_url + "/dashboard")  # type: ignore[attr-defined]
+    page.fill("#key", api.read_key)  # type: ignore[attr-defined]
+    page.click("#login-form button")  # type: ignore[attr-defined]
 
 
 def _browser(playwright: object) -> object:
@@ -132,9 +135,7 @@ def test_a_lone_point_is_drawn_on_the_dashboard_charts(api: ApiServer) -> None:
             # The page's own data call answers one slice, whatever else the session's API has seen.
             page.route("**/v1/overview", lambda route: route.fulfill(
                 status=200, content_type="application/json", body=json.dumps(overview)))
-            page.goto(api.base_url + "/dashboard")
-            page.fill("#key", api.read_key)
-            page.click("#login-form button")
+            _log_in(page, api)
             page.wait_for_function("() => document.getElementById('latency').dataset.drawn === '2'",
                                    timeout=15_000)
             assert page.evaluate("() => document.getElementById('throughput').dataset.drawn") == "1"
@@ -203,9 +204,7 @@ def test_virtual_agents_show_on_the_dashboard_and_in_metrics(api: ApiServer, hiv
             browser = _browser(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
-                page.goto(api.base_url + "/dashboard")
-                page.fill("#key", api.read_key)
-                page.click("#login-form button")
+                _log_in(page, api)
                 row = page.locator('tr[data-virtual="visitor-dashboard"]')
                 row.wait_for(timeout=15_000)
                 cells = row.locator("td").all_inner_texts()
